@@ -1,0 +1,99 @@
+//! A tiered buffer pool for allocation-heavy services.
+//!
+//! Image services, QR-code batch generators and PDF renderers allocate big,
+//! short-lived byte buffers all day. Every fresh large allocation is fresh
+//! pages (`mmap`, page faults, zeroing), and freed memory tends to stay in the
+//! allocator's arenas, so a pod's working set climbs until it is OOM-killed.
+//! tierpool hands the same warm buffers back, keeps the hot ones in
+//! lock-free thread caches, bounds what it keeps, and shows what it holds.
+//!
+//! ```text
+//!  get(n) ──► size class ──► thread cache ──► shared tier ──► allocator
+//!               (round up)    (per thread,     (per class,     (miss)
+//!                              per class,       bounded MPMC
+//!                              no locks)        queue)
+//!  drop   ──► thread cache ──(spill batch)──► shared tier ──(over cap)──► free
+//!  trim() ──► idle buffers in every tier, idle threads' caches too ──► free
+//! ```
+//!
+//! # Usage
+//!
+//! ```
+//! use std::io::Write;
+//! use tierpool::{Pool, SizeClasses};
+//!
+//! let pool = Pool::builder()
+//!     .size_classes(SizeClasses::geometric(4096, 64 << 20, 4)?)
+//!     .max_retained_bytes(256 << 20)
+//!     .build();
+//!
+//! let mut row = pool.get(150_000);          // rounded up to a class: 160 KiB
+//! assert_eq!(row.capacity(), 160 << 10);
+//! row.write_all(&[0x7f; 1000])?;            // `io::Write` and `bytes::BufMut`
+//! let frozen = row.freeze();                // `bytes::Bytes`, no copy
+//! drop(frozen);                             // back to this thread's cache
+//!
+//! let again = pool.get(150_000);            // a hit: the same warm memory,
+//! assert!(again.is_empty());                // but never the old bytes
+//! println!("{}", pool.stats());             // a table per class
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Configuration
+//!
+//! [`PoolBuilder`] sets the [`SizeClasses`], the cap on idle memory across
+//! all tiers (`max_retained_bytes`, thread caches included), the bytes each
+//! thread may cache per class (large classes keep one buffer per thread,
+//! small ones up to 32), the shared tier's depth, and an [`Event`] callback
+//! for telemetry.
+//!
+//! # Safety and correctness
+//!
+//! - **No stale data.** A reused buffer starts at `len() == 0`; every safe
+//!   way to lengthen it writes the new bytes. Spare capacity is only handed
+//!   out as `MaybeUninit` or `bytes::buf::UninitSlice`.
+//! - **Bad input is an error.** [`Pool::try_get`] and the `SizeClasses`
+//!   constructors return [`Error`]s; [`Pool::get`] panics on impossible sizes
+//!   like `Vec`.
+//! - **Any-thread drops.** A buffer may be dropped on any thread, after its
+//!   `Pool` handles are gone, or from another thread-local's destructor.
+//! - The `unsafe` code is checked by miri (unit tests), loom (every handoff
+//!   between a thread cache, the shared tier and the trimmer) and a
+//!   model-based property test.
+//!
+//! # Implementation notes
+//!
+//! Each thread cache slot is an `AtomicPtr`: the owner fills it with a plain
+//! store and empties it with a swap, which `trim()` can do too, so trimming
+//! reaches threads that never call into the pool again. Retention is bounded
+//! by a reservation counter: a thread reserves a batch of budget at once and
+//! keeps it as credit, so the hot path touches no shared cache line. Every
+//! pooled block owns one strong count of its pool's shared state, moved (not
+//! copied) between tiers and buffers, so a buffer can always find its pool
+//! and the pool's bookkeeping outlives its last buffer.
+
+#![warn(missing_docs, unreachable_pub)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod buf;
+mod error;
+mod event;
+mod pool;
+mod shared_tier;
+mod size_class;
+mod stats;
+mod sync;
+mod thread_cache;
+
+pub use buf::PooledBuf;
+pub use error::Error;
+pub use event::{AllocReason, DropReason, Event, TrimReason};
+pub use pool::{
+    DEFAULT_MAX_RETAINED_BYTES, DEFAULT_SHARED_TIER_BYTES, DEFAULT_THREAD_CACHE_BYTES,
+    MAX_SHARED_TIER_DEPTH, MAX_THREAD_CACHE_DEPTH, Pool, PoolBuilder, global,
+};
+pub use size_class::{MAX_CLASS_SIZE, MAX_CLASSES, SizeClasses};
+pub use stats::{ClassStats, Stats};
+
+#[cfg(test)]
+mod tests;

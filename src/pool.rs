@@ -1,0 +1,704 @@
+//! `Pool`, its builder, and the shared state every tier works on.
+
+use std::alloc::{Layout, alloc, dealloc};
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+
+use crate::buf::PooledBuf;
+use crate::event::{AllocReason, DropReason, Event, EventHook, HookDebug, TrimReason};
+use crate::shared_tier::SharedTier;
+use crate::stats::{ClassCounters, ClassStats, Stats, Writer};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::thread_cache::{self, ThreadCache};
+use crate::{Error, SizeClasses};
+
+/// Default cap on idle memory across all tiers: 256 MiB.
+pub const DEFAULT_MAX_RETAINED_BYTES: usize = 256 << 20;
+/// Default bytes each thread may keep per class in its cache: 256 KiB.
+pub const DEFAULT_THREAD_CACHE_BYTES: usize = 256 << 10;
+/// Default bytes the shared tier may queue per class: 32 MiB.
+pub const DEFAULT_SHARED_TIER_BYTES: usize = 32 << 20;
+/// The most buffers a thread cache keeps per class, however small the class.
+pub const MAX_THREAD_CACHE_DEPTH: usize = 32;
+/// The most buffers the shared tier queues per class.
+pub const MAX_SHARED_TIER_DEPTH: usize = 1024;
+/// How many classes above the requested one a miss may borrow an idle
+/// buffer from before allocating. Borrowing turns a fresh allocation (page
+/// faults) into a reuse at the price of at most two classes' rounding.
+const BORROW_CLASSES_ABOVE: usize = 2;
+/// The class tag of buffers above the largest class.
+pub(crate) const OVERSIZE: u32 = u32::MAX;
+
+/// A tiered buffer pool: a cheap, cloneable handle (`Clone + Send + Sync`).
+///
+/// Requests are rounded up to a size class and served from the calling
+/// thread's cache, then the shared tier, then the allocator. Buffers go back
+/// when dropped, on any thread. See the [crate docs](crate) for the tiers.
+///
+/// ```
+/// let pool = tierpool::Pool::new();
+/// let mut buf = pool.get(10_000);
+/// assert!(buf.capacity() >= 10_000);
+/// buf.extend_from_slice(b"pixels");
+/// assert_eq!(&buf[..], b"pixels");
+/// drop(buf); // back into this thread's cache
+/// assert_eq!(pool.stats().retained_buffers, 1);
+/// ```
+///
+/// Dropping the last handle frees every idle buffer; buffers still out free
+/// themselves when dropped.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+    _handle: Arc<Handle>,
+}
+
+/// Closes the pool when the last `Pool` handle goes.
+struct Handle(Arc<PoolInner>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        self.0.trim(TrimReason::PoolClosed);
+    }
+}
+
+/// Configures and builds a [`Pool`].
+///
+/// ```
+/// use tierpool::{Pool, SizeClasses};
+///
+/// let pool = Pool::builder()
+///     .size_classes(SizeClasses::from_sizes(&[100, 200, 300])?)
+///     .max_retained_bytes(64 << 20)
+///     .thread_cache_bytes(1024)
+///     .build();
+/// assert_eq!(pool.get(150).capacity(), 200);
+/// # Ok::<(), tierpool::Error>(())
+/// ```
+pub struct PoolBuilder {
+    classes: SizeClasses,
+    max_retained_bytes: usize,
+    thread_cache_bytes: usize,
+    shared_tier_bytes: usize,
+    hook: Option<EventHook>,
+}
+
+/// Per-class figures fixed at build time.
+#[derive(Debug)]
+pub(crate) struct ClassInfo {
+    pub(crate) capacity: usize,
+    /// Slots per thread cache.
+    pub(crate) depth: usize,
+    /// Buffers moved per refill or spill.
+    pub(crate) batch: usize,
+    /// Where this class's slots start in a thread cache.
+    pub(crate) slot_start: usize,
+    /// Most unused reservation a thread cache keeps for this class.
+    pub(crate) credit_limit: usize,
+}
+
+/// What a pool's handles and buffers share.
+///
+/// Only ever created inside an `Arc` (by [`PoolBuilder::build`]); every pooled
+/// block, idle or in use, owns one strong count of that `Arc`, so a buffer can
+/// always reach its pool.
+pub(crate) struct PoolInner {
+    pub(crate) classes: SizeClasses,
+    pub(crate) info: Box<[ClassInfo]>,
+    pub(crate) slots_per_cache: usize,
+    pub(crate) shared: Box<[SharedTier]>,
+    /// Bytes reserved for retention: idle buffers in every tier plus the
+    /// unused reservations ("credit") of thread caches. Never above
+    /// `max_retained`; reserving is the only way to keep a buffer.
+    reserved: AtomicUsize,
+    pub(crate) max_retained: usize,
+    /// Live thread caches, for `trim` and `stats`.
+    pub(crate) registry: Mutex<Vec<Arc<ThreadCache>>>,
+    /// Counters of paths without a thread cache, and of exited threads.
+    pub(crate) totals: Box<[ClassCounters]>,
+    oversize_allocations: AtomicU64,
+    oversize_in_use_bytes: AtomicUsize,
+    oversize_in_use_buffers: AtomicUsize,
+    trim_passes: AtomicU64,
+    /// Set when the last handle drops: returns free from then on.
+    pub(crate) closed: AtomicBool,
+    hook: Option<EventHook>,
+}
+
+/// What happened to a returned block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Returned {
+    /// The pool kept it; the block's pool count went with it.
+    Kept,
+    /// It was freed; the caller must release the block's pool count.
+    Freed,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// A pool with the default classes (4 KiB–64 MiB, 4 per doubling) and caps.
+    pub fn new() -> Pool {
+        Pool::builder().build()
+    }
+
+    /// A builder to choose classes, caps and tier depths.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            classes: SizeClasses::default(),
+            max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
+            thread_cache_bytes: DEFAULT_THREAD_CACHE_BYTES,
+            shared_tier_bytes: DEFAULT_SHARED_TIER_BYTES,
+            hook: None,
+        }
+    }
+
+    /// A buffer with `len() == 0` and `capacity() >= min_capacity`: the
+    /// class's capacity, or exactly `min_capacity` above the largest class.
+    ///
+    /// # Panics
+    ///
+    /// When `min_capacity` exceeds `isize::MAX` bytes, like `Vec`; when the
+    /// allocator fails, the process aborts through
+    /// [`handle_alloc_error`](std::alloc::handle_alloc_error), like `Vec`.
+    /// [`try_get`](Self::try_get) returns both as errors.
+    #[inline]
+    pub fn get(&self, min_capacity: usize) -> PooledBuf {
+        match self.try_get(min_capacity) {
+            Ok(buf) => buf,
+            Err(e) => fail(e),
+        }
+    }
+
+    /// Like [`get`](Self::get), but an absurd size or a failed allocation is
+    /// an error instead of a panic or an abort.
+    ///
+    /// ```
+    /// let pool = tierpool::Pool::new();
+    /// assert!(pool.try_get(usize::MAX).is_err());
+    /// assert!(pool.try_get(1 << 50).is_err()); // 1 PiB: the allocator says no
+    /// assert_eq!(pool.stats().in_use_bytes, 0);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CapacityOverflow`] above `isize::MAX` bytes,
+    /// [`Error::AllocFailed`] when the allocator refuses.
+    #[inline]
+    pub fn try_get(&self, min_capacity: usize) -> Result<PooledBuf, Error> {
+        self.inner.get(&self.inner, min_capacity)
+    }
+
+    /// Frees every idle buffer now, in every tier: the shared tier and the
+    /// caches of all threads, idle ones included (exited threads flushed
+    /// theirs into the shared tier when they exited).
+    ///
+    /// Buffers returned while the trim runs may stay.
+    pub fn trim(&self) {
+        self.inner.trim(TrimReason::Manual);
+    }
+
+    /// A snapshot of memory and traffic; see [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// The classes this pool rounds requests up to.
+    pub fn size_classes(&self) -> &SizeClasses {
+        &self.inner.classes
+    }
+
+    /// The cap on idle memory across all tiers.
+    pub fn max_retained_bytes(&self) -> usize {
+        self.inner.max_retained
+    }
+
+    pub(crate) fn inner_arc(&self) -> &Arc<PoolInner> {
+        &self.inner
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::new()
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("classes", &self.inner.classes)
+            .field("max_retained_bytes", &self.inner.max_retained)
+            .field("on_event", &HookDebug(&self.inner.hook))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process-wide pool, built with the defaults on first use.
+///
+/// ```
+/// let buf = tierpool::global().get(4096);
+/// assert_eq!(buf.capacity(), 4096);
+/// ```
+pub fn global() -> &'static Pool {
+    static GLOBAL: OnceLock<Pool> = OnceLock::new();
+    GLOBAL.get_or_init(Pool::new)
+}
+
+#[cold]
+#[track_caller]
+fn fail(e: Error) -> ! {
+    match e {
+        Error::AllocFailed { size } => {
+            // Same as `Vec`: out of memory is not a panic.
+            std::alloc::handle_alloc_error(Layout::array::<u8>(size).expect("checked"))
+        }
+        e => panic!("tierpool: {e}"),
+    }
+}
+
+// === impl PoolBuilder ===
+
+impl PoolBuilder {
+    /// The classes requests are rounded up to (default:
+    /// [`SizeClasses::default`]).
+    pub fn size_classes(mut self, classes: SizeClasses) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    /// The most idle capacity the pool keeps across all tiers, thread caches
+    /// included (default [`DEFAULT_MAX_RETAINED_BYTES`]). A buffer returned
+    /// into a full pool is freed. `0` keeps nothing.
+    pub fn max_retained_bytes(mut self, bytes: usize) -> Self {
+        self.max_retained_bytes = bytes;
+        self
+    }
+
+    /// How many bytes each thread's cache may keep per class (default
+    /// [`DEFAULT_THREAD_CACHE_BYTES`]): `bytes / capacity` buffers, at least
+    /// one and at most [`MAX_THREAD_CACHE_DEPTH`]. So small classes keep many
+    /// buffers per thread and large classes one. `0` turns thread caches off:
+    /// every get and return goes to the shared tier.
+    pub fn thread_cache_bytes(mut self, bytes: usize) -> Self {
+        self.thread_cache_bytes = bytes;
+        self
+    }
+
+    /// How many bytes the shared tier may queue per class (default
+    /// [`DEFAULT_SHARED_TIER_BYTES`]): `bytes / capacity` buffers, at least two
+    /// and at most [`MAX_SHARED_TIER_DEPTH`].
+    pub fn shared_tier_bytes(mut self, bytes: usize) -> Self {
+        self.shared_tier_bytes = bytes;
+        self
+    }
+
+    /// A callback for every [`Event`]: allocations, frees instead of reuse,
+    /// trim passes. It runs on the thread where the event happened, outside
+    /// any lock, and may use the pool. Keep it short (count, don't log every
+    /// event at info level). With no callback, events cost nothing.
+    pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.hook = Some(Box::new(hook));
+        self
+    }
+
+    /// Builds the pool.
+    pub fn build(self) -> Pool {
+        let mut slot_start = 0;
+        let info: Box<[ClassInfo]> = self
+            .classes
+            .sizes()
+            .iter()
+            .map(|&capacity| {
+                let depth = if self.thread_cache_bytes == 0 {
+                    0
+                } else {
+                    (self.thread_cache_bytes / capacity).clamp(1, MAX_THREAD_CACHE_DEPTH)
+                };
+                let batch = (depth / 2).max(1);
+                let class = ClassInfo {
+                    capacity,
+                    depth,
+                    batch,
+                    slot_start,
+                    credit_limit: depth.max(1) * capacity,
+                };
+                slot_start += depth;
+                class
+            })
+            .collect();
+        let shared = self
+            .classes
+            .sizes()
+            .iter()
+            .map(|&c| SharedTier::new((self.shared_tier_bytes / c).clamp(2, MAX_SHARED_TIER_DEPTH)))
+            .collect();
+        let totals = info.iter().map(|_| ClassCounters::default()).collect();
+        let inner = Arc::new(PoolInner {
+            classes: self.classes,
+            info,
+            slots_per_cache: slot_start,
+            shared,
+            reserved: AtomicUsize::new(0),
+            max_retained: self.max_retained_bytes,
+            registry: Mutex::new(Vec::new()),
+            totals,
+            oversize_allocations: AtomicU64::new(0),
+            oversize_in_use_bytes: AtomicUsize::new(0),
+            oversize_in_use_buffers: AtomicUsize::new(0),
+            trim_passes: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            hook: self.hook,
+        });
+        Pool {
+            _handle: Arc::new(Handle(inner.clone())),
+            inner,
+        }
+    }
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("classes", &self.classes)
+            .field("max_retained_bytes", &self.max_retained_bytes)
+            .field("thread_cache_bytes", &self.thread_cache_bytes)
+            .field("shared_tier_bytes", &self.shared_tier_bytes)
+            .field("on_event", &HookDebug(&self.hook))
+            .finish()
+    }
+}
+
+// === impl PoolInner ===
+
+impl PoolInner {
+    /// Serves a request: thread cache, shared tier, a larger class's idle
+    /// buffer, then the allocator.
+    #[inline]
+    pub(crate) fn get(&self, this: &Arc<PoolInner>, min_capacity: usize) -> Result<PooledBuf, Error> {
+        let Some(class) = self.classes.index_for(min_capacity) else {
+            return self.get_oversize(this, min_capacity);
+        };
+        let found = thread_cache::with_local(self, |cache, owner| cache.take(self, class, owner))
+            .unwrap_or_else(|| self.take_shared(class, None, Writer::Any));
+        match found {
+            Some((ptr, class)) => {
+                // SAFETY: `ptr` is an idle block of `class` taken out of a tier,
+                // so nobody else owns it; it carries its pool count with it.
+                Ok(unsafe { PooledBuf::from_block(ptr, self.info[class].capacity, this, class) })
+            }
+            None => self.allocate(this, class),
+        }
+    }
+
+    /// The allocator path of a class miss.
+    #[cold]
+    fn allocate(&self, this: &Arc<PoolInner>, class: usize) -> Result<PooledBuf, Error> {
+        let capacity = self.info[class].capacity;
+        let ptr = alloc_block(capacity)?;
+        // SAFETY: `this` is a live `Arc`; the new block owns this count.
+        unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
+        self.totals[class].misses.fetch_add(1, Ordering::Relaxed);
+        self.emit(Event::Allocated {
+            capacity,
+            reason: AllocReason::Miss,
+        });
+        // SAFETY: a fresh allocation of `capacity` bytes, owned by nobody
+        // else, whose pool count was just taken.
+        Ok(unsafe { PooledBuf::from_block(ptr, capacity, this, class) })
+    }
+
+    #[cold]
+    fn get_oversize(&self, this: &Arc<PoolInner>, size: usize) -> Result<PooledBuf, Error> {
+        let ptr = alloc_block(size)?;
+        // SAFETY: `this` is a live `Arc`; the new block owns this count.
+        unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
+        self.oversize_allocations.fetch_add(1, Ordering::Relaxed);
+        self.oversize_in_use_bytes.fetch_add(size, Ordering::Relaxed);
+        self.oversize_in_use_buffers.fetch_add(1, Ordering::Relaxed);
+        self.emit(Event::Allocated {
+            capacity: size,
+            reason: AllocReason::Oversize,
+        });
+        // SAFETY: a fresh allocation of `size` bytes, owned by nobody else,
+        // whose pool count was just taken.
+        Ok(unsafe { PooledBuf::from_block(ptr, size, this, OVERSIZE as usize) })
+    }
+
+    /// Takes an idle block of `class` (or up to two classes above) from the
+    /// shared tier. `owner` is the calling thread's cache state when there is
+    /// one: the block's reservation becomes its credit; otherwise the
+    /// reservation is released.
+    pub(crate) fn take_shared(
+        &self,
+        class: usize,
+        mut owner: Option<(&ThreadCache, &mut [thread_cache::OwnerState])>,
+        writer: Writer,
+    ) -> Option<(NonNull<u8>, usize)> {
+        let last = (class + BORROW_CLASSES_ABOVE).min(self.info.len() - 1);
+        for c in class..=last {
+            if let Some(ptr) = self.shared[c].pop() {
+                match owner.as_mut() {
+                    Some((cache, state)) => {
+                        writer.bump(&cache.counters[c].shared_hits);
+                        cache.credit(self, c, &mut state[c]);
+                        if c == class {
+                            cache.refill(self, c, &mut state[c]);
+                        }
+                    }
+                    None => {
+                        writer.bump(&self.totals[c].shared_hits);
+                        self.release(self.info[c].capacity);
+                    }
+                }
+                return Some((ptr, c));
+            }
+        }
+        None
+    }
+
+    /// Takes a returned block back. The caller owns the block and its pool
+    /// count; on [`Returned::Freed`] the memory is gone and the caller must
+    /// release the count (after this call: it may be the last).
+    pub(crate) fn give_back(&self, ptr: NonNull<u8>, class: u32) -> Returned {
+        if class == OVERSIZE {
+            unreachable!("oversize blocks go through give_back_oversize")
+        }
+        let class = class as usize;
+        let (returned, full) = match thread_cache::with_local(self, |cache, owner| {
+            cache.put(self, class, ptr, owner)
+        }) {
+            Some(outcome) => outcome,
+            None => self.put_shared(class, ptr),
+        };
+        for _ in 0..full.freed_full {
+            self.emit(Event::Dropped {
+                capacity: self.info[class].capacity,
+                reason: DropReason::PoolFull,
+            });
+        }
+        if let Some(reason) = full.this_one {
+            self.emit(Event::Dropped {
+                capacity: self.info[class].capacity,
+                reason,
+            });
+        }
+        returned
+    }
+
+    /// Frees an oversize block. The caller releases its pool count afterwards.
+    pub(crate) fn give_back_oversize(&self, ptr: NonNull<u8>, size: usize) {
+        // SAFETY: the caller owned this block of `size` bytes and gives it up.
+        unsafe { free_block(ptr, size) };
+        self.oversize_in_use_bytes.fetch_sub(size, Ordering::Relaxed);
+        self.oversize_in_use_buffers.fetch_sub(1, Ordering::Relaxed);
+        self.emit(Event::Dropped {
+            capacity: size,
+            reason: DropReason::Oversize,
+        });
+    }
+
+    /// Counts a block that leaves the pool through `into_vec`.
+    pub(crate) fn detach(&self, class: u32, size: usize) {
+        if class == OVERSIZE {
+            self.oversize_in_use_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.oversize_in_use_buffers.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.totals[class as usize].detached.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The return path without a thread cache: straight to the shared tier.
+    pub(crate) fn put_shared(&self, class: usize, ptr: NonNull<u8>) -> (Returned, Freed) {
+        let counters = &self.totals[class];
+        counters.returns.fetch_add(1, Ordering::Relaxed);
+        let capacity = self.info[class].capacity;
+        let reason = if self.closed.load(Ordering::Relaxed) {
+            DropReason::PoolClosed
+        } else if !self.try_reserve(capacity) {
+            DropReason::PoolFull
+        } else {
+            match self.shared[class].push(ptr) {
+                Ok(()) => return (Returned::Kept, Freed::default()),
+                Err(_) => {
+                    self.release(capacity);
+                    DropReason::PoolFull
+                }
+            }
+        };
+        if reason == DropReason::PoolFull {
+            counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller gave up this block of `capacity` bytes.
+        unsafe { free_block(ptr, capacity) };
+        (Returned::Freed, Freed::this_one(reason))
+    }
+
+    /// Reserves `bytes` of retention budget, if the cap allows.
+    pub(crate) fn try_reserve(&self, bytes: usize) -> bool {
+        let mut current = self.reserved.load(Ordering::Relaxed);
+        loop {
+            // [1] Stop if the cap would be passed (saturating: `bytes` is a
+            //     class capacity times a small batch, but be safe).
+            let Some(next) = current.checked_add(bytes).filter(|&n| n <= self.max_retained) else {
+                return false;
+            };
+            // [2] Publish; on a race, retry with what the other thread left.
+            //     Relaxed: the counter guards no other memory.
+            match self.reserved.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Gives back `bytes` of retention budget.
+    pub(crate) fn release(&self, bytes: usize) {
+        let before = self.reserved.fetch_sub(bytes, Ordering::Relaxed);
+        debug_assert!(before >= bytes, "released {bytes} of {before} reserved bytes");
+    }
+
+    /// Frees an idle block that held a reservation and a pool count.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is an idle block of `class` that the caller took out of a tier,
+    /// and the caller holds another strong count of this pool's `Arc` (so
+    /// releasing the block's count here is never the last).
+    pub(crate) unsafe fn free_idle(&self, ptr: NonNull<u8>, class: usize) {
+        let capacity = self.info[class].capacity;
+        // SAFETY: the caller took the block out of its tier: it is ours.
+        unsafe { free_block(ptr, capacity) };
+        self.release(capacity);
+        // SAFETY: the block owned one count of the `Arc` this `PoolInner`
+        // lives in, and the caller holds another one.
+        unsafe { Arc::decrement_strong_count(self as *const PoolInner) };
+    }
+
+    /// Frees every idle buffer in every tier.
+    pub(crate) fn trim(&self, reason: TrimReason) {
+        let mut buffers = 0;
+        let mut bytes = 0;
+        let mut free = |ptr, class: usize| {
+            // SAFETY: `ptr` was just taken out of a tier; the caller of
+            // `trim` holds a strong count of the pool (a `Pool` handle, the
+            // closing `Handle`, or a thread cache's entry).
+            unsafe { self.free_idle(ptr, class) };
+            self.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
+            buffers += 1;
+            bytes += self.info[class].capacity;
+        };
+        for (class, tier) in self.shared.iter().enumerate() {
+            while let Some(ptr) = tier.pop() {
+                free(ptr, class);
+            }
+        }
+        let caches: Vec<Arc<ThreadCache>> = self.registry.lock().clone();
+        for cache in &caches {
+            cache.drain(self, &mut free);
+        }
+        drop(caches);
+        self.trim_passes.fetch_add(1, Ordering::Relaxed);
+        self.emit(Event::Trimmed {
+            buffers,
+            bytes,
+            reason,
+        });
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut classes: Vec<ClassStats> = self
+            .info
+            .iter()
+            .zip(self.shared.iter())
+            .map(|(info, tier)| ClassStats {
+                capacity: info.capacity,
+                retained_buffers: tier.len(),
+                ..ClassStats::default()
+            })
+            .collect();
+        let thread_caches;
+        {
+            let registry = self.registry.lock();
+            thread_caches = registry.len();
+            for cache in registry.iter() {
+                cache.add_to(self, &mut classes);
+            }
+            // Read the totals under the lock too: an exiting thread folds its
+            // counters into them under it, so each count is seen exactly once.
+            for (counters, out) in self.totals.iter().zip(classes.iter_mut()) {
+                counters.add_to(out);
+            }
+        }
+        let mut stats = Stats {
+            max_retained_bytes: self.max_retained,
+            oversize_allocations: self.oversize_allocations.load(Ordering::Relaxed),
+            oversize_in_use_bytes: self.oversize_in_use_bytes.load(Ordering::Relaxed),
+            trim_passes: self.trim_passes.load(Ordering::Relaxed),
+            thread_caches,
+            ..Stats::default()
+        };
+        stats.in_use_bytes = stats.oversize_in_use_bytes;
+        stats.in_use_buffers = self.oversize_in_use_buffers.load(Ordering::Relaxed);
+        for class in &mut classes {
+            class.finish();
+            stats.retained_bytes += class.retained_bytes;
+            stats.retained_buffers += class.retained_buffers;
+            stats.in_use_bytes += class.in_use_bytes;
+            stats.in_use_buffers += class.in_use_buffers;
+        }
+        stats.classes = classes;
+        stats
+    }
+
+    #[inline]
+    fn emit(&self, event: Event) {
+        if let Some(hook) = &self.hook {
+            hook(&event);
+        }
+    }
+}
+
+/// Frees that a return caused, to report as events once out of the thread
+/// cache.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Freed {
+    /// Idle blocks freed because the shared tier was full when spilling.
+    pub(crate) freed_full: usize,
+    /// Why the returned block itself was freed, if it was.
+    pub(crate) this_one: Option<DropReason>,
+}
+
+impl Freed {
+    pub(crate) fn this_one(reason: DropReason) -> Self {
+        Freed {
+            freed_full: 0,
+            this_one: Some(reason),
+        }
+    }
+}
+
+/// Allocates `size` (non-zero) uninitialised bytes with `u8`'s layout, the
+/// layout `Vec<u8>` uses, so a block can become a `Vec` without a copy.
+pub(crate) fn alloc_block(size: usize) -> Result<NonNull<u8>, Error> {
+    debug_assert!(size > 0);
+    let layout = Layout::array::<u8>(size).map_err(|_| Error::CapacityOverflow { requested: size })?;
+    // SAFETY: `layout` has a non-zero size (every class and every oversize
+    // request is at least one byte).
+    let ptr = unsafe { alloc(layout) };
+    NonNull::new(ptr).ok_or(Error::AllocFailed { size })
+}
+
+/// Frees a block from [`alloc_block`].
+///
+/// # Safety
+///
+/// `ptr` came from `alloc_block(size)` with this same `size`, and nothing uses
+/// it afterwards.
+pub(crate) unsafe fn free_block(ptr: NonNull<u8>, size: usize) {
+    // SAFETY: by the caller's promise, allocated with exactly this layout,
+    // which `alloc_block` already checked to be valid.
+    unsafe { dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, 1)) }
+}

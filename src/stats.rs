@@ -1,0 +1,257 @@
+use std::fmt;
+
+use crate::sync::{AtomicU64, Ordering, bump_owned};
+
+/// A snapshot of a pool's memory and traffic, from [`Pool::stats`](crate::Pool::stats).
+///
+/// Exact when the pool is quiescent (no buffer operation in flight); during
+/// traffic a figure may lag by one thread cache's worth. `Display` prints a
+/// table with one row per class that has seen traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Idle capacity held in every tier (thread caches and shared tier), in
+    /// bytes. Never above `max_retained_bytes`.
+    pub retained_bytes: usize,
+    /// Idle buffers held in every tier.
+    pub retained_buffers: usize,
+    /// Capacity handed out and not yet returned (oversize buffers included),
+    /// in bytes.
+    pub in_use_bytes: usize,
+    /// Buffers handed out and not yet returned (oversize buffers included).
+    pub in_use_buffers: usize,
+    /// The retention cap this pool was built with.
+    pub max_retained_bytes: usize,
+    /// Requests above the largest class, served exactly and not pooled.
+    pub oversize_allocations: u64,
+    /// Of those, the bytes still in use.
+    pub oversize_in_use_bytes: usize,
+    /// Trim passes run (manual and on close).
+    pub trim_passes: u64,
+    /// Threads whose cache for this pool is alive.
+    pub thread_caches: usize,
+    /// One entry per class, smallest first.
+    pub classes: Vec<ClassStats>,
+}
+
+/// The figures of one size class, in [`Stats::classes`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClassStats {
+    /// The class's capacity in bytes.
+    pub capacity: usize,
+    /// Requests served by an idle buffer: `thread_cache_hits + shared_hits`.
+    pub hits: u64,
+    /// Hits served by the requesting thread's own cache.
+    pub thread_cache_hits: u64,
+    /// Hits served by the shared tier (including requests of up to two classes
+    /// below that borrowed an idle buffer of this class).
+    pub shared_hits: u64,
+    /// Requests that found no idle buffer and allocated one.
+    pub misses: u64,
+    /// Buffers returned (kept or freed).
+    pub returns: u64,
+    /// Returned or spilled buffers freed because the pool was full (its
+    /// byte cap or this class's shared queue).
+    pub dropped_full: u64,
+    /// Idle buffers freed by trimming.
+    pub trimmed: u64,
+    /// Buffers taken out of the pool with `into_vec`.
+    pub detached: u64,
+    /// Idle buffers held in all tiers.
+    pub retained_buffers: usize,
+    /// Their capacity in bytes.
+    pub retained_bytes: usize,
+    /// Buffers of this class handed out and not yet returned.
+    pub in_use_buffers: usize,
+    /// Their capacity in bytes.
+    pub in_use_bytes: usize,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "retained {} in {} buffers (cap {}), in use {} in {} buffers, \
+             {} thread caches, {} oversize allocations, {} trim passes",
+            Mib(self.retained_bytes),
+            self.retained_buffers,
+            Mib(self.max_retained_bytes),
+            Mib(self.in_use_bytes),
+            self.in_use_buffers,
+            self.thread_caches,
+            self.oversize_allocations,
+            self.trim_passes,
+        )?;
+        writeln!(
+            f,
+            "{:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12}",
+            "class",
+            "tc hits",
+            "sh hits",
+            "misses",
+            "returns",
+            "full",
+            "trimmed",
+            "detached",
+            "retained",
+            "in use"
+        )?;
+        for c in self.classes.iter().filter(|c| c.hits + c.misses + c.returns > 0) {
+            writeln!(
+                f,
+                "{:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12}",
+                Size(c.capacity),
+                c.thread_cache_hits,
+                c.shared_hits,
+                c.misses,
+                c.returns,
+                c.dropped_full,
+                c.trimmed,
+                c.detached,
+                Size(c.retained_bytes),
+                Size(c.in_use_bytes),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes as MiB with two decimals.
+struct Mib(usize);
+
+impl fmt::Display for Mib {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.2} MiB", self.0 as f64 / (1 << 20) as f64)
+    }
+}
+
+/// A byte count in the largest binary unit that divides it, for class names.
+struct Size(usize);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self.0 {
+            0 => "0".to_string(),
+            n if n % (1 << 20) == 0 => format!("{}M", n >> 20),
+            n if n % (1 << 10) == 0 => format!("{}K", n >> 10),
+            n => n.to_string(),
+        };
+        f.pad(&s)
+    }
+}
+
+/// The traffic counters of one class, kept by each thread cache (written by
+/// its owner only) and by the pool (for paths without a thread cache and for
+/// the folded counts of exited threads).
+#[derive(Debug, Default)]
+pub(crate) struct ClassCounters {
+    pub(crate) thread_cache_hits: AtomicU64,
+    pub(crate) shared_hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) returns: AtomicU64,
+    pub(crate) dropped_full: AtomicU64,
+    pub(crate) trimmed: AtomicU64,
+    pub(crate) detached: AtomicU64,
+}
+
+/// Who may write a counter, and so how to add to it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Writer {
+    /// Only the owning thread: a load and a store.
+    Owner,
+    /// Any thread: a `fetch_add`.
+    Any,
+}
+
+impl Writer {
+    #[inline]
+    pub(crate) fn bump(self, counter: &AtomicU64) {
+        match self {
+            Writer::Owner => bump_owned(counter),
+            Writer::Any => {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl ClassCounters {
+    /// Adds every counter of `other` into `self` (which any thread may write).
+    pub(crate) fn absorb(&self, other: &ClassCounters) {
+        for (mine, theirs) in self.fields().into_iter().zip(other.fields()) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    /// Adds every counter into the matching fields of `out`.
+    pub(crate) fn add_to(&self, out: &mut ClassStats) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.thread_cache_hits += load(&self.thread_cache_hits);
+        out.shared_hits += load(&self.shared_hits);
+        out.misses += load(&self.misses);
+        out.returns += load(&self.returns);
+        out.dropped_full += load(&self.dropped_full);
+        out.trimmed += load(&self.trimmed);
+        out.detached += load(&self.detached);
+    }
+
+    fn fields(&self) -> [&AtomicU64; 7] {
+        [
+            &self.thread_cache_hits,
+            &self.shared_hits,
+            &self.misses,
+            &self.returns,
+            &self.dropped_full,
+            &self.trimmed,
+            &self.detached,
+        ]
+    }
+}
+
+impl ClassStats {
+    /// Fills in the derived fields from the counters and the retained count.
+    pub(crate) fn finish(&mut self) {
+        self.hits = self.thread_cache_hits + self.shared_hits;
+        let out = (self.hits + self.misses) as i128;
+        let back = (self.returns + self.detached) as i128;
+        // Mid-traffic snapshots can see a return before the matching hit.
+        self.in_use_buffers = (out - back).max(0) as usize;
+        self.in_use_bytes = self.in_use_buffers * self.capacity;
+        self.retained_bytes = self.retained_buffers * self.capacity;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_print_in_binary_units() {
+        assert_eq!(Size(4096).to_string(), "4K");
+        assert_eq!(Size(64 << 20).to_string(), "64M");
+        assert_eq!(Size(100).to_string(), "100");
+        assert_eq!(Size(5 << 10).to_string(), "5K");
+    }
+
+    #[test]
+    fn display_lists_active_classes_only() {
+        let mut stats = Stats {
+            max_retained_bytes: 1 << 20,
+            ..Stats::default()
+        };
+        stats.classes.push(ClassStats {
+            capacity: 4096,
+            misses: 3,
+            ..ClassStats::default()
+        });
+        stats.classes.push(ClassStats {
+            capacity: 8192,
+            ..ClassStats::default()
+        });
+        let text = stats.to_string();
+        assert!(text.contains("4K"), "{text}");
+        assert!(!text.contains("8K"), "{text}");
+        assert!(text.contains("cap 1.00 MiB"), "{text}");
+    }
+}

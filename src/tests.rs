@@ -1,0 +1,489 @@
+//! Unit tests over every unsafe path; they run under miri too, so sizes
+//! scale with `cfg!(miri)`.
+
+use std::sync::Arc as StdArc;
+use std::sync::Mutex as StdMutex;
+
+use bytes::BufMut;
+
+use crate::{AllocReason, DropReason, Error, Event, Pool, PooledBuf, SizeClasses, TrimReason};
+
+const ROUNDS: usize = if cfg!(miri) { 20 } else { 2_000 };
+
+fn small_pool() -> Pool {
+    Pool::builder()
+        .size_classes(SizeClasses::from_sizes(&[100, 200, 300]).unwrap())
+        .thread_cache_bytes(400)
+        .build()
+}
+
+fn recording_pool(builder: crate::PoolBuilder) -> (Pool, StdArc<StdMutex<Vec<Event>>>) {
+    let events = StdArc::new(StdMutex::new(Vec::new()));
+    let sink = events.clone();
+    let pool = builder.on_event(move |e| sink.lock().unwrap().push(*e)).build();
+    (pool, events)
+}
+
+#[test]
+fn get_rounds_up_and_reuses() {
+    let pool = small_pool();
+    let buf = pool.get(150);
+    assert_eq!(buf.capacity(), 200);
+    assert_eq!(buf.len(), 0);
+    let ptr = buf.as_ptr();
+    drop(buf);
+    let again = pool.get(101);
+    assert_eq!(again.as_ptr(), ptr, "the thread cache hands the same block back");
+    let stats = pool.stats();
+    assert_eq!(stats.classes[1].misses, 1);
+    assert_eq!(stats.classes[1].thread_cache_hits, 1);
+    assert_eq!(stats.in_use_bytes, 200);
+    drop(again);
+    let stats = pool.stats();
+    assert_eq!((stats.in_use_bytes, stats.retained_bytes), (0, 200));
+}
+
+#[test]
+fn reused_buffers_show_no_stale_bytes() {
+    let pool = small_pool();
+    let mut buf = pool.get(300);
+    buf.resize(300, 0xAA);
+    drop(buf);
+    let mut buf = pool.get(300);
+    assert!(buf.is_empty());
+    buf.resize(300, 0);
+    assert!(buf.iter().all(|&b| b == 0));
+    buf.clear();
+    buf.put_bytes(7, 10);
+    assert_eq!(&buf[..], &[7; 10]);
+    buf.truncate(3);
+    buf.extend([1u8, 2]);
+    assert_eq!(&buf[..], &[7, 7, 7, 1, 2]);
+}
+
+#[test]
+fn growing_moves_to_a_larger_class_through_the_pool() {
+    let pool = small_pool();
+    let mut buf = pool.get(10);
+    buf.extend_from_slice(&[1; 100]);
+    assert_eq!(buf.capacity(), 100);
+    buf.extend_from_slice(&[2; 50]);
+    assert_eq!(buf.capacity(), 200, "doubling, rounded to a class");
+    assert_eq!(&buf[..100], &[1; 100]);
+    assert_eq!(&buf[100..], &[2; 50]);
+    buf.extend_from_slice(&[3; 200]);
+    assert_eq!(buf.capacity(), 350, "above the largest class: exact");
+    let stats = pool.stats();
+    assert_eq!(stats.oversize_allocations, 1);
+    assert_eq!(stats.in_use_bytes, 350);
+    assert_eq!(stats.retained_bytes, 300, "the 100 and 200 blocks went back");
+    drop(buf);
+    assert_eq!(pool.stats().in_use_bytes, 0);
+}
+
+#[test]
+fn io_write_and_bufmut_grow() {
+    use std::io::Write;
+    let pool = small_pool();
+    let mut buf = pool.get(1);
+    for i in 0..100u32 {
+        write!(buf, "{i},").unwrap();
+    }
+    let text = String::from_utf8(buf.to_vec()).unwrap();
+    assert!(text.starts_with("0,1,2,") && text.ends_with("98,99,"));
+    let mut buf = pool.get(1);
+    buf.put_slice(&[9; 250]);
+    buf.put_u32(0xdead_beef);
+    assert_eq!(buf.len(), 254);
+    assert_eq!(&buf[250..], &0xdead_beef_u32.to_be_bytes());
+    let n = buf
+        .write_vectored(&[std::io::IoSlice::new(b"ab"), std::io::IoSlice::new(b"cd")])
+        .unwrap();
+    assert_eq!(n, 4);
+    assert!(buf.ends_with(b"abcd"));
+}
+
+#[test]
+fn chunk_mut_exposes_only_uninit_spare_capacity() {
+    let pool = small_pool();
+    let mut buf = pool.get(100);
+    buf.resize(100, 0xEE);
+    drop(buf);
+    let mut buf = pool.get(100);
+    let chunk = buf.chunk_mut();
+    assert_eq!(chunk.len(), 100);
+    chunk.copy_from_slice(&[1; 100]);
+    // SAFETY: the whole chunk was just written.
+    unsafe { buf.advance_mut(100) };
+    assert_eq!(&buf[..], &[1; 100]);
+    let chunk = buf.chunk_mut();
+    assert!(chunk.len() > 0, "a full buffer grows for chunk_mut");
+}
+
+#[test]
+#[should_panic(expected = "advance_mut")]
+fn advance_mut_past_capacity_panics() {
+    let pool = small_pool();
+    let mut buf = pool.get(100);
+    // SAFETY: deliberately wrong; the assertion must catch it before `len`
+    // moves.
+    unsafe { buf.advance_mut(101) };
+}
+
+#[test]
+fn spare_capacity_and_set_len() {
+    let pool = small_pool();
+    let mut buf = pool.get(200);
+    let spare = buf.spare_capacity_mut();
+    assert_eq!(spare.len(), 200);
+    for (i, b) in spare.iter_mut().take(5).enumerate() {
+        b.write(i as u8);
+    }
+    // SAFETY: the first five bytes were just written.
+    unsafe { buf.set_len(5) };
+    assert_eq!(&buf[..], &[0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn freeze_returns_with_the_last_clone() {
+    let pool = small_pool();
+    let mut buf = pool.get(200);
+    buf.extend_from_slice(b"frozen");
+    let bytes = buf.freeze();
+    let clone = bytes.slice(1..3);
+    assert_eq!(&clone[..], b"ro");
+    drop(bytes);
+    assert_eq!(pool.stats().in_use_bytes, 200);
+    let other_thread = std::thread::spawn(move || drop(clone));
+    other_thread.join().unwrap();
+    let stats = pool.stats();
+    assert_eq!((stats.in_use_bytes, stats.retained_bytes), (0, 200));
+}
+
+#[test]
+fn into_vec_detaches() {
+    let pool = small_pool();
+    let mut buf = pool.get(150);
+    buf.extend_from_slice(b"keep");
+    let mut vec = buf.into_vec();
+    assert_eq!(vec, b"keep");
+    assert_eq!(vec.capacity(), 200);
+    vec.extend_from_slice(&[0; 1000]); // Vec may realloc the block: same layout
+    let stats = pool.stats();
+    assert_eq!(stats.classes[1].detached, 1);
+    assert_eq!((stats.in_use_bytes, stats.retained_bytes), (0, 0));
+    let big = pool.get(1000).into_vec();
+    assert_eq!(big.capacity(), 1000);
+    assert_eq!(pool.stats().oversize_in_use_bytes, 0);
+    assert!(PooledBuf::new().into_vec().is_empty());
+}
+
+#[test]
+fn empty_buffer_grows_from_the_global_pool() {
+    let mut buf = PooledBuf::default();
+    assert_eq!(buf.capacity(), 0);
+    assert!(buf.is_empty());
+    buf.extend_from_slice(b"hello");
+    assert!(buf.capacity() >= 4096);
+    assert_eq!(&buf[..], b"hello");
+}
+
+#[test]
+fn absurd_sizes_are_errors() {
+    let pool = small_pool();
+    assert_eq!(
+        pool.try_get(usize::MAX).unwrap_err(),
+        Error::CapacityOverflow {
+            requested: usize::MAX
+        }
+    );
+    assert!(matches!(
+        pool.try_get(isize::MAX as usize + 1),
+        Err(Error::CapacityOverflow { .. })
+    ));
+    let mut buf = pool.get(10);
+    buf.extend_from_slice(b"x");
+    assert!(buf.try_reserve(usize::MAX).is_err());
+    assert_eq!(&buf[..], b"x", "a failed reserve leaves the buffer as it was");
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_buffers, 1);
+    assert_eq!(stats.oversize_allocations, 0);
+}
+
+#[cfg(not(miri))] // miri's allocator would try to provide a petabyte
+#[test]
+fn allocation_failure_is_an_error() {
+    let pool = small_pool();
+    assert_eq!(
+        pool.try_get(1 << 50).unwrap_err(),
+        Error::AllocFailed { size: 1 << 50 }
+    );
+    use std::io::Write;
+    let mut buf = pool.get(10);
+    let err = buf.write_all(&[]).and_then(|_| {
+        buf.try_reserve(1 << 50)?;
+        Ok(())
+    });
+    assert_eq!(err.unwrap_err().kind(), std::io::ErrorKind::OutOfMemory);
+    assert_eq!(pool.stats().in_use_buffers, 1);
+}
+
+#[test]
+#[should_panic(expected = "capacity overflow")]
+fn get_panics_on_impossible_sizes() {
+    let _ = small_pool().get(usize::MAX);
+}
+
+#[test]
+fn cap_bounds_retention_across_tiers() {
+    let pool = Pool::builder()
+        .size_classes(SizeClasses::from_sizes(&[100]).unwrap())
+        .max_retained_bytes(250)
+        .thread_cache_bytes(1000)
+        .build();
+    let bufs: Vec<_> = (0..5).map(|_| pool.get(100)).collect();
+    drop(bufs);
+    let stats = pool.stats();
+    assert!(stats.retained_bytes <= 250, "{stats}");
+    assert_eq!(stats.retained_bytes, 200);
+    assert_eq!(stats.classes[0].dropped_full, 3);
+    assert_eq!(stats.in_use_bytes, 0);
+    let none = Pool::builder().max_retained_bytes(0).build();
+    drop(none.get(4096));
+    assert_eq!(none.stats().retained_bytes, 0);
+}
+
+#[test]
+fn events_report_allocations_drops_and_trims() {
+    let (pool, events) = recording_pool(
+        Pool::builder()
+            .size_classes(SizeClasses::from_sizes(&[100]).unwrap())
+            .max_retained_bytes(100),
+    );
+    let a = pool.get(50);
+    let b = pool.get(50);
+    let big = pool.get(500);
+    drop((a, b, big));
+    pool.trim();
+    let seen = events.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            Event::Allocated { capacity: 100, reason: AllocReason::Miss },
+            Event::Allocated { capacity: 100, reason: AllocReason::Miss },
+            Event::Allocated { capacity: 500, reason: AllocReason::Oversize },
+            Event::Dropped { capacity: 100, reason: DropReason::PoolFull },
+            Event::Dropped { capacity: 500, reason: DropReason::Oversize },
+            Event::Trimmed { buffers: 1, bytes: 100, reason: TrimReason::Manual },
+        ]
+    );
+}
+
+#[test]
+fn the_event_hook_may_use_the_pool() {
+    let inner: StdArc<std::sync::OnceLock<Pool>> = StdArc::default();
+    let seen = inner.clone();
+    let pool = Pool::builder()
+        .size_classes(SizeClasses::from_sizes(&[100, 200]).unwrap())
+        .on_event(move |e| {
+            if let (Event::Allocated { capacity: 100, .. }, Some(p)) = (e, seen.get()) {
+                // Re-entering the pool from inside the hook must not
+                // deadlock, panic or corrupt a thread cache.
+                drop(p.get(200));
+            }
+        })
+        .build();
+    inner.set(pool.clone()).unwrap();
+    drop(pool.get(100));
+    let stats = pool.stats();
+    assert_eq!(stats.retained_buffers, 2);
+    assert_eq!(stats.in_use_bytes, 0);
+}
+
+#[test]
+fn trim_reaches_idle_threads_caches() {
+    let pool = small_pool();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            let bufs: Vec<_> = (0..3).map(|_| pool.get(100)).collect();
+            drop(bufs);
+            ready_tx.send(()).unwrap();
+            done_rx.recv().unwrap(); // alive but idle while we trim
+        })
+    };
+    ready_rx.recv().unwrap();
+    let before = pool.stats();
+    assert_eq!(before.retained_buffers, 3);
+    assert_eq!(before.thread_caches, 1);
+    pool.trim();
+    let after = pool.stats();
+    assert_eq!(after.retained_bytes, 0);
+    assert_eq!(after.classes[0].trimmed, 3);
+    done_tx.send(()).unwrap();
+    worker.join().unwrap();
+    assert_eq!(pool.stats().thread_caches, 0);
+}
+
+#[test]
+fn thread_exit_flushes_its_cache_to_the_shared_tier() {
+    let pool = small_pool();
+    let p = pool.clone();
+    std::thread::spawn(move || drop(p.get(300))).join().unwrap();
+    let stats = pool.stats();
+    assert_eq!(stats.thread_caches, 0);
+    assert_eq!(stats.retained_bytes, 300, "flushed, not freed");
+    assert_eq!(stats.classes[2].misses, 1, "the exited thread's counters are kept");
+    // Now this thread's cache refills from the shared tier.
+    let buf = pool.get(300);
+    assert_eq!(pool.stats().classes[2].shared_hits, 1);
+    drop(buf);
+}
+
+#[test]
+fn cross_thread_returns_balance() {
+    let pool = small_pool();
+    let bufs: Vec<_> = (0..ROUNDS.min(200)).map(|i| pool.get(i % 300)).collect();
+    std::thread::spawn(move || drop(bufs)).join().unwrap();
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0);
+    assert!(stats.retained_bytes <= pool.max_retained_bytes());
+}
+
+#[test]
+fn dropping_the_pool_with_buffers_out_is_fine() {
+    let (pool, events) = recording_pool(
+        Pool::builder().size_classes(SizeClasses::from_sizes(&[100]).unwrap()),
+    );
+    let kept = pool.get(100);
+    let idle = pool.get(100);
+    let mut out = pool.get(100);
+    drop(idle); // idle in this thread's cache
+    out.extend_from_slice(b"still mine");
+    drop(pool);
+    assert_eq!(&out[..], b"still mine");
+    out.extend_from_slice(&[0; 200]); // grows through the closed pool
+    drop(out);
+    std::thread::spawn(move || drop(kept)).join().unwrap();
+    let seen = events.lock().unwrap().clone();
+    assert!(seen.contains(&Event::Trimmed { buffers: 1, bytes: 100, reason: TrimReason::PoolClosed }), "{seen:?}");
+    assert!(seen.contains(&Event::Dropped { capacity: 100, reason: DropReason::PoolClosed }), "{seen:?}");
+}
+
+#[test]
+fn many_pools_on_one_thread() {
+    for _ in 0..ROUNDS.min(50) {
+        let pool = small_pool();
+        let mut buf = pool.get(100);
+        buf.extend_from_slice(b"x");
+        drop(buf);
+    }
+    // Closed pools' caches are purged when a new pool registers.
+    let pool = small_pool();
+    drop(pool.get(100));
+    assert_eq!(pool.stats().thread_caches, 1);
+}
+
+#[test]
+fn borrows_an_idle_buffer_from_a_larger_class() {
+    let pool = Pool::builder()
+        .size_classes(SizeClasses::from_sizes(&[100, 200, 300, 400]).unwrap())
+        .thread_cache_bytes(0)
+        .build();
+    drop(pool.get(300));
+    let buf = pool.get(100);
+    assert_eq!(buf.capacity(), 300, "two classes up is close enough");
+    drop(buf);
+    drop(pool.get(400));
+    let buf = pool.get(100);
+    assert_eq!(buf.capacity(), 300);
+    drop(buf);
+    let stats = pool.stats();
+    assert_eq!(stats.classes[0].misses, 0);
+    assert_eq!(stats.classes[2].shared_hits, 2);
+    assert_eq!(stats.in_use_bytes, 0);
+}
+
+#[test]
+fn dropping_from_a_thread_local_destructor() {
+    struct DropsLate(Option<PooledBuf>);
+    impl Drop for DropsLate {
+        fn drop(&mut self) {
+            drop(self.0.take());
+        }
+    }
+    std::thread_local! {
+        static LATE: std::cell::RefCell<DropsLate> = const { std::cell::RefCell::new(DropsLate(None)) };
+    }
+    let pool = small_pool();
+    let p = pool.clone();
+    std::thread::spawn(move || {
+        // Registered before and after the pool's own thread-local, so one
+        // of them is destroyed after the pool's caches are gone.
+        LATE.with(|l| l.borrow_mut().0 = Some(p.get(100)));
+        drop(p.get(200));
+        LATE.with(|l| {
+            let mut l = l.borrow_mut();
+            let first = l.0.take();
+            l.0 = Some(p.get(300));
+            drop(first);
+        });
+    })
+    .join()
+    .unwrap();
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0, "{stats}");
+    assert_eq!(stats.thread_caches, 0);
+}
+
+#[test]
+fn stress_pattern_across_threads() {
+    let pool = Pool::builder()
+        .size_classes(SizeClasses::geometric(64, 1 << 14, 2).unwrap())
+        .thread_cache_bytes(1 << 10)
+        .shared_tier_bytes(1 << 12)
+        .max_retained_bytes(1 << 16)
+        .build();
+    let threads = 4;
+    let rounds = if cfg!(miri) { 30 } else { 5_000 };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PooledBuf>(64);
+    let rx = StdArc::new(StdMutex::new(rx));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let pool = pool.clone();
+            let tx = tx.clone();
+            let rx = rx.clone();
+            std::thread::spawn(move || {
+                let mut seed = t as u64 * 7919 + 1;
+                for i in 0..rounds {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let size = (seed % (1 << 15)) as usize;
+                    let mut buf = pool.get(size);
+                    assert!(buf.is_empty());
+                    let tag = (seed >> 40) as u8;
+                    buf.resize(size, tag);
+                    assert!(buf.iter().all(|&b| b == tag));
+                    if i % 3 == 0 {
+                        let _ = tx.try_send(buf); // another thread drops it
+                    }
+                    if let Ok(other) = rx.lock().unwrap().try_recv() {
+                        let first = other.first().copied();
+                        assert!(other.iter().all(|&b| Some(b) == first));
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for h in handles {
+        h.join().unwrap();
+    }
+    drop(rx);
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0, "{stats}");
+    assert!(stats.retained_bytes <= 1 << 16);
+}

@@ -1,0 +1,329 @@
+//! Thread caches: per thread, per pool, per class, a small LIFO of idle
+//! buffers that the owning thread uses without locks.
+//!
+//! Each cache slot is an `AtomicPtr`. The owner fills a slot with a plain
+//! `Release` store (only the owner ever writes a non-null pointer) and empties
+//! it with a `swap(null)`; the trimmer (and `trim()`) empties slots with the
+//! same `swap`, so it can reach the caches of threads that are alive but
+//! idle. Whoever swaps a non-null pointer out owns that block; the other side
+//! sees null and moves on. The owner's position in its LIFO (`top`) and its
+//! unused retention reservation (`credit`) live in the thread-local and are
+//! never touched by another thread.
+//!
+//! Invariant: every slot at or above the owner's `top` is null. Below `top`
+//! a slot may be null too, when the trimmer took its block.
+
+use std::cell::RefCell;
+use std::ptr::{self, NonNull};
+
+use crate::pool::{Freed, PoolInner, Returned, free_block};
+use crate::stats::{ClassCounters, ClassStats, Writer};
+use crate::sync::{Arc, AtomicPtr, Ordering, bump_owned, thread_local};
+use crate::event::DropReason;
+
+/// The part of a thread's cache for one pool that other threads may touch:
+/// the slots (to trim them) and the counters (to read them).
+#[derive(Debug)]
+pub(crate) struct ThreadCache {
+    /// All classes' slots, class after class (`ClassInfo::slot_start`).
+    slots: Box<[AtomicPtr<u8>]>,
+    /// Written by the owning thread only.
+    pub(crate) counters: Box<[ClassCounters]>,
+}
+
+/// The owner's private state for one class.
+#[derive(Debug, Default)]
+pub(crate) struct OwnerState {
+    /// Slots below this may hold a block; from it on they are null.
+    top: usize,
+    /// Retention budget reserved from the pool but not used by a block.
+    credit: usize,
+}
+
+/// A thread's cache for one pool, owned by that thread's thread-local.
+struct LocalCache {
+    /// Keeps the pool alive while this thread holds its cache.
+    pool: Arc<PoolInner>,
+    cache: Arc<ThreadCache>,
+    owner: Box<[OwnerState]>,
+}
+
+#[cfg(not(loom))]
+thread_local! {
+    /// This thread's caches, one per pool it has used.
+    static LOCAL: RefCell<Vec<LocalCache>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(loom)]
+thread_local! {
+    static LOCAL: RefCell<Vec<LocalCache>> = RefCell::new(Vec::new());
+}
+
+/// Runs `f` on this thread's cache for `pool`, creating it on first use.
+///
+/// `None` when there is no cache to use: the thread-local is being destroyed
+/// (a buffer dropped from another thread-local's destructor), the caches are
+/// already borrowed further up this thread's stack, or the pool is closed.
+/// Callers then use the shared tier directly.
+///
+/// `f` must not call user code (the event callback, the allocator is fine):
+/// the thread's caches stay borrowed while it runs.
+#[inline]
+pub(crate) fn with_local<R>(
+    pool: &PoolInner,
+    f: impl FnOnce(&ThreadCache, &mut [OwnerState]) -> R,
+) -> Option<R> {
+    LOCAL
+        .try_with(|cell| {
+            let mut caches = cell.try_borrow_mut().ok()?;
+            let key = pool as *const PoolInner;
+            let index = match caches.iter().position(|c| Arc::as_ptr(&c.pool) == key) {
+                Some(index) => index,
+                None => register(&mut caches, pool)?,
+            };
+            let local = &mut caches[index];
+            Some(f(&local.cache, &mut local.owner))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Creates this thread's cache for `pool`.
+#[cold]
+fn register(caches: &mut Vec<LocalCache>, pool: &PoolInner) -> Option<usize> {
+    // Caches of pools closed since this thread last registered one: flush
+    // them now rather than at thread exit.
+    caches.retain(|c| !c.pool.closed.load(Ordering::Relaxed));
+    if pool.closed.load(Ordering::Relaxed) {
+        return None;
+    }
+    let ptr = pool as *const PoolInner;
+    // SAFETY: every `PoolInner` lives in an `Arc` (only `PoolBuilder::build`
+    // makes one), and the caller holds a strong count of it (a `Pool` handle
+    // or a block), so it is alive and taking one more count is sound.
+    let pool = unsafe {
+        Arc::increment_strong_count(ptr);
+        Arc::from_raw(ptr)
+    };
+    let cache = Arc::new(ThreadCache {
+        slots: (0..pool.slots_per_cache)
+            .map(|_| AtomicPtr::new(ptr::null_mut()))
+            .collect(),
+        counters: pool.info.iter().map(|_| ClassCounters::default()).collect(),
+    });
+    pool.registry.lock().push(cache.clone());
+    let owner = pool.info.iter().map(|_| OwnerState::default()).collect();
+    caches.push(LocalCache { pool, cache, owner });
+    Some(caches.len() - 1)
+}
+
+// === impl ThreadCache ===
+
+impl ThreadCache {
+    /// Takes the most recently returned idle block of `class`, refilling from
+    /// the shared tier (or borrowing a larger class's block) when empty.
+    #[inline]
+    pub(crate) fn take(
+        &self,
+        pool: &PoolInner,
+        class: usize,
+        owner: &mut [OwnerState],
+    ) -> Option<(NonNull<u8>, usize)> {
+        let info = &pool.info[class];
+        let state = &mut owner[class];
+        while state.top > 0 {
+            state.top -= 1;
+            debug_assert!(state.top < info.depth);
+            // Acquire: pairs with the Release store that put the block here,
+            // so the previous user's writes happen before ours.
+            let ptr = self.slots[info.slot_start + state.top].swap(ptr::null_mut(), Ordering::Acquire);
+            if let Some(ptr) = NonNull::new(ptr) {
+                bump_owned(&self.counters[class].thread_cache_hits);
+                self.credit(pool, class, state);
+                return Some((ptr, class));
+            }
+            // Null: the trimmer took this one; look further down.
+        }
+        pool.take_shared(class, Some((self, owner)), Writer::Owner)
+    }
+
+    /// Moves up to a batch of idle blocks from the shared tier into the empty
+    /// cache of `class`, after one was taken for the caller.
+    pub(crate) fn refill(&self, pool: &PoolInner, class: usize, state: &mut OwnerState) {
+        let info = &pool.info[class];
+        for _ in 1..info.batch {
+            if state.top >= info.depth {
+                break;
+            }
+            let Some(ptr) = pool.shared[class].pop() else { break };
+            // Release: publishes the block to whoever swaps it out later (us,
+            // or the trimmer, which frees it).
+            self.slots[info.slot_start + state.top].store(ptr.as_ptr(), Ordering::Release);
+            state.top += 1;
+        }
+    }
+
+    /// A block of `class` left retention for the caller: its reservation
+    /// becomes this thread's credit; credit beyond the class's limit goes
+    /// back to the pool.
+    #[inline]
+    pub(crate) fn credit(&self, pool: &PoolInner, class: usize, state: &mut OwnerState) {
+        let info = &pool.info[class];
+        state.credit += info.capacity;
+        if state.credit > info.credit_limit {
+            let keep = info.batch * info.capacity;
+            pool.release(state.credit - keep);
+            state.credit = keep;
+        }
+    }
+
+    /// Keeps a returned block of `class` in this cache if the pool's cap
+    /// allows, spilling a batch to the shared tier when the cache is full.
+    #[inline]
+    pub(crate) fn put(
+        &self,
+        pool: &PoolInner,
+        class: usize,
+        ptr: NonNull<u8>,
+        owner: &mut [OwnerState],
+    ) -> (Returned, Freed) {
+        let info = &pool.info[class];
+        let counters = &self.counters[class];
+        bump_owned(&counters.returns);
+        let state = &mut owner[class];
+        let mut reason = None;
+        if pool.closed.load(Ordering::Relaxed) {
+            reason = Some(DropReason::PoolClosed);
+        } else if state.credit < info.capacity && !self.reserve(pool, class, state) {
+            bump_owned(&counters.dropped_full);
+            reason = Some(DropReason::PoolFull);
+        }
+        if let Some(reason) = reason {
+            // SAFETY: the caller gave up this block of the class's capacity.
+            unsafe { free_block(ptr, info.capacity) };
+            return (Returned::Freed, Freed::this_one(reason));
+        }
+        // The block takes one capacity of credit as its reservation.
+        state.credit -= info.capacity;
+        if info.depth == 0 {
+            return match pool.shared[class].push(ptr) {
+                Ok(()) => (Returned::Kept, Freed::default()),
+                Err(ptr) => {
+                    pool.release(info.capacity);
+                    bump_owned(&counters.dropped_full);
+                    // SAFETY: the queue handed the block back: still ours.
+                    unsafe { free_block(ptr, info.capacity) };
+                    (Returned::Freed, Freed::this_one(DropReason::PoolFull))
+                }
+            };
+        }
+        let mut freed = Freed::default();
+        if state.top == info.depth {
+            freed.freed_full = self.spill(pool, class, state);
+        }
+        debug_assert!(state.top < info.depth);
+        // Release: pairs with the Acquire swap of whoever takes it next.
+        self.slots[info.slot_start + state.top].store(ptr.as_ptr(), Ordering::Release);
+        state.top += 1;
+        (Returned::Kept, freed)
+    }
+
+    /// Reserves retention budget for returns of `class`: a batch's worth if
+    /// the cap allows, else one buffer's.
+    #[cold]
+    fn reserve(&self, pool: &PoolInner, class: usize, state: &mut OwnerState) -> bool {
+        let info = &pool.info[class];
+        let batch = info.capacity.saturating_mul(info.batch);
+        let got = if pool.try_reserve(batch) {
+            batch
+        } else if info.batch > 1 && pool.try_reserve(info.capacity) {
+            info.capacity
+        } else {
+            return false;
+        };
+        state.credit += got;
+        true
+    }
+
+    /// Moves the top batch of a full cache to the shared tier; blocks the
+    /// shared tier has no room for are freed. Returns how many were freed.
+    #[cold]
+    fn spill(&self, pool: &PoolInner, class: usize, state: &mut OwnerState) -> usize {
+        let info = &pool.info[class];
+        let mut freed = 0;
+        for _ in 0..info.batch {
+            if state.top == 0 {
+                break;
+            }
+            state.top -= 1;
+            let slot = &self.slots[info.slot_start + state.top];
+            let Some(ptr) = NonNull::new(slot.swap(ptr::null_mut(), Ordering::Acquire)) else {
+                continue;
+            };
+            if let Err(ptr) = pool.shared[class].push(ptr) {
+                // SAFETY: the queue gave the block back, so it is ours; this
+                // thread's cache entry holds a strong count of the pool.
+                unsafe { pool.free_idle(ptr, class) };
+                bump_owned(&self.counters[class].dropped_full);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Empties every slot, handing each block taken to `f` (with its class).
+    /// Any thread may call this; it races safely with the owner.
+    pub(crate) fn drain(&self, pool: &PoolInner, mut f: impl FnMut(NonNull<u8>, usize)) {
+        for (class, info) in pool.info.iter().enumerate() {
+            for slot in &self.slots[info.slot_start..info.slot_start + info.depth] {
+                // Acquire: the owner's writes into the block (and the
+                // block's previous users') happen before we free it.
+                if let Some(ptr) = NonNull::new(slot.swap(ptr::null_mut(), Ordering::Acquire)) {
+                    f(ptr, class);
+                }
+            }
+        }
+    }
+
+    /// Adds this cache's counters and idle buffers to `classes`.
+    pub(crate) fn add_to(&self, pool: &PoolInner, classes: &mut [ClassStats]) {
+        for ((class, info), out) in pool.info.iter().enumerate().zip(classes.iter_mut()) {
+            self.counters[class].add_to(out);
+            out.retained_buffers += self.slots[info.slot_start..info.slot_start + info.depth]
+                .iter()
+                .filter(|s| !s.load(Ordering::Relaxed).is_null())
+                .count();
+        }
+    }
+}
+
+// === impl LocalCache ===
+
+impl Drop for LocalCache {
+    /// Thread exit (or a closed pool): flush the idle blocks into the shared
+    /// tier, give back the unused reservation, fold the counters into the
+    /// pool's totals and leave the registry.
+    fn drop(&mut self) {
+        let pool = &*self.pool;
+        let closed = pool.closed.load(Ordering::Relaxed);
+        self.cache.drain(pool, |ptr, class| {
+            let kept = !closed && pool.shared[class].push(ptr).is_ok();
+            if !kept {
+                // SAFETY: the block was just taken out of our slot (a failed
+                // push hands it back); `self.pool` holds a strong count.
+                unsafe { pool.free_idle(ptr, class) };
+                if !closed {
+                    Writer::Any.bump(&pool.totals[class].dropped_full);
+                }
+            }
+        });
+        for state in self.owner.iter_mut() {
+            pool.release(std::mem::take(&mut state.credit));
+        }
+        let mut registry = pool.registry.lock();
+        for (total, mine) in pool.totals.iter().zip(self.cache.counters.iter()) {
+            total.absorb(mine);
+        }
+        registry.retain(|c| !Arc::ptr_eq(c, &self.cache));
+    }
+}
