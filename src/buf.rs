@@ -11,7 +11,7 @@ use std::slice;
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
-use crate::pool::{OVERSIZE, PoolInner, Returned};
+use crate::pool::{OVERSIZE, PoolInner, Returned, arc_ptr};
 use crate::sync::Arc;
 use crate::{Error, global};
 
@@ -76,13 +76,18 @@ impl PooledBuf {
     /// `ptr` is a block of `cap` bytes from `alloc_block` that nobody else
     /// owns, of class `class` (or `OVERSIZE`) of `pool`, and the caller hands
     /// over one strong count of `pool` along with it.
-    pub(crate) unsafe fn from_block(ptr: NonNull<u8>, cap: usize, pool: &Arc<PoolInner>, class: usize) -> Self {
+    pub(crate) unsafe fn from_block(
+        ptr: NonNull<u8>,
+        cap: usize,
+        pool: &Arc<PoolInner>,
+        class: usize,
+    ) -> Self {
         debug_assert!(class == OVERSIZE as usize || pool.info[class].capacity == cap);
         PooledBuf {
             ptr,
             len: 0,
             cap,
-            pool: Some(NonNull::from(&**pool)),
+            pool: Some(arc_ptr(pool)),
             class: class as u32,
         }
     }
@@ -185,9 +190,12 @@ impl PooledBuf {
     /// at the largest class) so that repeated appends stay amortised O(1).
     #[cold]
     fn grow(&mut self, additional: usize) -> Result<(), Error> {
-        let requested = self.len.checked_add(additional).ok_or(Error::CapacityOverflow {
-            requested: usize::MAX,
-        })?;
+        let requested = self
+            .len
+            .checked_add(additional)
+            .ok_or(Error::CapacityOverflow {
+                requested: usize::MAX,
+            })?;
         let pool: Arc<PoolInner> = match self.pool {
             // SAFETY: our block holds a strong count, so the pool is alive and
             // lives in an `Arc` (every `PoolInner` does).
@@ -302,13 +310,14 @@ impl Drop for PooledBuf {
             let inner = unsafe { pool.as_ref() };
             if self.class == OVERSIZE {
                 inner.give_back_oversize(self.ptr, self.cap);
-            } else if inner.give_back(self.ptr, self.class) == Returned::Kept {
-                // The count went into the pool with the block.
+            } else if PoolInner::give_back(pool, self.ptr, self.class) == Returned::Cached {
+                // The count went into the thread cache with the block.
                 return;
             }
         }
-        // SAFETY: the block was freed; release the count it held. This may
-        // drop the pool, so it comes last, after every use of `inner`.
+        // SAFETY: the block was freed or queued in the shared tier; release
+        // the count it held. This may drop the pool, so it comes last, after
+        // every use of `inner`.
         unsafe { Arc::decrement_strong_count(pool.as_ptr().cast_const()) };
     }
 }
@@ -473,7 +482,9 @@ unsafe impl BufMut for PooledBuf {
         }
         // SAFETY: `[len, cap)` is spare capacity of our block; `UninitSlice`
         // never lets safe code read it.
-        unsafe { UninitSlice::from_raw_parts_mut(self.ptr.as_ptr().add(self.len), self.cap - self.len) }
+        unsafe {
+            UninitSlice::from_raw_parts_mut(self.ptr.as_ptr().add(self.len), self.cap - self.len)
+        }
     }
 
     #[inline]

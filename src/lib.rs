@@ -68,9 +68,11 @@
 //! reaches threads that never call into the pool again. Retention is bounded
 //! by a reservation counter: a thread reserves a batch of budget at once and
 //! keeps it as credit, so the hot path touches no shared cache line. Every
-//! pooled block owns one strong count of its pool's shared state, moved (not
-//! copied) between tiers and buffers, so a buffer can always find its pool
-//! and the pool's bookkeeping outlives its last buffer.
+//! block in use or in a thread cache owns one strong count of its pool's
+//! shared state, moved (not copied) between a cache and a buffer, so a buffer
+//! can always find its pool and the hot path never touches a reference
+//! count; blocks queued in the shared tier own none, so a pool whose handles
+//! and buffers are all gone frees itself and whatever is still queued.
 
 #![warn(missing_docs, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -60,7 +60,7 @@ struct Handle(Arc<PoolInner>);
 impl Drop for Handle {
     fn drop(&mut self) {
         self.0.closed.store(true, Ordering::SeqCst);
-        self.0.trim(TrimReason::PoolClosed);
+        PoolInner::trim(&self.0, TrimReason::PoolClosed);
     }
 }
 
@@ -101,9 +101,10 @@ pub(crate) struct ClassInfo {
 
 /// What a pool's handles and buffers share.
 ///
-/// Only ever created inside an `Arc` (by [`PoolBuilder::build`]); every pooled
-/// block, idle or in use, owns one strong count of that `Arc`, so a buffer can
-/// always reach its pool.
+/// Only ever created inside an `Arc` (by [`PoolBuilder::build`]). Every block
+/// in use or in a thread cache owns one strong count of that `Arc`, so a
+/// buffer can always reach its pool; blocks queued in the shared tier own
+/// none and are freed by the pool's `Drop` if still there.
 pub(crate) struct PoolInner {
     pub(crate) classes: SizeClasses,
     pub(crate) info: Box<[ClassInfo]>,
@@ -127,13 +128,18 @@ pub(crate) struct PoolInner {
     hook: Option<EventHook>,
 }
 
-/// What happened to a returned block.
+/// What happened to a returned block's pool count.
+///
+/// Blocks in use and blocks in thread caches each own a strong count of the
+/// pool's `Arc`; blocks queued in the shared tier own none (the pool frees
+/// them when it drops). So a return into a thread cache moves the count, and
+/// any other outcome leaves the caller to release it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Returned {
-    /// The pool kept it; the block's pool count went with it.
-    Kept,
-    /// It was freed; the caller must release the block's pool count.
-    Freed,
+    /// Kept in a thread cache, which now owns the block's count.
+    Cached,
+    /// Freed, or queued in the shared tier: the caller releases the count.
+    Released,
 }
 
 // === impl Pool ===
@@ -197,7 +203,16 @@ impl Pool {
     ///
     /// Buffers returned while the trim runs may stay.
     pub fn trim(&self) {
-        self.inner.trim(TrimReason::Manual);
+        PoolInner::trim(&self.inner, TrimReason::Manual);
+    }
+
+    /// Moves this thread's idle buffers for this pool to the shared tier and
+    /// drops this thread's cache. A thread does this by itself when it
+    /// exits; a long-lived thread about to go idle for a while (a worker
+    /// whose queue drained) can do it early so other threads reuse its
+    /// buffers. The next `get` on this thread starts a new cache.
+    pub fn flush_thread_cache(&self) {
+        thread_cache::flush_current(&self.inner);
     }
 
     /// A snapshot of memory and traffic; see [`Stats`].
@@ -377,12 +392,18 @@ impl PoolInner {
     /// Serves a request: thread cache, shared tier, a larger class's idle
     /// buffer, then the allocator.
     #[inline]
-    pub(crate) fn get(&self, this: &Arc<PoolInner>, min_capacity: usize) -> Result<PooledBuf, Error> {
+    pub(crate) fn get(
+        &self,
+        this: &Arc<PoolInner>,
+        min_capacity: usize,
+    ) -> Result<PooledBuf, Error> {
         let Some(class) = self.classes.index_for(min_capacity) else {
             return self.get_oversize(this, min_capacity);
         };
-        let found = thread_cache::with_local(self, |cache, owner| cache.take(self, class, owner))
-            .unwrap_or_else(|| self.take_shared(class, None, Writer::Any));
+        let found = thread_cache::with_local(arc_ptr(this), |pool, cache, owner| {
+            cache.take(pool, class, owner)
+        })
+        .unwrap_or_else(|| PoolInner::take_shared(this, class, None, Writer::Any));
         match found {
             Some((ptr, class)) => {
                 // SAFETY: `ptr` is an idle block of `class` taken out of a tier,
@@ -416,7 +437,8 @@ impl PoolInner {
         // SAFETY: `this` is a live `Arc`; the new block owns this count.
         unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
         self.oversize_allocations.fetch_add(1, Ordering::Relaxed);
-        self.oversize_in_use_bytes.fetch_add(size, Ordering::Relaxed);
+        self.oversize_in_use_bytes
+            .fetch_add(size, Ordering::Relaxed);
         self.oversize_in_use_buffers.fetch_add(1, Ordering::Relaxed);
         self.emit(Event::Allocated {
             capacity: size,
@@ -428,29 +450,33 @@ impl PoolInner {
     }
 
     /// Takes an idle block of `class` (or up to two classes above) from the
-    /// shared tier. `owner` is the calling thread's cache state when there is
-    /// one: the block's reservation becomes its credit; otherwise the
-    /// reservation is released.
+    /// shared tier, and takes a pool count for it (queued blocks hold none).
+    /// `owner` is the calling thread's cache state when there is one: the
+    /// block's reservation becomes its credit, and the cache is refilled;
+    /// otherwise the reservation is released.
     pub(crate) fn take_shared(
-        &self,
+        this: &Arc<PoolInner>,
         class: usize,
         mut owner: Option<(&ThreadCache, &mut [thread_cache::OwnerState])>,
         writer: Writer,
     ) -> Option<(NonNull<u8>, usize)> {
-        let last = (class + BORROW_CLASSES_ABOVE).min(self.info.len() - 1);
+        let last = (class + BORROW_CLASSES_ABOVE).min(this.info.len() - 1);
         for c in class..=last {
-            if let Some(ptr) = self.shared[c].pop() {
+            if let Some(ptr) = this.shared[c].pop() {
+                // SAFETY: `this` is a live `Arc`; the block owns this count
+                // from now on.
+                unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
                 match owner.as_mut() {
                     Some((cache, state)) => {
                         writer.bump(&cache.counters[c].shared_hits);
-                        cache.credit(self, c, &mut state[c]);
+                        cache.credit(this, c, &mut state[c]);
                         if c == class {
-                            cache.refill(self, c, &mut state[c]);
+                            cache.refill(this, c, &mut state[c]);
                         }
                     }
                     None => {
-                        writer.bump(&self.totals[c].shared_hits);
-                        self.release(self.info[c].capacity);
+                        writer.bump(&this.totals[c].shared_hits);
+                        this.release(this.info[c].capacity);
                     }
                 }
                 return Some((ptr, c));
@@ -460,15 +486,24 @@ impl PoolInner {
     }
 
     /// Takes a returned block back. The caller owns the block and its pool
-    /// count; on [`Returned::Freed`] the memory is gone and the caller must
-    /// release the count (after this call: it may be the last).
-    pub(crate) fn give_back(&self, ptr: NonNull<u8>, class: u32) -> Returned {
+    /// count; on [`Returned::Released`] the caller must release the count
+    /// (after this call: it may be the last).
+    ///
+    /// `this` points to the pool with the provenance of its `Arc` (from
+    /// `Arc::as_ptr`), so a thread cache can take a count of it.
+    pub(crate) fn give_back(this: NonNull<PoolInner>, ptr: NonNull<u8>, class: u32) -> Returned {
+        // SAFETY: the caller's block holds a strong count: the pool is alive.
+        let pool = unsafe { this.as_ref() };
+        pool.give_back_to(this, ptr, class)
+    }
+
+    fn give_back_to(&self, this: NonNull<PoolInner>, ptr: NonNull<u8>, class: u32) -> Returned {
         if class == OVERSIZE {
             unreachable!("oversize blocks go through give_back_oversize")
         }
         let class = class as usize;
-        let (returned, full) = match thread_cache::with_local(self, |cache, owner| {
-            cache.put(self, class, ptr, owner)
+        let (returned, full) = match thread_cache::with_local(this, |pool, cache, owner| {
+            cache.put(pool, class, ptr, owner)
         }) {
             Some(outcome) => outcome,
             None => self.put_shared(class, ptr),
@@ -492,7 +527,8 @@ impl PoolInner {
     pub(crate) fn give_back_oversize(&self, ptr: NonNull<u8>, size: usize) {
         // SAFETY: the caller owned this block of `size` bytes and gives it up.
         unsafe { free_block(ptr, size) };
-        self.oversize_in_use_bytes.fetch_sub(size, Ordering::Relaxed);
+        self.oversize_in_use_bytes
+            .fetch_sub(size, Ordering::Relaxed);
         self.oversize_in_use_buffers.fetch_sub(1, Ordering::Relaxed);
         self.emit(Event::Dropped {
             capacity: size,
@@ -503,10 +539,13 @@ impl PoolInner {
     /// Counts a block that leaves the pool through `into_vec`.
     pub(crate) fn detach(&self, class: u32, size: usize) {
         if class == OVERSIZE {
-            self.oversize_in_use_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.oversize_in_use_bytes
+                .fetch_sub(size, Ordering::Relaxed);
             self.oversize_in_use_buffers.fetch_sub(1, Ordering::Relaxed);
         } else {
-            self.totals[class as usize].detached.fetch_add(1, Ordering::Relaxed);
+            self.totals[class as usize]
+                .detached
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -521,7 +560,7 @@ impl PoolInner {
             DropReason::PoolFull
         } else {
             match self.shared[class].push(ptr) {
-                Ok(()) => return (Returned::Kept, Freed::default()),
+                Ok(()) => return (Returned::Released, Freed::default()),
                 Err(_) => {
                     self.release(capacity);
                     DropReason::PoolFull
@@ -533,7 +572,7 @@ impl PoolInner {
         }
         // SAFETY: the caller gave up this block of `capacity` bytes.
         unsafe { free_block(ptr, capacity) };
-        (Returned::Freed, Freed::this_one(reason))
+        (Returned::Released, Freed::this_one(reason))
     }
 
     /// Reserves `bytes` of retention budget, if the cap allows.
@@ -542,12 +581,20 @@ impl PoolInner {
         loop {
             // [1] Stop if the cap would be passed (saturating: `bytes` is a
             //     class capacity times a small batch, but be safe).
-            let Some(next) = current.checked_add(bytes).filter(|&n| n <= self.max_retained) else {
+            let Some(next) = current
+                .checked_add(bytes)
+                .filter(|&n| n <= self.max_retained)
+            else {
                 return false;
             };
             // [2] Publish; on a race, retry with what the other thread left.
             //     Relaxed: the counter guards no other memory.
-            match self.reserved.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.reserved.compare_exchange(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(seen) => current = seen,
             }
@@ -557,51 +604,73 @@ impl PoolInner {
     /// Gives back `bytes` of retention budget.
     pub(crate) fn release(&self, bytes: usize) {
         let before = self.reserved.fetch_sub(bytes, Ordering::Relaxed);
-        debug_assert!(before >= bytes, "released {bytes} of {before} reserved bytes");
+        debug_assert!(
+            before >= bytes,
+            "released {bytes} of {before} reserved bytes"
+        );
     }
 
-    /// Frees an idle block that held a reservation and a pool count.
+    /// Frees an idle block taken out of the shared tier: it holds a
+    /// reservation but no pool count.
     ///
     /// # Safety
     ///
-    /// `ptr` is an idle block of `class` that the caller took out of a tier,
-    /// and the caller holds another strong count of this pool's `Arc` (so
-    /// releasing the block's count here is never the last).
-    pub(crate) unsafe fn free_idle(&self, ptr: NonNull<u8>, class: usize) {
+    /// `ptr` is a block of `class` that the caller popped from the shared tier.
+    pub(crate) unsafe fn free_queued(&self, ptr: NonNull<u8>, class: usize) {
         let capacity = self.info[class].capacity;
-        // SAFETY: the caller took the block out of its tier: it is ours.
+        // SAFETY: popped from the queue, so it is ours.
         unsafe { free_block(ptr, capacity) };
         self.release(capacity);
-        // SAFETY: the block owned one count of the `Arc` this `PoolInner`
-        // lives in, and the caller holds another one.
-        unsafe { Arc::decrement_strong_count(self as *const PoolInner) };
+    }
+
+    /// Frees an idle block from a thread cache: it held a reservation and a
+    /// pool count.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is an idle block of `class` that the caller took out of a tier.
+    /// (`this` is a strong count of the caller's, so releasing the block's
+    /// count here is never the last.)
+    pub(crate) unsafe fn free_idle(this: &Arc<PoolInner>, ptr: NonNull<u8>, class: usize) {
+        let capacity = this.info[class].capacity;
+        // SAFETY: the caller took the block out of its tier: it is ours.
+        unsafe { free_block(ptr, capacity) };
+        this.release(capacity);
+        // SAFETY: the block owned one count of this `Arc`, and `this` is
+        // another one.
+        unsafe { Arc::decrement_strong_count(Arc::as_ptr(this)) };
     }
 
     /// Frees every idle buffer in every tier.
-    pub(crate) fn trim(&self, reason: TrimReason) {
+    pub(crate) fn trim(this: &Arc<PoolInner>, reason: TrimReason) {
+        let pool = &**this;
         let mut buffers = 0;
         let mut bytes = 0;
-        let mut free = |ptr, class: usize| {
-            // SAFETY: `ptr` was just taken out of a tier; the caller of
-            // `trim` holds a strong count of the pool (a `Pool` handle, the
-            // closing `Handle`, or a thread cache's entry).
-            unsafe { self.free_idle(ptr, class) };
-            self.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
+        let mut count = |class: usize| {
+            pool.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
             buffers += 1;
-            bytes += self.info[class].capacity;
+            bytes += pool.info[class].capacity;
         };
-        for (class, tier) in self.shared.iter().enumerate() {
+        for (class, tier) in pool.shared.iter().enumerate() {
             while let Some(ptr) = tier.pop() {
-                free(ptr, class);
+                // SAFETY: just popped from the shared tier.
+                unsafe { pool.free_queued(ptr, class) };
+                count(class);
             }
         }
-        let caches: Vec<Arc<ThreadCache>> = self.registry.lock().clone();
+        let caches: Vec<Arc<ThreadCache>> = pool.registry.lock().clone();
         for cache in &caches {
-            cache.drain(self, &mut free);
+            cache.drain(pool, |ptr, class| {
+                // SAFETY: just swapped out of a thread cache slot; `this` is
+                // a strong count of the caller's (a `Pool` handle or the
+                // closing `Handle`), so the block's count is not the last.
+                unsafe { PoolInner::free_idle(this, ptr, class) };
+                count(class);
+            });
         }
         drop(caches);
-        self.trim_passes.fetch_add(1, Ordering::Relaxed);
-        self.emit(Event::Trimmed {
+        pool.trim_passes.fetch_add(1, Ordering::Relaxed);
+        pool.emit(Event::Trimmed {
             buffers,
             bytes,
             reason,
@@ -661,6 +730,20 @@ impl PoolInner {
     }
 }
 
+impl Drop for PoolInner {
+    /// Frees what is still queued in the shared tier: blocks pushed there
+    /// after the closing trim (a thread exiting as the last handle dropped).
+    fn drop(&mut self) {
+        for (class, tier) in self.shared.iter().enumerate() {
+            while let Some(ptr) = tier.pop() {
+                // SAFETY: popped from the queue, so it is ours; nothing else
+                // can reach the pool any more.
+                unsafe { free_block(ptr, self.info[class].capacity) };
+            }
+        }
+    }
+}
+
 /// Frees that a return caused, to report as events once out of the thread
 /// cache.
 #[derive(Debug, Default, Clone, Copy)]
@@ -680,11 +763,21 @@ impl Freed {
     }
 }
 
+/// The pool's address with the provenance of its whole `Arc` allocation,
+/// so that strong counts can be taken and released through it (a pointer
+/// made from `&PoolInner` may only touch the `PoolInner` itself).
+#[inline]
+pub(crate) fn arc_ptr(this: &Arc<PoolInner>) -> NonNull<PoolInner> {
+    // SAFETY: `Arc::as_ptr` never returns null.
+    unsafe { NonNull::new_unchecked(Arc::as_ptr(this).cast_mut()) }
+}
+
 /// Allocates `size` (non-zero) uninitialised bytes with `u8`'s layout, the
 /// layout `Vec<u8>` uses, so a block can become a `Vec` without a copy.
 pub(crate) fn alloc_block(size: usize) -> Result<NonNull<u8>, Error> {
     debug_assert!(size > 0);
-    let layout = Layout::array::<u8>(size).map_err(|_| Error::CapacityOverflow { requested: size })?;
+    let layout =
+        Layout::array::<u8>(size).map_err(|_| Error::CapacityOverflow { requested: size })?;
     // SAFETY: `layout` has a non-zero size (every class and every oversize
     // request is at least one byte).
     let ptr = unsafe { alloc(layout) };

@@ -304,7 +304,12 @@ mod tests {
 
     #[test]
     fn geometric_lookup_matches_linear_search() {
-        for (min, max, per) in [(4096, 64 << 20, 4), (1, 1 << 20, 1), (16, 1 << 16, 8), (64, 1000, 2)] {
+        for (min, max, per) in [
+            (4096, 64 << 20, 4),
+            (1, 1 << 20, 1),
+            (16, 1 << 16, 8),
+            (64, 1000, 2),
+        ] {
             let c = SizeClasses::geometric(min, max, per).unwrap();
             assert!(c.sizes().windows(2).all(|w| w[0] < w[1]));
             let mut probes = vec![0, 1, usize::MAX, MAX_CLASS_SIZE, MAX_CLASS_SIZE + 1];
@@ -340,7 +345,11 @@ mod tests {
         assert_eq!(c.sizes(), &[1024, 2048, 4096, 8192]);
         assert_eq!(c.class_for(3000), Some(4096));
         let err = SizeClasses::powers_of_two(1000, 8192).unwrap_err();
-        assert!(err.to_string().contains("powers_of_two: min must be a power of two"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("powers_of_two: min must be a power of two"),
+            "{err}"
+        );
         assert!(SizeClasses::powers_of_two(1024, 1000).is_err());
     }
 
@@ -352,15 +361,36 @@ mod tests {
             (SizeClasses::from_sizes(&[200, 100]), "strictly increasing"),
             (SizeClasses::from_sizes(&[100, 100]), "strictly increasing"),
             (SizeClasses::from_sizes(&[usize::MAX]), "above the largest"),
-            (SizeClasses::from_sizes(&vec![1; MAX_CLASSES + 1]), "at most"),
-            (SizeClasses::geometric(0, 10, 1), "min must be a power of two"),
-            (SizeClasses::geometric(100, 1000, 1), "min must be a power of two"),
-            (SizeClasses::geometric(64, 1000, 3), "per_doubling must be a power of two"),
-            (SizeClasses::geometric(64, 1000, 0), "per_doubling must be a power of two"),
+            (
+                SizeClasses::from_sizes(&vec![1; MAX_CLASSES + 1]),
+                "at most",
+            ),
+            (
+                SizeClasses::geometric(0, 10, 1),
+                "min must be a power of two",
+            ),
+            (
+                SizeClasses::geometric(100, 1000, 1),
+                "min must be a power of two",
+            ),
+            (
+                SizeClasses::geometric(64, 1000, 3),
+                "per_doubling must be a power of two",
+            ),
+            (
+                SizeClasses::geometric(64, 1000, 0),
+                "per_doubling must be a power of two",
+            ),
             (SizeClasses::geometric(4, 1000, 8), "may not exceed min"),
             (SizeClasses::geometric(64, 32, 1), "below min"),
-            (SizeClasses::geometric(64, usize::MAX, 1), "above the largest"),
-            (SizeClasses::geometric(1024, MAX_CLASS_SIZE, 1024), "more than"),
+            (
+                SizeClasses::geometric(64, usize::MAX, 1),
+                "above the largest",
+            ),
+            (
+                SizeClasses::geometric(1024, MAX_CLASS_SIZE, 1024),
+                "more than",
+            ),
         ];
         for (result, needle) in cases {
             let err = result.expect_err(needle);

@@ -97,7 +97,11 @@ impl fmt::Display for Stats {
             "retained",
             "in use"
         )?;
-        for c in self.classes.iter().filter(|c| c.hits + c.misses + c.returns > 0) {
+        for c in self
+            .classes
+            .iter()
+            .filter(|c| c.hits + c.misses + c.returns > 0)
+        {
             writeln!(
                 f,
                 "{:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12}",

@@ -57,5 +57,8 @@ impl<T> Mutex<T> {
 /// the fast path stays free of locked instructions.
 #[inline]
 pub(crate) fn bump_owned(counter: &AtomicU64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }

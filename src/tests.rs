@@ -20,7 +20,9 @@ fn small_pool() -> Pool {
 fn recording_pool(builder: crate::PoolBuilder) -> (Pool, StdArc<StdMutex<Vec<Event>>>) {
     let events = StdArc::new(StdMutex::new(Vec::new()));
     let sink = events.clone();
-    let pool = builder.on_event(move |e| sink.lock().unwrap().push(*e)).build();
+    let pool = builder
+        .on_event(move |e| sink.lock().unwrap().push(*e))
+        .build();
     (pool, events)
 }
 
@@ -33,7 +35,11 @@ fn get_rounds_up_and_reuses() {
     let ptr = buf.as_ptr();
     drop(buf);
     let again = pool.get(101);
-    assert_eq!(again.as_ptr(), ptr, "the thread cache hands the same block back");
+    assert_eq!(
+        again.as_ptr(),
+        ptr,
+        "the thread cache hands the same block back"
+    );
     let stats = pool.stats();
     assert_eq!(stats.classes[1].misses, 1);
     assert_eq!(stats.classes[1].thread_cache_hits, 1);
@@ -76,7 +82,10 @@ fn growing_moves_to_a_larger_class_through_the_pool() {
     let stats = pool.stats();
     assert_eq!(stats.oversize_allocations, 1);
     assert_eq!(stats.in_use_bytes, 350);
-    assert_eq!(stats.retained_bytes, 300, "the 100 and 200 blocks went back");
+    assert_eq!(
+        stats.retained_bytes, 300,
+        "the 100 and 200 blocks went back"
+    );
     drop(buf);
     assert_eq!(pool.stats().in_use_bytes, 0);
 }
@@ -204,7 +213,11 @@ fn absurd_sizes_are_errors() {
     let mut buf = pool.get(10);
     buf.extend_from_slice(b"x");
     assert!(buf.try_reserve(usize::MAX).is_err());
-    assert_eq!(&buf[..], b"x", "a failed reserve leaves the buffer as it was");
+    assert_eq!(
+        &buf[..],
+        b"x",
+        "a failed reserve leaves the buffer as it was"
+    );
     let stats = pool.stats();
     assert_eq!(stats.in_use_buffers, 1);
     assert_eq!(stats.oversize_allocations, 0);
@@ -269,12 +282,31 @@ fn events_report_allocations_drops_and_trims() {
     assert_eq!(
         seen,
         vec![
-            Event::Allocated { capacity: 100, reason: AllocReason::Miss },
-            Event::Allocated { capacity: 100, reason: AllocReason::Miss },
-            Event::Allocated { capacity: 500, reason: AllocReason::Oversize },
-            Event::Dropped { capacity: 100, reason: DropReason::PoolFull },
-            Event::Dropped { capacity: 500, reason: DropReason::Oversize },
-            Event::Trimmed { buffers: 1, bytes: 100, reason: TrimReason::Manual },
+            Event::Allocated {
+                capacity: 100,
+                reason: AllocReason::Miss
+            },
+            Event::Allocated {
+                capacity: 100,
+                reason: AllocReason::Miss
+            },
+            Event::Allocated {
+                capacity: 500,
+                reason: AllocReason::Oversize
+            },
+            Event::Dropped {
+                capacity: 100,
+                reason: DropReason::PoolFull
+            },
+            Event::Dropped {
+                capacity: 500,
+                reason: DropReason::Oversize
+            },
+            Event::Trimmed {
+                buffers: 1,
+                bytes: 100,
+                reason: TrimReason::Manual
+            },
         ]
     );
 }
@@ -335,7 +367,10 @@ fn thread_exit_flushes_its_cache_to_the_shared_tier() {
     let stats = pool.stats();
     assert_eq!(stats.thread_caches, 0);
     assert_eq!(stats.retained_bytes, 300, "flushed, not freed");
-    assert_eq!(stats.classes[2].misses, 1, "the exited thread's counters are kept");
+    assert_eq!(
+        stats.classes[2].misses, 1,
+        "the exited thread's counters are kept"
+    );
     // Now this thread's cache refills from the shared tier.
     let buf = pool.get(300);
     assert_eq!(pool.stats().classes[2].shared_hits, 1);
@@ -354,9 +389,8 @@ fn cross_thread_returns_balance() {
 
 #[test]
 fn dropping_the_pool_with_buffers_out_is_fine() {
-    let (pool, events) = recording_pool(
-        Pool::builder().size_classes(SizeClasses::from_sizes(&[100]).unwrap()),
-    );
+    let (pool, events) =
+        recording_pool(Pool::builder().size_classes(SizeClasses::from_sizes(&[100]).unwrap()));
     let kept = pool.get(100);
     let idle = pool.get(100);
     let mut out = pool.get(100);
@@ -368,8 +402,21 @@ fn dropping_the_pool_with_buffers_out_is_fine() {
     drop(out);
     std::thread::spawn(move || drop(kept)).join().unwrap();
     let seen = events.lock().unwrap().clone();
-    assert!(seen.contains(&Event::Trimmed { buffers: 1, bytes: 100, reason: TrimReason::PoolClosed }), "{seen:?}");
-    assert!(seen.contains(&Event::Dropped { capacity: 100, reason: DropReason::PoolClosed }), "{seen:?}");
+    assert!(
+        seen.contains(&Event::Trimmed {
+            buffers: 1,
+            bytes: 100,
+            reason: TrimReason::PoolClosed
+        }),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&Event::Dropped {
+            capacity: 100,
+            reason: DropReason::PoolClosed
+        }),
+        "{seen:?}"
+    );
 }
 
 #[test]
