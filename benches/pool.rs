@@ -80,14 +80,30 @@ fn timed_threads(threads: usize, iters: u64, work: &(dyn Fn(usize, u64) + Sync))
     })
 }
 
-/// Writes `size` bytes of rows into `out` through `put_row`.
-#[inline]
-fn fill_rows(size: usize, row: &[u8; ROW], mut put_row: impl FnMut(&[u8])) {
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(ROW);
-        put_row(&row[..n]);
-        left -= n;
+/// One thread's share of the mixed workload: `iters` jobs, each buffer from
+/// `get(size)` filled row by row with `put_row`, the last `HELD` kept alive.
+fn held_jobs<B>(
+    thread: usize,
+    iters: u64,
+    get: impl Fn(usize) -> B,
+    put_row: impl Fn(&mut B, &[u8]),
+) {
+    let row = [0x5a_u8; ROW];
+    let mut rng = Rng(0x9e37_79b9 + thread as u64);
+    let mut held = VecDeque::with_capacity(HELD + 1);
+    for _ in 0..iters {
+        let size = rng.job_size();
+        let mut buf = get(size);
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(ROW);
+            put_row(&mut buf, &row[..n]);
+            left -= n;
+        }
+        held.push_back(black_box(buf));
+        if held.len() > HELD {
+            held.pop_front();
+        }
     }
 }
 
@@ -96,40 +112,26 @@ fn mixed(c: &mut Criterion) {
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(6));
-    let row = [0x5a_u8; ROW];
     for threads in [1, 2] {
         let pool = Pool::new();
         group.bench_function(BenchmarkId::new("tierpool", threads), |b| {
             b.iter_custom(|iters| {
                 timed_threads(threads, iters, &|t, iters| {
-                    let mut rng = Rng(0x9e37_79b9 + t as u64);
-                    let mut held = VecDeque::with_capacity(HELD + 1);
-                    for _ in 0..iters {
-                        let size = rng.job_size();
-                        let mut buf = pool.get(size);
-                        fill_rows(size, &row, |r| buf.extend_from_slice(r));
-                        held.push_back(black_box(buf));
-                        if held.len() > HELD {
-                            held.pop_front();
-                        }
-                    }
+                    held_jobs(
+                        t,
+                        iters,
+                        |size| pool.get(size),
+                        |buf, row| buf.extend_from_slice(row),
+                    )
                 })
             })
         });
         group.bench_function(BenchmarkId::new("vec", threads), |b| {
             b.iter_custom(|iters| {
                 timed_threads(threads, iters, &|t, iters| {
-                    let mut rng = Rng(0x9e37_79b9 + t as u64);
-                    let mut held = VecDeque::with_capacity(HELD + 1);
-                    for _ in 0..iters {
-                        let size = rng.job_size();
-                        let mut buf = Vec::with_capacity(size);
-                        fill_rows(size, &row, |r| buf.extend_from_slice(r));
-                        held.push_back(black_box(buf));
-                        if held.len() > HELD {
-                            held.pop_front();
-                        }
-                    }
+                    held_jobs(t, iters, Vec::with_capacity, |buf: &mut Vec<u8>, row| {
+                        buf.extend_from_slice(row)
+                    })
                 })
             })
         });
@@ -137,48 +139,42 @@ fn mixed(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("zeropool", threads), |b| {
             b.iter_custom(|iters| {
                 timed_threads(threads, iters, &|t, iters| {
-                    let mut rng = Rng(0x9e37_79b9 + t as u64);
-                    let mut held = VecDeque::with_capacity(HELD + 1);
-                    for _ in 0..iters {
-                        let size = rng.job_size();
-                        let mut buf = zp.alloc_uninit(size);
-                        let out = buf.as_uninit_mut();
-                        let mut at = 0;
-                        fill_rows(size, &row, |r| {
-                            copy_uninit(&mut out[at..at + r.len()], r);
-                            at += r.len();
-                        });
-                        held.push_back(black_box(buf));
-                        if held.len() > HELD {
-                            held.pop_front();
-                        }
-                    }
+                    held_jobs(
+                        t,
+                        iters,
+                        |size| (zp.alloc_uninit(size), 0),
+                        |(buf, at), row| {
+                            copy_uninit(&mut buf.as_uninit_mut()[*at..*at + row.len()], row);
+                            *at += row.len();
+                        },
+                    )
                 })
             })
         });
-        // The limit: HELD + 1 buffers per thread, pre-faulted, reused in turn.
-        let slots: Vec<Vec<Vec<u8>>> = (0..threads)
-            .map(|_| (0..=HELD).map(|_| vec![1u8; MAX_JOB]).collect())
+        // The limit: HELD + 1 buffers per thread, pre-faulted, reused in turn,
+        // no bookkeeping at all.
+        let slots: Vec<std::sync::Mutex<Vec<Vec<u8>>>> = (0..threads)
+            .map(|_| std::sync::Mutex::new((0..=HELD).map(|_| vec![1u8; MAX_JOB]).collect()))
             .collect();
-        let slots = slots
-            .into_iter()
-            .map(std::sync::Mutex::new)
-            .collect::<Vec<_>>();
         group.bench_function(BenchmarkId::new("oracle", threads), |b| {
             b.iter_custom(|iters| {
                 timed_threads(threads, iters, &|t, iters| {
-                    let mut rng = Rng(0x9e37_79b9 + t as u64);
                     let mut mine = slots[t].lock().unwrap();
-                    for i in 0..iters as usize {
-                        let size = rng.job_size();
-                        let buf = &mut mine[i % (HELD + 1)];
-                        let mut at = 0;
-                        fill_rows(size, &row, |r| {
-                            buf[at..at + r.len()].copy_from_slice(r);
-                            at += r.len();
-                        });
-                        black_box(&buf[..size]);
-                    }
+                    let next = std::cell::Cell::new(0);
+                    let mine = std::cell::RefCell::new(&mut *mine);
+                    held_jobs(
+                        t,
+                        iters,
+                        |_| {
+                            let i = next.get();
+                            next.set((i + 1) % (HELD + 1));
+                            (i, 0)
+                        },
+                        |(i, at), row| {
+                            mine.borrow_mut()[*i][*at..*at + row.len()].copy_from_slice(row);
+                            *at += row.len();
+                        },
+                    )
                 })
             })
         });

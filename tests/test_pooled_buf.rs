@@ -1,0 +1,107 @@
+//! `PooledBuf` and `Pool` through the public API only: traits, sizes, and the
+//! security property that no safe method shows a previous user's bytes.
+
+use std::io::Write;
+
+use bytes::BufMut;
+use tierpool::{Error, Pool, PooledBuf, SizeClasses};
+
+#[test]
+fn auto_traits_and_size() {
+    fn is_send_sync_static<T: Send + Sync + 'static>() {}
+    is_send_sync_static::<PooledBuf>();
+    is_send_sync_static::<Pool>();
+    // A pointer, length, capacity, pool pointer and class tag.
+    assert!(std::mem::size_of::<PooledBuf>() <= 5 * std::mem::size_of::<usize>());
+    assert_eq!(
+        std::mem::size_of::<Option<PooledBuf>>(),
+        std::mem::size_of::<PooledBuf>()
+    );
+}
+
+/// Fills a buffer of every class with a secret, returns it, and checks that
+/// every safe way of reading a reused buffer shows only new bytes.
+#[test]
+fn reused_buffers_never_show_old_bytes() {
+    let pool = Pool::builder()
+        .size_classes(SizeClasses::from_sizes(&[64, 128, 256]).unwrap())
+        .build();
+    let secret = 0xA5;
+    for size in [1, 64, 100, 256] {
+        let mut dirty = pool.get(size);
+        dirty.resize(dirty.capacity(), secret);
+        drop(dirty);
+
+        let mut buf = pool.get(size);
+        assert_eq!(buf.len(), 0);
+        assert!(buf.is_empty());
+        assert_eq!(&buf[..], &[] as &[u8]);
+        buf.resize(10, 0);
+        assert_eq!(&buf[..], &[0; 10]);
+        buf.truncate(2);
+        buf.resize(5, 1);
+        assert_eq!(&buf[..], &[0, 0, 1, 1, 1]);
+        buf.clear();
+        buf.write_all(b"new").unwrap();
+        buf.put_u8(b'!');
+        buf.extend([b'?']);
+        assert_eq!(&buf[..], b"new!?");
+        let debug = format!("{buf:?}");
+        assert!(!debug.contains("165") && !debug.contains("new"), "{debug}");
+        let frozen = buf.freeze();
+        assert_eq!(&frozen[..], b"new!?");
+        drop(frozen);
+
+        let vec = pool.get(size).into_vec();
+        assert!(vec.is_empty());
+        assert!(!vec.contains(&secret));
+    }
+}
+
+#[test]
+fn reused_across_threads_never_show_old_bytes() {
+    let pool = Pool::new();
+    let p = pool.clone();
+    std::thread::spawn(move || {
+        let mut dirty = p.get(1 << 20);
+        dirty.resize(1 << 20, 0xEE);
+        drop(dirty); // the thread's exit flushes it to the shared tier
+    })
+    .join()
+    .unwrap();
+    let mut buf = pool.get(1 << 20);
+    assert!(buf.is_empty());
+    buf.resize(1 << 20, 0);
+    assert!(buf.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn invalid_classes_and_absurd_sizes_are_errors() {
+    for bad in [&[][..], &[0], &[300, 200], &[100, 100]] {
+        let err = SizeClasses::from_sizes(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidSizeClasses(_)), "{bad:?}");
+        assert!(!err.to_string().is_empty());
+    }
+    let pool = Pool::new();
+    for size in [usize::MAX, usize::MAX / 2 + 1, isize::MAX as usize + 1] {
+        assert!(matches!(
+            pool.try_get(size),
+            Err(Error::CapacityOverflow { .. })
+        ));
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0);
+    assert_eq!(stats.oversize_allocations, 0);
+}
+
+#[test]
+fn stats_display_is_a_table() {
+    let pool = Pool::new();
+    drop(pool.get(5000));
+    drop(pool.get(5000));
+    drop(pool.get(100 << 20));
+    let text = pool.stats().to_string();
+    assert!(text.contains("class"), "{text}");
+    assert!(text.contains("5K"), "{text}");
+    assert!(text.contains("1 oversize allocations"), "{text}");
+}
