@@ -155,12 +155,9 @@ fn run_child(mode: &str, config: Config) {
         for t in 0..config.threads {
             let pool = &pool;
             s.spawn(move || match mode {
-                "vec" => jobs(
-                    config.jobs,
-                    t,
-                    |size| Vec::with_capacity(size),
-                    |b: &mut Vec<u8>, r| b.extend_from_slice(r),
-                ),
+                "vec" => jobs(config.jobs, t, Vec::with_capacity, |b: &mut Vec<u8>, r| {
+                    b.extend_from_slice(r)
+                }),
                 _ => jobs(
                     config.jobs,
                     t,
