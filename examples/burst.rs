@@ -1,18 +1,22 @@
-//! A service burst, with plain `Vec` and with tierpool, side by side.
+//! A service burst then idle time, with plain `Vec`, with tierpool without
+//! trimming, and with tierpool trimming on idle, side by side.
 //!
 //! Threads run the mixed workload of an image service: jobs of 64 KiB to
 //! 8 MiB at random, each written through in 16 KiB rows as a decoder fills
-//! its output, up to five held at once per thread. Each mode runs in its own
-//! child process, so peak resident memory is the mode's own.
+//! its output, up to five held at once per thread. Then the service idles.
+//! Each mode runs in its own child process, which samples its resident
+//! memory every 50 ms through the burst and the idle time; the parent prints
+//! a table and draws the resident-memory-over-time chart (SVG).
 //!
 //! ```text
-//! cargo run --release --example burst                 # both modes, a table
-//! cargo run --release --example burst -- --threads 2 --jobs 400
+//! cargo run --release --example burst                 # all modes, table + chart
+//! cargo run --release --example burst -- --threads 2 --jobs 400 --chart out.svg
 //! ```
 
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tierpool::Pool;
@@ -21,6 +25,13 @@ const ROW: usize = 16 << 10;
 const HELD: usize = 5;
 const MIN_JOB: usize = 64 << 10;
 const MAX_JOB: usize = 8 << 20;
+
+/// The trim interval of the trimming mode. Short, so the example finishes
+/// quickly; the idle phase lasts three intervals.
+const TRIM_INTERVAL: Duration = Duration::from_millis(1000);
+const IDLE: Duration = Duration::from_millis(3000);
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+const MODES: [&str; 3] = ["vec", "pool-no-trim", "pool-trim"];
 
 #[derive(Clone, Copy)]
 struct Config {
@@ -35,6 +46,7 @@ fn main() {
         jobs: 300,
     };
     let mut mode = None;
+    let mut chart = String::from("target/burst.svg");
     let mut i = 1;
     while i < args.len() {
         let value = args.get(i + 1).map(String::as_str);
@@ -42,8 +54,11 @@ fn main() {
             ("--threads", Some(v)) => config.threads = parse(v, "--threads"),
             ("--jobs", Some(v)) => config.jobs = parse(v, "--jobs"),
             ("--mode", Some(v)) => mode = Some(v.to_string()),
+            ("--chart", Some(v)) => chart = v.to_string(),
             (other, _) => {
-                eprintln!("usage: burst [--threads N] [--jobs N per thread]  (got {other:?})");
+                eprintln!(
+                    "usage: burst [--threads N] [--jobs N per thread] [--chart FILE.svg]  (got {other:?})"
+                );
                 std::process::exit(2);
             }
         }
@@ -51,7 +66,7 @@ fn main() {
     }
     match mode.as_deref() {
         Some(mode) => run_child(mode, config),
-        None => run_parent(&args[0], config),
+        None => run_parent(&args[0], config, &chart),
     }
 }
 
@@ -65,14 +80,19 @@ fn parse(value: &str, flag: &str) -> usize {
     }
 }
 
-/// Runs each mode in a child process and prints the comparison.
-fn run_parent(exe: &str, config: Config) {
+/// Runs each mode in a child process, prints the comparison, draws the chart.
+fn run_parent(exe: &str, config: Config, chart: &str) {
     println!(
-        "burst: {} threads x {} jobs of 64 KiB-8 MiB, 16 KiB rows, {} held per thread\n",
-        config.threads, config.jobs, HELD
+        "burst: {} threads x {} jobs of 64 KiB-8 MiB, 16 KiB rows, {} held per thread; \
+         then {} s idle (trim interval {} s)\n",
+        config.threads,
+        config.jobs,
+        HELD,
+        IDLE.as_secs_f64(),
+        TRIM_INTERVAL.as_secs_f64()
     );
-    let mut rows = Vec::new();
-    for mode in ["vec", "pool"] {
+    let mut runs = Vec::new();
+    for mode in MODES {
         let output = Command::new(exe)
             .args(["--mode", mode])
             .args(["--threads", &config.threads.to_string()])
@@ -87,96 +107,197 @@ fn run_parent(exe: &str, config: Config) {
             );
             std::process::exit(1);
         }
-        let result = stdout
-            .lines()
-            .find_map(Measured::parse)
-            .expect("the child prints a RESULT line");
-        if mode == "pool" {
-            println!("pool statistics after the burst:");
-            for line in stdout.lines().filter(|l| !l.starts_with("RESULT")) {
+        let run = Run::parse(&stdout).expect("the child prints RESULT and SAMPLE lines");
+        if mode == "pool-trim" {
+            println!("pool statistics at the end (trimming on idle):");
+            for line in stdout
+                .lines()
+                .filter(|l| !l.starts_with("RESULT") && !l.starts_with("SAMPLE"))
+            {
                 println!("  {line}");
             }
             println!();
         }
-        rows.push((mode, result));
+        runs.push((mode, run));
     }
     println!(
-        "{:<6} {:>9} {:>12} {:>14} {:>16}",
-        "mode", "time", "peak RSS", "RSS after", "after - before"
+        "{:<13} {:>7} {:>11} {:>15} {:>13} {:>22}",
+        "mode", "burst", "peak RSS", "after burst", "after idle", "kept of the burst rise"
     );
-    for (mode, m) in &rows {
+    for (mode, r) in &runs {
+        let rise = r.peak_kib.saturating_sub(r.before_kib).max(1);
+        let kept = r.idle_kib.saturating_sub(r.before_kib);
         println!(
-            "{:<6} {:>8.2}s {:>12} {:>14} {:>16}",
+            "{:<13} {:>6.2}s {:>11} {:>15} {:>13} {:>21.1}%",
             mode,
-            m.elapsed.as_secs_f64(),
-            mib(m.peak_kib),
-            mib(m.after_kib),
-            mib(m.after_kib.saturating_sub(m.before_kib)),
+            r.elapsed.as_secs_f64(),
+            mib(r.peak_kib),
+            mib(r.burst_kib),
+            mib(r.idle_kib),
+            100.0 * kept as f64 / rise as f64,
         );
     }
-    let (vec, pool) = (&rows[0].1, &rows[1].1);
-    println!(
-        "\npool vs vec: {:.2}x the speed, {:.2}x the peak",
-        vec.elapsed.as_secs_f64() / pool.elapsed.as_secs_f64(),
-        pool.peak_kib as f64 / vec.peak_kib.max(1) as f64
-    );
+    let vec = &runs[0].1;
+    for (mode, r) in &runs[1..] {
+        println!(
+            "{mode} vs vec: {:.2}x the burst speed, {:.2}x the peak",
+            vec.elapsed.as_secs_f64() / r.elapsed.as_secs_f64(),
+            r.peak_kib as f64 / vec.peak_kib.max(1) as f64
+        );
+    }
+    match draw_chart(chart, &runs) {
+        Ok(()) => println!("\nresident memory over time: {chart}"),
+        Err(e) => eprintln!("could not draw {chart}: {e}"),
+    }
 }
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-struct Measured {
+/// What one mode's child process measured.
+struct Run {
     elapsed: Duration,
     before_kib: u64,
     peak_kib: u64,
-    after_kib: u64,
+    burst_kib: u64,
+    idle_kib: u64,
+    /// (milliseconds since the burst started, resident KiB)
+    samples: Vec<(u64, u64)>,
 }
 
-impl Measured {
-    fn parse(line: &str) -> Option<Measured> {
-        let mut fields = line.strip_prefix("RESULT ")?.split(' ');
-        let mut next = || fields.next()?.split('=').nth(1)?.parse::<u64>().ok();
-        Some(Measured {
-            elapsed: Duration::from_micros(next()?),
-            before_kib: next()?,
-            peak_kib: next()?,
-            after_kib: next()?,
+impl Run {
+    fn parse(stdout: &str) -> Option<Run> {
+        let field = |line: &str, key: &str| -> Option<u64> {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))?
+                .parse()
+                .ok()
+        };
+        let result = stdout.lines().find(|l| l.starts_with("RESULT "))?;
+        let samples = stdout
+            .lines()
+            .filter(|l| l.starts_with("SAMPLE "))
+            .filter_map(|l| Some((field(l, "ms")?, field(l, "rss_kib")?)))
+            .collect();
+        Some(Run {
+            elapsed: Duration::from_micros(field(result, "micros")?),
+            before_kib: field(result, "before_kib")?,
+            peak_kib: field(result, "peak_kib")?,
+            burst_kib: field(result, "burst_kib")?,
+            idle_kib: field(result, "idle_kib")?,
+            samples,
         })
     }
 }
 
-/// Runs the burst in this process and prints a RESULT line.
+fn draw_chart(path: &str, runs: &[(&str, Run)]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let max_ms = runs
+        .iter()
+        .flat_map(|(_, r)| r.samples.last())
+        .map(|s| s.0)
+        .max()
+        .unwrap_or(1);
+    let max_mib = runs.iter().map(|(_, r)| r.peak_kib).max().unwrap_or(1) as f64 / 1024.0;
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("resident memory: burst, then idle", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_ms as f64 / 1000.0, 0f64..max_mib * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the burst started")
+        .y_desc("RSS (MiB)")
+        .draw()?;
+    let colors = [RED, BLUE, GREEN];
+    for ((mode, run), color) in runs.iter().zip(colors) {
+        chart
+            .draw_series(LineSeries::new(
+                run.samples
+                    .iter()
+                    .map(|&(ms, kib)| (ms as f64 / 1000.0, kib as f64 / 1024.0)),
+                color.stroke_width(2),
+            ))?
+            .label(*mode)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Runs the burst and the idle time in this process, sampling resident
+/// memory, and prints SAMPLE and RESULT lines.
 fn run_child(mode: &str, config: Config) {
-    let pool = Pool::new();
+    let pool = Pool::builder()
+        .trim_interval(if mode == "pool-trim" {
+            TRIM_INTERVAL
+        } else {
+            Duration::ZERO
+        })
+        .build();
     let before = status_kib("VmRSS");
     let started = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..config.threads {
-            let pool = &pool;
-            s.spawn(move || match mode {
-                "vec" => jobs(config.jobs, t, Vec::with_capacity, |b: &mut Vec<u8>, r| {
-                    b.extend_from_slice(r)
-                }),
-                _ => jobs(
-                    config.jobs,
-                    t,
-                    |size| pool.get(size),
-                    |b, r| b.extend_from_slice(r),
-                ),
-            });
-        }
+    let done = AtomicBool::new(false);
+    let (elapsed, burst_kib) = std::thread::scope(|s| {
+        s.spawn(|| {
+            // The sampler: every 50 ms until the idle phase is over.
+            while !done.load(Ordering::Relaxed) {
+                println!(
+                    "SAMPLE ms={} rss_kib={}",
+                    started.elapsed().as_millis(),
+                    status_kib("VmRSS")
+                );
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+        });
+        std::thread::scope(|burst| {
+            for t in 0..config.threads {
+                let pool = &pool;
+                burst.spawn(move || {
+                    if mode == "vec" {
+                        jobs(config.jobs, t, Vec::with_capacity, |b: &mut Vec<u8>, r| {
+                            b.extend_from_slice(r)
+                        })
+                    } else {
+                        jobs(
+                            config.jobs,
+                            t,
+                            |size| pool.get(size),
+                            |b, r| b.extend_from_slice(r),
+                        )
+                    }
+                });
+            }
+        });
+        let elapsed = started.elapsed();
+        let burst_kib = status_kib("VmRSS");
+        std::thread::sleep(IDLE);
+        done.store(true, Ordering::Relaxed);
+        (elapsed, burst_kib)
     });
-    let elapsed = started.elapsed();
-    let after = status_kib("VmRSS");
     println!(
-        "RESULT micros={} before_kib={} peak_kib={} after_kib={}",
+        "RESULT micros={} before_kib={} peak_kib={} burst_kib={} idle_kib={}",
         elapsed.as_micros(),
         before,
         status_kib("VmHWM"),
-        after
+        burst_kib,
+        status_kib("VmRSS"),
     );
-    if mode == "pool" {
+    if mode != "vec" {
         print!("{}", pool.stats());
     }
 }

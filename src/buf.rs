@@ -11,7 +11,7 @@ use std::slice;
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
-use crate::pool::{OVERSIZE, PoolInner, Returned, arc_ptr};
+use crate::pool::{OVERSIZE, PoolInner, Returned, arc_ptr, is_mapped};
 use crate::sync::Arc;
 use crate::{Error, global};
 
@@ -269,17 +269,23 @@ impl PooledBuf {
         Bytes::from_owner(self)
     }
 
-    /// Detaches the memory from the pool as a `Vec<u8>`, without a copy: it
-    /// will never come back to the pool.
+    /// The contents as a `Vec<u8>`. Below [`MMAP_THRESHOLD`](crate::MMAP_THRESHOLD)
+    /// (and everywhere off Unix) the memory itself is detached from the pool,
+    /// without a copy, and never comes back. Larger blocks are mapped from the
+    /// OS, which `Vec` cannot free: their contents are copied into a new
+    /// `Vec` and the block goes back to the pool.
     pub fn into_vec(self) -> Vec<u8> {
+        if is_mapped(self.cap) {
+            return self[..].to_vec();
+        }
         let this = ManuallyDrop::new(self);
         let Some(pool) = this.pool else {
             return Vec::new();
         };
         // SAFETY: the block holds a strong count, so the pool is alive.
         unsafe { pool.as_ref() }.detach(this.class, this.cap);
-        // SAFETY: the block came from `alloc_block(cap)`: the global
-        // allocator with `u8`'s layout for `cap` bytes, exactly what
+        // SAFETY: the block came from `alloc_block(cap)` below the mapping
+        // threshold: the global allocator with `u8`'s layout for `cap` bytes, exactly what
         // `Vec<u8>` with capacity `cap` frees with; `len <= cap` bytes are
         // initialised; we own it and `this` is never dropped.
         let vec = unsafe { Vec::from_raw_parts(this.ptr.as_ptr(), this.len, this.cap) };

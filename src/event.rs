@@ -63,6 +63,12 @@ pub enum DropReason {
 pub enum TrimReason {
     /// [`Pool::trim`](crate::Pool::trim) was called.
     Manual,
+    /// The pool's trim interval passed: buffers idle through a whole
+    /// interval were freed.
+    Idle,
+    /// A miss found more than half of what is in use sitting idle, and freed
+    /// idle buffers of other classes before allocating (the demand cap).
+    Demand,
     /// The last handle of the pool was dropped.
     PoolClosed,
 }

@@ -86,16 +86,21 @@ mod size_class;
 mod stats;
 mod sync;
 mod thread_cache;
+#[cfg(not(loom))]
+mod trimmer;
 
 pub use buf::PooledBuf;
 pub use error::Error;
 pub use event::{AllocReason, DropReason, Event, TrimReason};
 pub use pool::{
     DEFAULT_MAX_RETAINED_BYTES, DEFAULT_SHARED_TIER_BYTES, DEFAULT_THREAD_CACHE_BYTES,
-    MAX_SHARED_TIER_DEPTH, MAX_THREAD_CACHE_DEPTH, Pool, PoolBuilder, global,
+    DEFAULT_TRIM_INTERVAL, MAX_SHARED_TIER_DEPTH, MAX_THREAD_CACHE_DEPTH, MMAP_THRESHOLD, Pool,
+    PoolBuilder, global,
 };
 pub use size_class::{MAX_CLASS_SIZE, MAX_CLASSES, SizeClasses};
 pub use stats::{ClassStats, Stats};
 
-#[cfg(test)]
+// The unit tests use real threads and atomics; under loom only the model
+// tests (at the end of `thread_cache.rs`) build.
+#[cfg(all(test, not(loom)))]
 mod tests;

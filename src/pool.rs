@@ -4,6 +4,7 @@ use std::alloc::{Layout, alloc, dealloc};
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::buf::PooledBuf;
 use crate::event::{AllocReason, DropReason, Event, EventHook, HookDebug, TrimReason};
@@ -19,6 +20,20 @@ pub const DEFAULT_MAX_RETAINED_BYTES: usize = 256 << 20;
 pub const DEFAULT_THREAD_CACHE_BYTES: usize = 256 << 10;
 /// Default bytes the shared tier may queue per class: 32 MiB.
 pub const DEFAULT_SHARED_TIER_BYTES: usize = 32 << 20;
+/// Default interval of trimming on idle: 5 seconds.
+///
+/// A buffer idle for one whole interval is freed by the end of the next, so
+/// memory is back within 10 s of the last traffic: well inside the 15–60 s
+/// that metrics scrapers and autoscalers look at, and far from the minutes a
+/// pod takes to creep into its limit. Under steady traffic, anything used
+/// within 5 s stays pooled. A pass costs a few microseconds per thread
+/// cache, so a shorter interval costs little; a longer one lets more stale
+/// memory stay.
+pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+/// Blocks of at least this many bytes are mapped straight from the OS on
+/// Unix, so that freeing one hands its pages back at once (glibc would keep
+/// them in an arena once its dynamic mmap threshold has risen).
+pub const MMAP_THRESHOLD: usize = 128 << 10;
 /// The most buffers a thread cache keeps per class, however small the class.
 pub const MAX_THREAD_CACHE_DEPTH: usize = 32;
 /// The most buffers the shared tier queues per class.
@@ -27,6 +42,9 @@ pub const MAX_SHARED_TIER_DEPTH: usize = 1024;
 /// buffer from before allocating. Borrowing turns a fresh allocation (page
 /// faults) into a reuse at the price of at most two classes' rounding.
 const BORROW_CLASSES_ABOVE: usize = 2;
+/// The demand cap's ratio: a miss frees idle buffers while more than
+/// `1 / RETAINED_PER_IN_USE_DIVISOR` of the bytes in use sit idle.
+const RETAINED_PER_IN_USE_DIVISOR: usize = 3;
 /// The class tag of buffers above the largest class.
 pub(crate) const OVERSIZE: u32 = u32::MAX;
 
@@ -82,6 +100,8 @@ pub struct PoolBuilder {
     max_retained_bytes: usize,
     thread_cache_bytes: usize,
     shared_tier_bytes: usize,
+    trim_interval: Duration,
+    min_retained_bytes: usize,
     hook: Option<EventHook>,
 }
 
@@ -123,6 +143,13 @@ pub(crate) struct PoolInner {
     oversize_in_use_bytes: AtomicUsize,
     oversize_in_use_buffers: AtomicUsize,
     trim_passes: AtomicU64,
+    trimmed_bytes: AtomicU64,
+    released_bytes: AtomicU64,
+    /// Bytes allocated and not yet freed or detached: in use plus retained.
+    /// Changed on the slow paths only (allocation, free).
+    footprint: AtomicUsize,
+    /// Idle capacity that trimming on idle leaves pooled.
+    pub(crate) min_retained: usize,
     /// Set when the last handle drops: returns free from then on.
     pub(crate) closed: AtomicBool,
     hook: Option<EventHook>,
@@ -157,6 +184,8 @@ impl Pool {
             max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
             thread_cache_bytes: DEFAULT_THREAD_CACHE_BYTES,
             shared_tier_bytes: DEFAULT_SHARED_TIER_BYTES,
+            trim_interval: DEFAULT_TRIM_INTERVAL,
+            min_retained_bytes: 0,
             hook: None,
         }
     }
@@ -293,10 +322,12 @@ impl PoolBuilder {
     }
 
     /// How many bytes each thread's cache may keep per class (default
-    /// [`DEFAULT_THREAD_CACHE_BYTES`]): `bytes / capacity` buffers, at least
-    /// one and at most [`MAX_THREAD_CACHE_DEPTH`]. So small classes keep many
-    /// buffers per thread and large classes one. `0` turns thread caches off:
-    /// every get and return goes to the shared tier.
+    /// [`DEFAULT_THREAD_CACHE_BYTES`]): `bytes / capacity` buffers, at most
+    /// [`MAX_THREAD_CACHE_DEPTH`]. So small classes keep many buffers per
+    /// thread, and classes larger than `bytes` none: their buffers go straight
+    /// to the shared tier (one queue operation, nothing next to filling a
+    /// buffer that size), where every thread can reuse them. `0` turns
+    /// thread caches off.
     pub fn thread_cache_bytes(mut self, bytes: usize) -> Self {
         self.thread_cache_bytes = bytes;
         self
@@ -307,6 +338,27 @@ impl PoolBuilder {
     /// and at most [`MAX_SHARED_TIER_DEPTH`].
     pub fn shared_tier_bytes(mut self, bytes: usize) -> Self {
         self.shared_tier_bytes = bytes;
+        self
+    }
+
+    /// How often idle memory is trimmed (default [`DEFAULT_TRIM_INTERVAL`]):
+    /// a buffer that stays idle through one whole interval, in any tier
+    /// (idle and exited threads' caches included), is freed by the end of the
+    /// next, so two intervals after the last traffic the pool holds no more
+    /// than [`min_retained_bytes`](Self::min_retained_bytes). One background
+    /// thread, `tierpool-trimmer`, started on first use, serves every pool;
+    /// it never keeps the process alive, and a dropped pool leaves it.
+    /// `Duration::ZERO` turns trimming on idle off (`Pool::trim` still works).
+    pub fn trim_interval(mut self, interval: Duration) -> Self {
+        self.trim_interval = interval;
+        self
+    }
+
+    /// Idle capacity that trimming on idle leaves pooled (default 0), so the
+    /// first requests after a quiet spell are still hits. `Pool::trim` frees
+    /// everything regardless.
+    pub fn min_retained_bytes(mut self, bytes: usize) -> Self {
+        self.min_retained_bytes = bytes;
         self
     }
 
@@ -327,18 +379,17 @@ impl PoolBuilder {
             .sizes()
             .iter()
             .map(|&capacity| {
-                let depth = if self.thread_cache_bytes == 0 {
-                    0
-                } else {
-                    (self.thread_cache_bytes / capacity).clamp(1, MAX_THREAD_CACHE_DEPTH)
-                };
+                // Classes larger than the per-class budget skip the thread
+                // cache: their buffers go straight to the shared tier, so no
+                // thread sits on a large idle buffer another thread needs.
+                let depth = (self.thread_cache_bytes / capacity).min(MAX_THREAD_CACHE_DEPTH);
                 let batch = (depth / 2).max(1);
                 let class = ClassInfo {
                     capacity,
                     depth,
                     batch,
                     slot_start,
-                    credit_limit: depth.max(1) * capacity,
+                    credit_limit: depth * capacity,
                 };
                 slot_start += depth;
                 class
@@ -364,9 +415,17 @@ impl PoolBuilder {
             oversize_in_use_bytes: AtomicUsize::new(0),
             oversize_in_use_buffers: AtomicUsize::new(0),
             trim_passes: AtomicU64::new(0),
+            trimmed_bytes: AtomicU64::new(0),
+            released_bytes: AtomicU64::new(0),
+            footprint: AtomicUsize::new(0),
+            min_retained: self.min_retained_bytes,
             closed: AtomicBool::new(false),
             hook: self.hook,
         });
+        #[cfg(not(loom))]
+        if !self.trim_interval.is_zero() {
+            crate::trimmer::register(&inner, self.trim_interval);
+        }
         Pool {
             _handle: Arc::new(Handle(inner.clone())),
             inner,
@@ -381,6 +440,8 @@ impl fmt::Debug for PoolBuilder {
             .field("max_retained_bytes", &self.max_retained_bytes)
             .field("thread_cache_bytes", &self.thread_cache_bytes)
             .field("shared_tier_bytes", &self.shared_tier_bytes)
+            .field("trim_interval", &self.trim_interval)
+            .field("min_retained_bytes", &self.min_retained_bytes)
             .field("on_event", &HookDebug(&self.hook))
             .finish()
     }
@@ -418,7 +479,9 @@ impl PoolInner {
     #[cold]
     fn allocate(&self, this: &Arc<PoolInner>, class: usize) -> Result<PooledBuf, Error> {
         let capacity = self.info[class].capacity;
+        PoolInner::make_room(this, capacity);
         let ptr = alloc_block(capacity)?;
+        self.footprint.fetch_add(capacity, Ordering::Relaxed);
         // SAFETY: `this` is a live `Arc`; the new block owns this count.
         unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
         self.totals[class].misses.fetch_add(1, Ordering::Relaxed);
@@ -431,9 +494,53 @@ impl PoolInner {
         Ok(unsafe { PooledBuf::from_block(ptr, capacity, this, class) })
     }
 
+    /// The demand cap: before a miss allocates `needed` more bytes, frees
+    /// idle shared-tier buffers (largest classes first) while more than
+    /// half of what is in use sits idle, up to `needed`
+    /// bytes. Turning idle memory of the wrong classes into the class in
+    /// demand keeps a burst's peak near what it uses, instead of in-use plus
+    /// every class it ever touched.
+    #[cold]
+    fn make_room(this: &Arc<PoolInner>, needed: usize) {
+        let pool = &**this;
+        let mut buffers = 0;
+        let mut bytes = 0;
+        'evict: while bytes < needed {
+            let retained = pool.reserved.load(Ordering::Relaxed);
+            let in_use = pool
+                .footprint
+                .load(Ordering::Relaxed)
+                .saturating_sub(retained);
+            if retained <= in_use / RETAINED_PER_IN_USE_DIVISOR {
+                break;
+            }
+            for (class, tier) in pool.shared.iter().enumerate().rev() {
+                if let Some(ptr) = tier.pop() {
+                    // SAFETY: just popped from the shared tier.
+                    unsafe { pool.free_queued(ptr, class) };
+                    pool.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
+                    buffers += 1;
+                    bytes += pool.info[class].capacity;
+                    continue 'evict;
+                }
+            }
+            break; // nothing idle in the shared tier
+        }
+        if buffers > 0 {
+            pool.trimmed_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+            pool.emit(Event::Trimmed {
+                buffers,
+                bytes,
+                reason: TrimReason::Demand,
+            });
+        }
+    }
+
     #[cold]
     fn get_oversize(&self, this: &Arc<PoolInner>, size: usize) -> Result<PooledBuf, Error> {
         let ptr = alloc_block(size)?;
+        self.footprint.fetch_add(size, Ordering::Relaxed);
         // SAFETY: `this` is a live `Arc`; the new block owns this count.
         unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
         self.oversize_allocations.fetch_add(1, Ordering::Relaxed);
@@ -526,7 +633,7 @@ impl PoolInner {
     /// Frees an oversize block. The caller releases its pool count afterwards.
     pub(crate) fn give_back_oversize(&self, ptr: NonNull<u8>, size: usize) {
         // SAFETY: the caller owned this block of `size` bytes and gives it up.
-        unsafe { free_block(ptr, size) };
+        unsafe { self.free_memory(ptr, size) };
         self.oversize_in_use_bytes
             .fetch_sub(size, Ordering::Relaxed);
         self.oversize_in_use_buffers.fetch_sub(1, Ordering::Relaxed);
@@ -538,6 +645,7 @@ impl PoolInner {
 
     /// Counts a block that leaves the pool through `into_vec`.
     pub(crate) fn detach(&self, class: u32, size: usize) {
+        self.footprint.fetch_sub(size, Ordering::Relaxed);
         if class == OVERSIZE {
             self.oversize_in_use_bytes
                 .fetch_sub(size, Ordering::Relaxed);
@@ -571,8 +679,23 @@ impl PoolInner {
             counters.dropped_full.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: the caller gave up this block of `capacity` bytes.
-        unsafe { free_block(ptr, capacity) };
+        unsafe { self.free_memory(ptr, capacity) };
         (Returned::Released, Freed::this_one(reason))
+    }
+
+    /// Frees a block's memory, counting the bytes whose pages went straight
+    /// back to the OS.
+    ///
+    /// # Safety
+    ///
+    /// As [`free_block`].
+    pub(crate) unsafe fn free_memory(&self, ptr: NonNull<u8>, size: usize) {
+        self.footprint.fetch_sub(size, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller.
+        if unsafe { free_block(ptr, size) } {
+            self.released_bytes
+                .fetch_add(size as u64, Ordering::Relaxed);
+        }
     }
 
     /// Reserves `bytes` of retention budget, if the cap allows.
@@ -619,7 +742,7 @@ impl PoolInner {
     pub(crate) unsafe fn free_queued(&self, ptr: NonNull<u8>, class: usize) {
         let capacity = self.info[class].capacity;
         // SAFETY: popped from the queue, so it is ours.
-        unsafe { free_block(ptr, capacity) };
+        unsafe { self.free_memory(ptr, capacity) };
         self.release(capacity);
     }
 
@@ -634,7 +757,7 @@ impl PoolInner {
     pub(crate) unsafe fn free_idle(this: &Arc<PoolInner>, ptr: NonNull<u8>, class: usize) {
         let capacity = this.info[class].capacity;
         // SAFETY: the caller took the block out of its tier: it is ours.
-        unsafe { free_block(ptr, capacity) };
+        unsafe { this.free_memory(ptr, capacity) };
         this.release(capacity);
         // SAFETY: the block owned one count of this `Arc`, and `this` is
         // another one.
@@ -669,11 +792,81 @@ impl PoolInner {
             });
         }
         drop(caches);
+        pool.trimmed_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         pool.trim_passes.fetch_add(1, Ordering::Relaxed);
         pool.emit(Event::Trimmed {
             buffers,
             bytes,
             reason,
+        });
+    }
+
+    /// One idle tick: frees every buffer that stayed idle since the last
+    /// tick, in the shared tier and in every thread cache, down to
+    /// `min_retained`. Driven by the trimmer thread every `trim_interval`,
+    /// and directly by tests (the tick is the clock).
+    pub(crate) fn tick(this: &Arc<PoolInner>) {
+        let pool = &**this;
+        let mut buffers = 0;
+        let mut bytes = 0;
+        let may_free = |class: usize| {
+            let capacity = pool.info[class].capacity;
+            let retained = pool.reserved.load(Ordering::Relaxed);
+            retained.saturating_sub(capacity) >= pool.min_retained
+        };
+        let mut kept = Vec::new();
+        for (class, tier) in pool.shared.iter().enumerate() {
+            for _ in 0..tier.idle_since_tick() {
+                let Some(ptr) = tier.pop() else { break };
+                if !may_free(class) {
+                    kept.push(ptr);
+                    break;
+                }
+                // SAFETY: just popped from the shared tier.
+                unsafe { pool.free_queued(ptr, class) };
+                pool.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
+                buffers += 1;
+                bytes += pool.info[class].capacity;
+            }
+            for ptr in kept.drain(..) {
+                if let Err(ptr) = tier.push(ptr) {
+                    // SAFETY: the queue handed it back: still ours.
+                    unsafe { pool.free_queued(ptr, class) };
+                }
+            }
+            tier.mark_tick();
+        }
+        let caches: Vec<Arc<ThreadCache>> = pool.registry.lock().clone();
+        for cache in &caches {
+            cache.drain_idle(pool, |ptr, class| {
+                if !may_free(class) {
+                    // At the floor: keep it, where every thread can use it.
+                    match pool.shared[class].push(ptr) {
+                        // SAFETY: queued blocks own no count; `this` is the
+                        // caller's, so this one is not the last.
+                        Ok(()) => unsafe { Arc::decrement_strong_count(Arc::as_ptr(this)) },
+                        // SAFETY: handed back by the queue: still ours.
+                        Err(ptr) => unsafe { PoolInner::free_idle(this, ptr, class) },
+                    }
+                    return;
+                }
+                // SAFETY: just swapped out of a thread cache slot; `this` is
+                // the caller's strong count, so the block's is not the last.
+                unsafe { PoolInner::free_idle(this, ptr, class) };
+                pool.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
+                buffers += 1;
+                bytes += pool.info[class].capacity;
+            });
+        }
+        drop(caches);
+        pool.trimmed_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        pool.trim_passes.fetch_add(1, Ordering::Relaxed);
+        pool.emit(Event::Trimmed {
+            buffers,
+            bytes,
+            reason: TrimReason::Idle,
         });
     }
 
@@ -706,6 +899,8 @@ impl PoolInner {
             oversize_allocations: self.oversize_allocations.load(Ordering::Relaxed),
             oversize_in_use_bytes: self.oversize_in_use_bytes.load(Ordering::Relaxed),
             trim_passes: self.trim_passes.load(Ordering::Relaxed),
+            trimmed_bytes: self.trimmed_bytes.load(Ordering::Relaxed),
+            released_bytes: self.released_bytes.load(Ordering::Relaxed),
             thread_caches,
             ..Stats::default()
         };
@@ -772,26 +967,63 @@ pub(crate) fn arc_ptr(this: &Arc<PoolInner>) -> NonNull<PoolInner> {
     unsafe { NonNull::new_unchecked(Arc::as_ptr(this).cast_mut()) }
 }
 
-/// Allocates `size` (non-zero) uninitialised bytes with `u8`'s layout, the
-/// layout `Vec<u8>` uses, so a block can become a `Vec` without a copy.
+/// Whether blocks of `size` bytes are mapped straight from the OS.
+#[inline]
+pub(crate) fn is_mapped(size: usize) -> bool {
+    cfg!(all(unix, not(miri))) && size >= MMAP_THRESHOLD
+}
+
+/// Allocates `size` (non-zero) uninitialised bytes: mapped from the OS at and
+/// above [`MMAP_THRESHOLD`] on Unix, otherwise from the global allocator with
+/// `u8`'s layout, the layout `Vec<u8>` uses, so such a block can become a
+/// `Vec` without a copy.
 pub(crate) fn alloc_block(size: usize) -> Result<NonNull<u8>, Error> {
     debug_assert!(size > 0);
     let layout =
         Layout::array::<u8>(size).map_err(|_| Error::CapacityOverflow { requested: size })?;
+    #[cfg(all(unix, not(miri)))]
+    if is_mapped(size) {
+        // SAFETY: a fresh private anonymous mapping: no address hint, no file
+        // descriptor; the kernel checks the length.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::AllocFailed { size });
+        }
+        return NonNull::new(ptr.cast::<u8>()).ok_or(Error::AllocFailed { size });
+    }
     // SAFETY: `layout` has a non-zero size (every class and every oversize
     // request is at least one byte).
     let ptr = unsafe { alloc(layout) };
     NonNull::new(ptr).ok_or(Error::AllocFailed { size })
 }
 
-/// Frees a block from [`alloc_block`].
+/// Frees a block from [`alloc_block`]. Returns whether its pages went
+/// straight back to the OS (a mapped block).
 ///
 /// # Safety
 ///
 /// `ptr` came from `alloc_block(size)` with this same `size`, and nothing uses
 /// it afterwards.
-pub(crate) unsafe fn free_block(ptr: NonNull<u8>, size: usize) {
+pub(crate) unsafe fn free_block(ptr: NonNull<u8>, size: usize) -> bool {
+    #[cfg(all(unix, not(miri)))]
+    if is_mapped(size) {
+        // SAFETY: by the caller's promise, a mapping of exactly `size` bytes
+        // made by `alloc_block`, unused from now on.
+        let rc = unsafe { libc::munmap(ptr.as_ptr().cast(), size) };
+        debug_assert_eq!(rc, 0, "munmap of a block we mapped");
+        return true;
+    }
     // SAFETY: by the caller's promise, allocated with exactly this layout,
     // which `alloc_block` already checked to be valid.
-    unsafe { dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, 1)) }
+    unsafe { dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, 1)) };
+    false
 }

@@ -2,6 +2,8 @@
 
 use std::ptr::NonNull;
 
+use crate::sync::{AtomicUsize, Ordering};
+
 /// An idle buffer's memory while it sits in a queue.
 ///
 /// The pointer is the start of an allocation of the class's capacity; the
@@ -22,6 +24,10 @@ pub(crate) struct SharedTier {
     queue: crate::sync::Mutex<std::collections::VecDeque<Block>>,
     #[cfg(loom)]
     capacity: usize,
+    /// Successful pops since the last idle tick.
+    pops: AtomicUsize,
+    /// Queue length right after the last idle tick.
+    len_at_tick: AtomicUsize,
 }
 
 // === impl SharedTier ===
@@ -37,6 +43,8 @@ impl SharedTier {
             queue: crate::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
             #[cfg(loom)]
             capacity,
+            pops: AtomicUsize::new(0),
+            len_at_tick: AtomicUsize::new(0),
         }
     }
 
@@ -56,13 +64,36 @@ impl SharedTier {
         }
     }
 
-    /// Takes a buffer, if any.
+    /// Takes the oldest buffer, if any.
     #[inline]
     pub(crate) fn pop(&self) -> Option<NonNull<u8>> {
         #[cfg(not(loom))]
-        return self.queue.pop().map(|Block(p)| p);
+        let ptr = self.queue.pop().map(|Block(p)| p);
         #[cfg(loom)]
-        return self.queue.lock().pop_front().map(|Block(p)| p);
+        let ptr = self.queue.lock().pop_front().map(|Block(p)| p);
+        if ptr.is_some() {
+            self.pops.fetch_add(1, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    /// How many of the queued buffers have been idle since the last tick,
+    /// and starts a new interval.
+    ///
+    /// The queue is FIFO, so pops take the oldest buffers first: of the
+    /// `len_at_tick` buffers queued at the last tick, `pops` have been used
+    /// since, and the rest, at the head of the queue, stayed idle throughout.
+    /// Concurrent pushes only make the answer smaller (conservative).
+    pub(crate) fn idle_since_tick(&self) -> usize {
+        let pops = self.pops.swap(0, Ordering::Relaxed);
+        self.len_at_tick
+            .load(Ordering::Relaxed)
+            .saturating_sub(pops)
+    }
+
+    /// Records the queue length after a tick's frees.
+    pub(crate) fn mark_tick(&self) {
+        self.len_at_tick.store(self.len(), Ordering::Relaxed);
     }
 
     /// How many buffers are queued (a snapshot).

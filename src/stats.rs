@@ -26,8 +26,13 @@ pub struct Stats {
     pub oversize_allocations: u64,
     /// Of those, the bytes still in use.
     pub oversize_in_use_bytes: usize,
-    /// Trim passes run (manual and on close).
+    /// Trim passes run (idle ticks, manual trims, the closing trim).
     pub trim_passes: u64,
+    /// Bytes of idle buffers freed by trimming, all passes.
+    pub trimmed_bytes: u64,
+    /// Bytes whose pages went straight back to the OS when freed (mapped
+    /// blocks, at and above `MMAP_THRESHOLD`, on Unix), by trims and frees.
+    pub released_bytes: u64,
     /// Threads whose cache for this pool is alive.
     pub thread_caches: usize,
     /// One entry per class, smallest first.
@@ -73,7 +78,8 @@ impl fmt::Display for Stats {
         writeln!(
             f,
             "retained {} in {} buffers (cap {}), in use {} in {} buffers, \
-             {} thread caches, {} oversize allocations, {} trim passes",
+             {} thread caches, {} oversize allocations, {} trim passes \
+             ({} trimmed, {} released to the OS)",
             Mib(self.retained_bytes),
             self.retained_buffers,
             Mib(self.max_retained_bytes),
@@ -82,6 +88,8 @@ impl fmt::Display for Stats {
             self.thread_caches,
             self.oversize_allocations,
             self.trim_passes,
+            Mib(self.trimmed_bytes as usize),
+            Mib(self.released_bytes as usize),
         )?;
         writeln!(
             f,

@@ -17,9 +17,9 @@ use std::cell::RefCell;
 use std::ptr::{self, NonNull};
 
 use crate::event::DropReason;
-use crate::pool::{Freed, PoolInner, Returned, free_block};
+use crate::pool::{Freed, PoolInner, Returned};
 use crate::stats::{ClassCounters, ClassStats, Writer};
-use crate::sync::{Arc, AtomicPtr, Ordering, bump_owned, thread_local};
+use crate::sync::{Arc, AtomicPtr, AtomicUsize, Ordering, bump_owned, thread_local};
 
 /// The part of a thread's cache for one pool that other threads may touch:
 /// the slots (to trim them) and the counters (to read them).
@@ -29,6 +29,10 @@ pub(crate) struct ThreadCache {
     slots: Box<[AtomicPtr<u8>]>,
     /// Written by the owning thread only.
     pub(crate) counters: Box<[ClassCounters]>,
+    /// Per class, the lowest `top` since the last idle tick: the slots below
+    /// it were not touched all interval. Lowered by the owner with plain
+    /// stores; reset to `usize::MAX` ("no take since the tick") by the tick.
+    low_water: Box<[AtomicUsize]>,
 }
 
 /// The owner's private state for one class.
@@ -116,6 +120,7 @@ fn register(caches: &mut Vec<LocalCache>, pool: NonNull<PoolInner>) -> Option<us
             .map(|_| AtomicPtr::new(ptr::null_mut()))
             .collect(),
         counters: pool.info.iter().map(|_| ClassCounters::default()).collect(),
+        low_water: pool.info.iter().map(|_| AtomicUsize::new(0)).collect(),
     });
     pool.registry.lock().push(cache.clone());
     let owner = pool.info.iter().map(|_| OwnerState::default()).collect();
@@ -180,13 +185,24 @@ impl ThreadCache {
             let ptr =
                 self.slots[info.slot_start + state.top].swap(ptr::null_mut(), Ordering::Acquire);
             if let Some(ptr) = NonNull::new(ptr) {
+                self.note_low(class, state.top);
                 bump_owned(&self.counters[class].thread_cache_hits);
                 self.credit(pool, class, state);
                 return Some((ptr, class));
             }
             // Null: the trimmer took this one; look further down.
         }
+        self.note_low(class, 0);
         PoolInner::take_shared(pool, class, Some((self, owner)), Writer::Owner)
+    }
+
+    /// Lowers the class's low-water mark to `top` (owner only).
+    #[inline]
+    fn note_low(&self, class: usize, top: usize) {
+        let mark = &self.low_water[class];
+        if top < mark.load(Ordering::Relaxed) {
+            mark.store(top, Ordering::Relaxed);
+        }
     }
 
     /// Moves up to a batch of idle blocks from the shared tier into the empty
@@ -215,7 +231,7 @@ impl ThreadCache {
         let info = &pool.info[class];
         state.credit += info.capacity;
         if state.credit > info.credit_limit {
-            let keep = info.batch * info.capacity;
+            let keep = (info.batch * info.capacity).min(info.credit_limit);
             pool.release(state.credit - keep);
             state.credit = keep;
         }
@@ -244,7 +260,7 @@ impl ThreadCache {
         }
         if let Some(reason) = reason {
             // SAFETY: the caller gave up this block of the class's capacity.
-            unsafe { free_block(ptr, info.capacity) };
+            unsafe { pool.free_memory(ptr, info.capacity) };
             return (Returned::Released, Freed::this_one(reason));
         }
         // The block takes one capacity of credit as its reservation.
@@ -256,7 +272,7 @@ impl ThreadCache {
                     pool.release(info.capacity);
                     bump_owned(&counters.dropped_full);
                     // SAFETY: the queue handed the block back: still ours.
-                    unsafe { free_block(ptr, info.capacity) };
+                    unsafe { pool.free_memory(ptr, info.capacity) };
                     (Returned::Released, Freed::this_one(DropReason::PoolFull))
                 }
             };
@@ -316,6 +332,7 @@ impl ThreadCache {
                 }
             }
         }
+        self.note_low(class, state.top);
         freed
     }
 
@@ -326,6 +343,26 @@ impl ThreadCache {
             for slot in &self.slots[info.slot_start..info.slot_start + info.depth] {
                 // Acquire: the owner's writes into the block (and the
                 // block's previous users') happen before we free it.
+                if let Some(ptr) = NonNull::new(slot.swap(ptr::null_mut(), Ordering::Acquire)) {
+                    f(ptr, class);
+                }
+            }
+        }
+    }
+
+    /// Empties the slots that stayed untouched since the last idle tick,
+    /// handing each block taken to `f`, and starts a new interval. Any
+    /// thread may call this; it races safely with the owner (a slot the
+    /// owner empties first is simply null here).
+    pub(crate) fn drain_idle(&self, pool: &PoolInner, mut f: impl FnMut(NonNull<u8>, usize)) {
+        for (class, info) in pool.info.iter().enumerate() {
+            // The owner may lower the mark between our swap and its next
+            // take; that only makes the next tick more conservative.
+            let idle = self.low_water[class]
+                .swap(usize::MAX, Ordering::Relaxed)
+                .min(info.depth);
+            for slot in &self.slots[info.slot_start..info.slot_start + idle] {
+                // Acquire: as in `drain`.
                 if let Some(ptr) = NonNull::new(slot.swap(ptr::null_mut(), Ordering::Acquire)) {
                     f(ptr, class);
                 }
@@ -474,6 +511,27 @@ mod loom_tests {
             });
             pool.trim(); // may take the worker's slot at any point
             worker.join().unwrap();
+            check_quiescent(&pool);
+        });
+    }
+
+    #[test]
+    fn idle_tick_races_with_the_owner() {
+        loom::model(|| {
+            let pool = tiny_pool();
+            let inner = pool.inner_arc().clone();
+            let p = pool.clone();
+            let owner = thread::spawn(move || {
+                drop(use_buffer(&p, 1));
+                drop(use_buffer(&p, 2));
+                p.flush_thread_cache();
+            });
+            // Two ticks: the second frees whatever the first saw idle,
+            // possibly while the owner takes it back.
+            crate::pool::PoolInner::tick(&inner);
+            crate::pool::PoolInner::tick(&inner);
+            owner.join().unwrap();
+            drop(inner);
             check_quiescent(&pool);
         });
     }
