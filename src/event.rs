@@ -66,7 +66,7 @@ pub enum TrimReason {
     /// The pool's trim interval passed: buffers idle through a whole
     /// interval were freed.
     Idle,
-    /// A miss found more than half of what is in use sitting idle, and freed
+    /// A miss found more idle than the demand cap allows, and freed
     /// idle buffers of other classes before allocating (the demand cap).
     Demand,
     /// The last handle of the pool was dropped.

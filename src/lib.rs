@@ -13,7 +13,8 @@
 //!                              per class,       bounded MPMC
 //!                              no locks)        queue)
 //!  drop   ──► thread cache ──(spill batch)──► shared tier ──(over cap)──► free
-//!  trim() ──► idle buffers in every tier, idle threads' caches too ──► free
+//!  trimmer (every trim_interval) ──► buffers idle a whole interval, in every
+//!                                    tier, idle threads' caches too ──► free
 //! ```
 //!
 //! # Usage
@@ -43,9 +44,33 @@
 //!
 //! [`PoolBuilder`] sets the [`SizeClasses`], the cap on idle memory across
 //! all tiers (`max_retained_bytes`, thread caches included), the bytes each
-//! thread may cache per class (large classes keep one buffer per thread,
-//! small ones up to 32), the shared tier's depth, and an [`Event`] callback
-//! for telemetry.
+//! thread may cache per class (small classes keep up to 32 buffers per
+//! thread; classes larger than that budget go straight to the shared tier),
+//! the shared tier's depth, the trim interval and its floor, and an
+//! [`Event`] callback for telemetry.
+//!
+//! # Memory goes back
+//!
+//! - **Trimming on idle.** Every pool with a `trim_interval` (default
+//!   [`DEFAULT_TRIM_INTERVAL`], 5 s) is ticked by one background thread. A
+//!   buffer that stays idle through a whole interval, in any tier, is freed
+//!   by the end of the next: thread caches keep a low-water mark of their
+//!   LIFO, and the FIFO shared tier counts its pops, so what was used during
+//!   the interval stays and what was not goes, including the caches of
+//!   threads that are alive but idle. Two intervals after the last traffic
+//!   the pool holds at most `min_retained_bytes`.
+//! - **Pages leave the process.** Blocks of [`MMAP_THRESHOLD`] (128 KiB) and
+//!   more are mapped from the OS on Unix and unmapped when freed, so their
+//!   pages leave the resident set and the cgroup at once, whatever the
+//!   allocator. (glibc's malloc keeps freed large blocks in its arenas once
+//!   its dynamic mmap threshold has risen; jemalloc and mimalloc decay them
+//!   on their own schedule.) Smaller blocks go through the global allocator;
+//!   on other platforms all do, and what reaches the OS is up to it.
+//! - **The demand cap.** When more bytes sit idle than are in use
+//!   ([`PoolBuilder::demand_cap`]), a miss reshapes an idle mapped buffer of
+//!   another class into the class it needs (`mremap` on Linux: the pages
+//!   keep serving) or frees idle buffers before allocating, so a burst's
+//!   peak does not grow by every class it touched.
 //!
 //! # Safety and correctness
 //!
@@ -93,9 +118,9 @@ pub use buf::PooledBuf;
 pub use error::Error;
 pub use event::{AllocReason, DropReason, Event, TrimReason};
 pub use pool::{
-    DEFAULT_MAX_RETAINED_BYTES, DEFAULT_SHARED_TIER_BYTES, DEFAULT_THREAD_CACHE_BYTES,
-    DEFAULT_TRIM_INTERVAL, MAX_SHARED_TIER_DEPTH, MAX_THREAD_CACHE_DEPTH, MMAP_THRESHOLD, Pool,
-    PoolBuilder, global,
+    DEFAULT_DEMAND_CAP, DEFAULT_MAX_RETAINED_BYTES, DEFAULT_SHARED_TIER_BYTES,
+    DEFAULT_THREAD_CACHE_BYTES, DEFAULT_TRIM_INTERVAL, MAX_SHARED_TIER_DEPTH,
+    MAX_THREAD_CACHE_DEPTH, MMAP_THRESHOLD, Pool, PoolBuilder, global,
 };
 pub use size_class::{MAX_CLASS_SIZE, MAX_CLASSES, SizeClasses};
 pub use stats::{ClassStats, Stats};

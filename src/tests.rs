@@ -766,3 +766,34 @@ fn the_trimmer_thread_ticks_on_its_own() {
     }
     assert!(pool.stats().trim_passes >= 2);
 }
+
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn a_miss_reshapes_an_idle_mapped_buffer_of_another_class() {
+    const K: usize = 1 << 10;
+    let pool = Pool::builder()
+        .size_classes(
+            SizeClasses::from_sizes(&[128 * K, 256 * K, 512 * K, 768 * K, 1024 * K]).unwrap(),
+        )
+        .thread_cache_bytes(0)
+        .trim_interval(std::time::Duration::ZERO)
+        .build();
+    let held = pool.get(128 * K);
+    let mut idle = pool.get(1024 * K);
+    idle.resize(1024 * K, 0xAB);
+    drop(idle); // 1 MiB idle, 128 KiB in use
+    let mut buf = pool.get(100 * K); // class 128 KiB: none idle within reach
+    assert_eq!(buf.capacity(), 128 * K);
+    assert!(
+        buf.is_empty(),
+        "a reshaped buffer starts empty like any other"
+    );
+    buf.resize(128 * K, 1);
+    assert!(buf.iter().all(|&b| b == 1));
+    let stats = pool.stats();
+    assert_eq!(stats.classes[4].trimmed, 1, "{stats}");
+    assert_eq!(stats.retained_bytes, 0, "{stats}");
+    assert_eq!(stats.classes[0].misses, 2);
+    drop((held, buf));
+    assert_eq!(pool.stats().in_use_bytes, 0);
+}
