@@ -308,6 +308,7 @@ fn grow_failed(e: Error) -> ! {
 }
 
 impl Drop for PooledBuf {
+    #[inline]
     fn drop(&mut self) {
         let Some(pool) = self.pool else { return };
         {

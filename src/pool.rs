@@ -107,7 +107,7 @@ pub struct PoolBuilder {
 }
 
 /// Per-class figures fixed at build time.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct ClassInfo {
     pub(crate) capacity: usize,
     /// Slots per thread cache.
@@ -205,7 +205,10 @@ impl Pool {
     /// [`try_get`](Self::try_get) returns both as errors.
     #[inline]
     pub fn get(&self, min_capacity: usize) -> PooledBuf {
-        match self.try_get(min_capacity) {
+        if let Some(buf) = self.inner.get_idle(&self.inner, min_capacity) {
+            return buf;
+        }
+        match self.inner.get_slow(&self.inner, min_capacity) {
             Ok(buf) => buf,
             Err(e) => fail(e),
         }
@@ -227,7 +230,10 @@ impl Pool {
     /// [`Error::AllocFailed`] when the allocator refuses.
     #[inline]
     pub fn try_get(&self, min_capacity: usize) -> Result<PooledBuf, Error> {
-        self.inner.get(&self.inner, min_capacity)
+        match self.inner.get_idle(&self.inner, min_capacity) {
+            Some(buf) => Ok(buf),
+            None => self.inner.get_slow(&self.inner, min_capacity),
+        }
     }
 
     /// Frees every idle buffer now, in every tier: the shared tier and the
@@ -483,26 +489,45 @@ impl fmt::Debug for PoolBuilder {
 impl PoolInner {
     /// Serves a request: thread cache, shared tier, a larger class's idle
     /// buffer, then the allocator.
-    #[inline]
     pub(crate) fn get(
         &self,
         this: &Arc<PoolInner>,
         min_capacity: usize,
     ) -> Result<PooledBuf, Error> {
-        let Some(class) = self.classes.index_for(min_capacity) else {
-            return self.get_oversize(this, min_capacity);
-        };
-        let found = thread_cache::with_local(arc_ptr(this), |pool, cache, owner| {
+        match self.get_idle(this, min_capacity) {
+            Some(buf) => Ok(buf),
+            None => self.get_slow(this, min_capacity),
+        }
+    }
+
+    /// The fast path: an idle buffer of the class (or up to two above) from
+    /// this thread's cache or the shared tier; `None` when the request needs
+    /// the allocator.
+    #[inline]
+    pub(crate) fn get_idle(&self, this: &Arc<PoolInner>, min_capacity: usize) -> Option<PooledBuf> {
+        let class = self.classes.index_for(min_capacity)?;
+        let found = match thread_cache::with_local(arc_ptr(this), |pool, cache, owner| {
             cache.take(pool, class, owner)
-        })
-        .unwrap_or_else(|| PoolInner::take_shared(this, class, None, Writer::Any));
-        match found {
-            Some((ptr, class)) => {
-                // SAFETY: `ptr` is an idle block of `class` taken out of a tier,
-                // so nobody else owns it; it carries its pool count with it.
-                Ok(unsafe { PooledBuf::from_block(ptr, self.info[class].capacity, this, class) })
-            }
-            None => self.allocate(this, class),
+        }) {
+            Some(found) => found,
+            None => PoolInner::take_shared(this, class, None, Writer::Any),
+        };
+        let (ptr, class) = found?;
+        // SAFETY: `ptr` is an idle block of `class` taken out of a tier, so
+        // nobody else owns it; it carries its pool count with it.
+        Some(unsafe { PooledBuf::from_block(ptr, self.info[class].capacity, this, class) })
+    }
+
+    /// The allocator path: a class miss or an oversize request.
+    #[cold]
+    pub(crate) fn get_slow(
+        &self,
+        this: &Arc<PoolInner>,
+        min_capacity: usize,
+    ) -> Result<PooledBuf, Error> {
+        match self.classes.index_for(min_capacity) {
+            Some(class) => self.allocate(this, class),
+            None => self.get_oversize(this, min_capacity),
         }
     }
 
@@ -659,7 +684,7 @@ impl PoolInner {
                 match owner.as_mut() {
                     Some((cache, state)) => {
                         writer.bump(&cache.counters[c].shared_hits);
-                        cache.credit(this, c, &mut state[c]);
+                        ThreadCache::credit(this, &mut state[c]);
                         if c == class {
                             cache.refill(this, c, &mut state[c]);
                         }
@@ -681,36 +706,44 @@ impl PoolInner {
     ///
     /// `this` points to the pool with the provenance of its `Arc` (from
     /// `Arc::as_ptr`), so a thread cache can take a count of it.
+    #[inline]
     pub(crate) fn give_back(this: NonNull<PoolInner>, ptr: NonNull<u8>, class: u32) -> Returned {
         // SAFETY: the caller's block holds a strong count: the pool is alive.
         let pool = unsafe { this.as_ref() };
         pool.give_back_to(this, ptr, class)
     }
 
+    #[inline]
     fn give_back_to(&self, this: NonNull<PoolInner>, ptr: NonNull<u8>, class: u32) -> Returned {
         if class == OVERSIZE {
             unreachable!("oversize blocks go through give_back_oversize")
         }
         let class = class as usize;
-        let (returned, full) = match thread_cache::with_local(this, |pool, cache, owner| {
+        let (returned, freed) = match thread_cache::with_local(this, |pool, cache, owner| {
             cache.put(pool, class, ptr, owner)
         }) {
             Some(outcome) => outcome,
             None => self.put_shared(class, ptr),
         };
-        for _ in 0..full.freed_full {
+        if freed.freed_full != 0 || freed.this_one.is_some() {
+            self.report_frees(class, freed);
+        }
+        returned
+    }
+
+    /// Emits the `Dropped` events of a return that freed blocks.
+    #[cold]
+    fn report_frees(&self, class: usize, freed: Freed) {
+        let capacity = self.info[class].capacity;
+        for _ in 0..freed.freed_full {
             self.emit(Event::Dropped {
-                capacity: self.info[class].capacity,
+                capacity,
                 reason: DropReason::PoolFull,
             });
         }
-        if let Some(reason) = full.this_one {
-            self.emit(Event::Dropped {
-                capacity: self.info[class].capacity,
-                reason,
-            });
+        if let Some(reason) = freed.this_one {
+            self.emit(Event::Dropped { capacity, reason });
         }
-        returned
     }
 
     /// Frees an oversize block. The caller releases its pool count afterwards.

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::ptr::{self, NonNull};
 
 use crate::event::DropReason;
-use crate::pool::{Freed, PoolInner, Returned};
+use crate::pool::{ClassInfo, Freed, PoolInner, Returned};
 use crate::stats::{ClassCounters, ClassStats, Writer};
 use crate::sync::{Arc, AtomicPtr, AtomicUsize, Ordering, bump_owned, thread_local};
 
@@ -35,13 +35,15 @@ pub(crate) struct ThreadCache {
     low_water: Box<[AtomicUsize]>,
 }
 
-/// The owner's private state for one class.
-#[derive(Debug, Default)]
+/// The owner's private state for one class, with a copy of the class's
+/// figures so the fast path reads one place.
+#[derive(Debug)]
 pub(crate) struct OwnerState {
     /// Slots below this may hold a block; from it on they are null.
     top: usize,
     /// Retention budget reserved from the pool but not used by a block.
     credit: usize,
+    info: ClassInfo,
 }
 
 /// A thread's cache for one pool, owned by that thread's thread-local.
@@ -123,7 +125,15 @@ fn register(caches: &mut Vec<LocalCache>, pool: NonNull<PoolInner>) -> Option<us
         low_water: pool.info.iter().map(|_| AtomicUsize::new(0)).collect(),
     });
     pool.registry.lock().push(cache.clone());
-    let owner = pool.info.iter().map(|_| OwnerState::default()).collect();
+    let owner = pool
+        .info
+        .iter()
+        .map(|&info| OwnerState {
+            top: 0,
+            credit: 0,
+            info,
+        })
+        .collect();
     caches.push(LocalCache { pool, cache, owner });
     Some(caches.len() - 1)
 }
@@ -175,8 +185,8 @@ impl ThreadCache {
         class: usize,
         owner: &mut [OwnerState],
     ) -> Option<(NonNull<u8>, usize)> {
-        let info = &pool.info[class];
         let state = &mut owner[class];
+        let info = &state.info;
         while state.top > 0 {
             state.top -= 1;
             debug_assert!(state.top < info.depth);
@@ -187,7 +197,7 @@ impl ThreadCache {
             if let Some(ptr) = NonNull::new(ptr) {
                 self.note_low(class, state.top);
                 bump_owned(&self.counters[class].thread_cache_hits);
-                self.credit(pool, class, state);
+                ThreadCache::credit(pool, state);
                 return Some((ptr, class));
             }
             // Null: the trimmer took this one; look further down.
@@ -208,7 +218,7 @@ impl ThreadCache {
     /// Moves up to a batch of idle blocks from the shared tier into the empty
     /// cache of `class`, after one was taken for the caller.
     pub(crate) fn refill(&self, pool: &Arc<PoolInner>, class: usize, state: &mut OwnerState) {
-        let info = &pool.info[class];
+        let info = &state.info;
         for _ in 1..info.batch {
             if state.top >= info.depth {
                 break;
@@ -227,8 +237,8 @@ impl ThreadCache {
     /// becomes this thread's credit; credit beyond the class's limit goes
     /// back to the pool.
     #[inline]
-    pub(crate) fn credit(&self, pool: &PoolInner, class: usize, state: &mut OwnerState) {
-        let info = &pool.info[class];
+    pub(crate) fn credit(pool: &PoolInner, state: &mut OwnerState) {
+        let info = &state.info;
         state.credit += info.capacity;
         if state.credit > info.credit_limit {
             let keep = (info.batch * info.capacity).min(info.credit_limit);
@@ -247,42 +257,47 @@ impl ThreadCache {
         ptr: NonNull<u8>,
         owner: &mut [OwnerState],
     ) -> (Returned, Freed) {
-        let info = &pool.info[class];
+        let state = &mut owner[class];
+        let ClassInfo {
+            capacity,
+            depth,
+            slot_start,
+            ..
+        } = state.info;
         let counters = &self.counters[class];
         bump_owned(&counters.returns);
-        let state = &mut owner[class];
         let mut reason = None;
         if pool.closed.load(Ordering::Relaxed) {
             reason = Some(DropReason::PoolClosed);
-        } else if state.credit < info.capacity && !self.reserve(pool, class, state) {
+        } else if state.credit < capacity && !ThreadCache::reserve(pool, state) {
             bump_owned(&counters.dropped_full);
             reason = Some(DropReason::PoolFull);
         }
         if let Some(reason) = reason {
             // SAFETY: the caller gave up this block of the class's capacity.
-            unsafe { pool.free_memory(ptr, info.capacity) };
+            unsafe { pool.free_memory(ptr, capacity) };
             return (Returned::Released, Freed::this_one(reason));
         }
         // The block takes one capacity of credit as its reservation.
-        state.credit -= info.capacity;
-        if info.depth == 0 {
+        state.credit -= capacity;
+        if depth == 0 {
             return match pool.shared[class].push(ptr) {
                 Ok(()) => (Returned::Released, Freed::default()),
                 Err(ptr) => {
-                    pool.release(info.capacity);
+                    pool.release(capacity);
                     bump_owned(&counters.dropped_full);
                     // SAFETY: the queue handed the block back: still ours.
-                    unsafe { pool.free_memory(ptr, info.capacity) };
+                    unsafe { pool.free_memory(ptr, capacity) };
                     (Returned::Released, Freed::this_one(DropReason::PoolFull))
                 }
             };
         }
         let mut freed = Freed::default();
-        if state.top == info.depth {
+        if state.top == depth {
             freed.freed_full = self.spill(pool, class, state);
         }
-        debug_assert!(state.top < info.depth);
-        publish(&self.slots[info.slot_start + state.top], ptr);
+        debug_assert!(state.top < depth);
+        publish(&self.slots[slot_start + state.top], ptr);
         state.top += 1;
         (Returned::Cached, freed)
     }
@@ -290,8 +305,8 @@ impl ThreadCache {
     /// Reserves retention budget for returns of `class`: a batch's worth if
     /// the cap allows, else one buffer's.
     #[cold]
-    fn reserve(&self, pool: &PoolInner, class: usize, state: &mut OwnerState) -> bool {
-        let info = &pool.info[class];
+    fn reserve(pool: &PoolInner, state: &mut OwnerState) -> bool {
+        let info = &state.info;
         let batch = info.capacity.saturating_mul(info.batch);
         let got = if pool.try_reserve(batch) {
             batch
@@ -308,7 +323,7 @@ impl ThreadCache {
     /// shared tier has no room for are freed. Returns how many were freed.
     #[cold]
     fn spill(&self, pool: &Arc<PoolInner>, class: usize, state: &mut OwnerState) -> usize {
-        let info = &pool.info[class];
+        let info = &state.info;
         let mut freed = 0;
         for _ in 0..info.batch {
             if state.top == 0 {
