@@ -37,6 +37,10 @@ const MODES: [&str; 3] = ["vec", "pool-no-trim", "pool-trim"];
 struct Config {
     threads: usize,
     jobs: usize,
+    /// Runs per mode; the table shows medians, the chart the median run.
+    runs: usize,
+    /// The pools' `demand_cap`.
+    demand_cap: f64,
 }
 
 fn main() {
@@ -44,6 +48,8 @@ fn main() {
     let mut config = Config {
         threads: 4,
         jobs: 300,
+        runs: 3,
+        demand_cap: tierpool::DEFAULT_DEMAND_CAP,
     };
     let mut mode = None;
     let mut chart = String::from("target/burst.svg");
@@ -53,11 +59,20 @@ fn main() {
         match (args[i].as_str(), value) {
             ("--threads", Some(v)) => config.threads = parse(v, "--threads"),
             ("--jobs", Some(v)) => config.jobs = parse(v, "--jobs"),
+            ("--runs", Some(v)) => config.runs = parse(v, "--runs"),
+            ("--demand-cap", Some(v)) => match v.parse::<f64>() {
+                Ok(cap) if cap >= 0.0 => config.demand_cap = cap,
+                _ => {
+                    eprintln!("--demand-cap takes a number of 0 or more, got {v:?}");
+                    std::process::exit(2);
+                }
+            },
             ("--mode", Some(v)) => mode = Some(v.to_string()),
             ("--chart", Some(v)) => chart = v.to_string(),
             (other, _) => {
                 eprintln!(
-                    "usage: burst [--threads N] [--jobs N per thread] [--chart FILE.svg]  (got {other:?})"
+                    "usage: burst [--threads N] [--jobs N per thread] [--runs N] [--demand-cap X] \
+                     [--chart FILE.svg]  (got {other:?})"
                 );
                 std::process::exit(2);
             }
@@ -84,30 +99,40 @@ fn parse(value: &str, flag: &str) -> usize {
 fn run_parent(exe: &str, config: Config, chart: &str) {
     println!(
         "burst: {} threads x {} jobs of 64 KiB-8 MiB, 16 KiB rows, {} held per thread; \
-         then {} s idle (trim interval {} s)\n",
+         then {} s idle (trim interval {} s); demand cap {}; medians of {} runs per mode\n",
         config.threads,
         config.jobs,
         HELD,
         IDLE.as_secs_f64(),
-        TRIM_INTERVAL.as_secs_f64()
+        TRIM_INTERVAL.as_secs_f64(),
+        config.demand_cap,
+        config.runs,
     );
     let mut runs = Vec::new();
     for mode in MODES {
-        let output = Command::new(exe)
-            .args(["--mode", mode])
-            .args(["--threads", &config.threads.to_string()])
-            .args(["--jobs", &config.jobs.to_string()])
-            .output()
-            .expect("the example can start itself");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            eprintln!(
-                "mode {mode} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            std::process::exit(1);
-        }
-        let run = Run::parse(&stdout).expect("the child prints RESULT and SAMPLE lines");
+        let mut tries: Vec<(Run, String)> = (0..config.runs)
+            .map(|_| {
+                let output = Command::new(exe)
+                    .args(["--mode", mode])
+                    .args(["--threads", &config.threads.to_string()])
+                    .args(["--jobs", &config.jobs.to_string()])
+                    .args(["--demand-cap", &config.demand_cap.to_string()])
+                    .output()
+                    .expect("the example can start itself");
+                let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+                if !output.status.success() {
+                    eprintln!(
+                        "mode {mode} failed: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                    std::process::exit(1);
+                }
+                let run = Run::parse(&stdout).expect("the child prints RESULT and SAMPLE lines");
+                (run, stdout)
+            })
+            .collect();
+        let run = Run::median(&mut tries);
+        let stdout = tries.swap_remove(tries.len() / 2).1;
         if mode == "pool-trim" {
             println!("pool statistics at the end (trimming on idle):");
             for line in stdout
@@ -167,6 +192,29 @@ struct Run {
 }
 
 impl Run {
+    /// Medians of each figure; the samples of the run with the median time.
+    fn median(tries: &mut [(Run, String)]) -> Run {
+        let mid = tries.len() / 2;
+        let median = |f: fn(&Run) -> u64, tries: &[(Run, String)]| {
+            let mut v: Vec<u64> = tries.iter().map(|(r, _)| f(r)).collect();
+            v.sort_unstable();
+            v[mid]
+        };
+        let before_kib = median(|r| r.before_kib, tries);
+        let peak_kib = median(|r| r.peak_kib, tries);
+        let burst_kib = median(|r| r.burst_kib, tries);
+        let idle_kib = median(|r| r.idle_kib, tries);
+        tries.sort_by_key(|(r, _)| r.elapsed);
+        Run {
+            elapsed: tries[mid].0.elapsed,
+            before_kib,
+            peak_kib,
+            burst_kib,
+            idle_kib,
+            samples: tries[mid].0.samples.clone(),
+        }
+    }
+
     fn parse(stdout: &str) -> Option<Run> {
         let field = |line: &str, key: &str| -> Option<u64> {
             line.split(' ')

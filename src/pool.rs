@@ -381,9 +381,9 @@ impl PoolBuilder {
     /// buffers before allocating. A lower cap keeps a burst's peak closer to
     /// what it uses at the price of more page faults; `f64::INFINITY` turns
     /// the cap off (then only `max_retained_bytes` and trimming bound idle
-    /// memory). On the mixed workload of the README, 1.0 runs within about
-    /// 1.1–1.2× of an ideal pre-faulted pool with a peak about 1.3× plain
-    /// `Vec`'s; 1/3 brings the peak to `Vec`'s at about twice the time.
+    /// memory). On the mixed workload of the README, 1.0 runs within
+    /// 1.05–1.2× of an ideal pre-faulted pool; without the cap, idle buffers
+    /// of every class a burst touched pile up to `max_retained_bytes`.
     ///
     /// # Panics
     ///
