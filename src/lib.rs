@@ -103,9 +103,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod buf;
+mod chunks;
 mod error;
 mod event;
 mod pool;
+mod read;
 mod shared_tier;
 mod size_class;
 mod stats;
@@ -113,8 +115,10 @@ mod sync;
 mod thread_cache;
 #[cfg(not(loom))]
 mod trimmer;
+mod writer;
 
 pub use buf::PooledBuf;
+pub use chunks::Chunks;
 pub use error::Error;
 pub use event::{AllocReason, DropReason, Event, TrimReason};
 pub use pool::{
@@ -122,8 +126,10 @@ pub use pool::{
     DEFAULT_THREAD_CACHE_BYTES, DEFAULT_TRIM_INTERVAL, MAX_SHARED_TIER_DEPTH,
     MAX_THREAD_CACHE_DEPTH, MMAP_THRESHOLD, Pool, PoolBuilder, global,
 };
+pub use read::{FIRST_CHUNK, MAX_CHUNK};
 pub use size_class::{MAX_CLASS_SIZE, MAX_CLASSES, SizeClasses};
 pub use stats::{ClassStats, Stats};
+pub use writer::PooledWriter;
 
 // The unit tests use real threads and atomics; under loom only the model
 // tests (at the end of `thread_cache.rs`) build.

@@ -1,0 +1,196 @@
+//! `Pool::read_to_end` and friends: read a stream into a chain of pooled
+//! chunks, with no doubling and no copying.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::{Chunks, Pool, PooledBuf};
+
+/// The first chunk of a read with no size hint.
+pub const FIRST_CHUNK: usize = 16 << 10;
+/// Chunks double up to this size, then stay at it, so the unused tail of
+/// the last chunk is at most this and at most the bytes read before it.
+pub const MAX_CHUNK: usize = 4 << 20;
+/// The most bytes handed to one `read` call, and zeroed before it (a `Read`
+/// implementation may look at the buffer, so it must be initialised; a
+/// pooled chunk may hold a previous user's bytes, which it must not see).
+const READ_WINDOW: usize = 256 << 10;
+
+// === impl Pool (adapters) ===
+
+impl Pool {
+    /// Reads `reader` to its end into pooled chunks whose sizes grow
+    /// geometrically from 16 KiB to 4 MiB: no reallocation, no copy; the only
+    /// waste is the unused tail of the last chunk.
+    ///
+    /// `Interrupted` is retried. Any other error comes back as it is, and
+    /// every chunk read so far goes back to the pool. A reader that reports
+    /// more bytes than it was given is an `InvalidData` error.
+    ///
+    /// ```
+    /// let pool = tierpool::Pool::new();
+    /// let body = pool.read_to_end(&[7u8; 100_000][..])?;
+    /// assert_eq!(body.len(), 100_000);
+    /// assert!(body.iter().count() > 1); // 16 KiB, 32 KiB, 64 KiB chunks
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The reader's error; `InvalidData` for a lying reader; `OutOfMemory`
+    /// when a chunk cannot be allocated.
+    pub fn read_to_end<R: Read>(&self, reader: R) -> io::Result<Chunks> {
+        self.read_chunks(reader, None, usize::MAX)
+    }
+
+    /// Like [`read_to_end`](Self::read_to_end), but an error as soon as more
+    /// than `max_len` bytes arrive. It never asks the reader for more than
+    /// `max_len + 1` bytes in all, so an upload that never ends cannot take
+    /// the service down; everything read goes back to the pool.
+    ///
+    /// ```
+    /// let pool = tierpool::Pool::new();
+    /// let err = pool.read_to_end_limited(std::io::repeat(0), 1 << 20).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
+    /// assert_eq!(pool.stats().in_use_bytes, 0);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `FileTooLarge` past `max_len`, and those of `read_to_end`.
+    pub fn read_to_end_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
+        self.read_chunks(reader, None, max_len)
+    }
+
+    /// Like [`read_to_end`](Self::read_to_end), starting with one chunk of
+    /// the class that holds `hint` bytes: with a correct hint the data lands
+    /// in one buffer. A wrong hint costs nothing but more chunks.
+    ///
+    /// # Errors
+    ///
+    /// As `read_to_end`.
+    pub fn read_to_end_with_hint<R: Read>(&self, reader: R, hint: usize) -> io::Result<Chunks> {
+        self.read_chunks(reader, Some(hint), usize::MAX)
+    }
+
+    /// Reads a file, using its length as the hint.
+    ///
+    /// # Errors
+    ///
+    /// Opening or reading the file, as `read_to_end`.
+    pub fn read_file<P: AsRef<Path>>(&self, path: P) -> io::Result<Chunks> {
+        let file = std::fs::File::open(path)?;
+        let hint = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        self.read_to_end_with_hint(file, hint)
+    }
+
+    fn read_chunks<R: Read>(
+        &self,
+        mut reader: R,
+        hint: Option<usize>,
+        max_len: usize,
+    ) -> io::Result<Chunks> {
+        // Never ask for more than one byte past the limit in all.
+        let budget = max_len.saturating_add(1);
+        let mut chunks: Vec<PooledBuf> = Vec::new();
+        let mut total = 0usize;
+        let mut next = match hint {
+            Some(h) if h > 0 => h.min(budget),
+            _ => FIRST_CHUNK.min(budget),
+        };
+        loop {
+            let mut chunk = self.try_get(next.max(1))?;
+            let eof = fill(&mut chunk, &mut reader, budget - total)?;
+            total += chunk.len();
+            if total > max_len {
+                return Err(too_long(max_len));
+            }
+            let full = chunk.len() == chunk.capacity();
+            chunks.push(chunk);
+            if eof {
+                break;
+            }
+            if full && hint.is_some() && total == hint.unwrap_or(0) {
+                // The hint was exact so far: check for the end with a probe
+                // instead of a whole new chunk.
+                let mut probe = [0u8; 64];
+                let n = read_retrying(&mut reader, &mut probe[..(budget - total).min(64)])?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                let mut tail = self.try_get(FIRST_CHUNK)?;
+                tail.extend_from_slice(&probe[..n]);
+                chunks.push(tail);
+                if total > max_len {
+                    return Err(too_long(max_len));
+                }
+            }
+            // Double (the next chunk as large as all before it) up to the
+            // cap, and never past the limit.
+            next = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
+        }
+        Ok(Chunks::from_bufs(self.clone(), chunks))
+    }
+}
+
+fn too_long(max_len: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        format!("the stream is longer than the limit of {max_len} bytes"),
+    )
+}
+
+/// Reads into `chunk`'s spare capacity until it is full, the stream ends
+/// (returns `true`), or `budget` bytes were read.
+fn fill<R: Read>(chunk: &mut PooledBuf, reader: &mut R, budget: usize) -> io::Result<bool> {
+    let mut budget = budget;
+    // Bytes past `len` already zeroed by us, so never zeroed twice.
+    let mut zeroed = 0usize;
+    while chunk.len() < chunk.capacity() && budget > 0 {
+        let spare = chunk.spare_capacity_mut();
+        let window = spare.len().min(READ_WINDOW).min(budget);
+        if zeroed < window {
+            for byte in &mut spare[zeroed..window] {
+                byte.write(0);
+            }
+            zeroed = window;
+        }
+        // SAFETY: the first `window` bytes of the spare capacity were just
+        // initialised (zeroed) above or in an earlier round.
+        let window_bytes =
+            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), window) };
+        let n = read_retrying(reader, window_bytes)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        let len = chunk.len();
+        // SAFETY: `n <= window` (checked by `read_retrying`), and those bytes
+        // are initialised: zeroed by us, then overwritten by the reader.
+        unsafe { chunk.set_len(len + n) };
+        zeroed -= n;
+        budget -= n;
+    }
+    Ok(false)
+}
+
+/// One `read`, retrying `Interrupted`; a count larger than the buffer is
+/// `InvalidData`.
+fn read_retrying<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match reader.read(buf) {
+            Ok(n) if n > buf.len() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the reader reported {n} bytes read into a {}-byte buffer",
+                        buf.len()
+                    ),
+                ));
+            }
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `PooledWriter`: output written into a chain of pooled chunks.
+
+use std::fmt;
+use std::io::{self, IoSlice, Write};
+
+use bytes::buf::UninitSlice;
+use bytes::{BufMut, Bytes};
+
+use crate::read::{FIRST_CHUNK, MAX_CHUNK};
+use crate::{Chunks, Pool, PooledBuf};
+
+/// A writer into pooled chunks, from [`Pool::writer`]: `io::Write` (with
+/// `write_vectored`) and [`bytes::BufMut`], with no doubling and no copying.
+/// Chunks grow geometrically from 16 KiB to 4 MiB.
+///
+/// ```
+/// use std::io::Write;
+///
+/// let pool = tierpool::Pool::new();
+/// let mut out = pool.writer();
+/// out.write_all(b"%PDF-1.7\n")?;
+/// let pdf = out.into_chunks();
+/// assert_eq!(pdf.to_vec(), b"%PDF-1.7\n");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct PooledWriter {
+    pool: Pool,
+    chunks: Vec<PooledBuf>,
+    written: usize,
+}
+
+impl Pool {
+    /// A writer whose output lands in pooled chunks.
+    pub fn writer(&self) -> PooledWriter {
+        PooledWriter {
+            pool: self.clone(),
+            chunks: Vec::new(),
+            written: 0,
+        }
+    }
+}
+
+// === impl PooledWriter ===
+
+impl PooledWriter {
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.written
+    }
+
+    /// Nothing written yet.
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    /// The output as [`Chunks`], cursor at 0.
+    pub fn into_chunks(self) -> Chunks {
+        Chunks::from_bufs(self.pool, self.chunks)
+    }
+
+    /// The output in one pooled buffer (see [`Chunks::into_contiguous`]).
+    pub fn into_contiguous(self) -> PooledBuf {
+        self.into_chunks().into_contiguous()
+    }
+
+    /// The output as [`Bytes`] (see [`Chunks::freeze`]).
+    pub fn freeze(self) -> Bytes {
+        self.into_chunks().freeze()
+    }
+
+    /// The last chunk, with room for at least one more byte.
+    fn chunk_with_room(&mut self) -> io::Result<&mut PooledBuf> {
+        let full = self.chunks.last().is_none_or(|c| c.len() == c.capacity());
+        if full {
+            let size = self.written.clamp(FIRST_CHUNK, MAX_CHUNK);
+            self.chunks.push(self.pool.try_get(size)?);
+        }
+        Ok(self.chunks.last_mut().expect("just ensured"))
+    }
+}
+
+impl Write for PooledWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let chunk = self.chunk_with_room()?;
+        let n = data.len().min(chunk.capacity() - chunk.len());
+        chunk.extend_from_slice(&data[..n]);
+        self.written += n;
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut total = 0;
+        for buf in bufs {
+            self.write_all(buf)?;
+            total += buf.len();
+        }
+        Ok(total)
+    }
+
+    fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = self.write(data)?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+// SAFETY: `chunk_mut` hands out exactly the spare capacity of the last
+// chunk; `advance_mut` moves that chunk's length within its capacity, over
+// bytes the caller promises to have written.
+unsafe impl BufMut for PooledWriter {
+    fn remaining_mut(&self) -> usize {
+        isize::MAX as usize - self.written
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        let Some(chunk) = self.chunks.last_mut() else {
+            assert_eq!(cnt, 0, "advance_mut({cnt}) before chunk_mut");
+            return;
+        };
+        let room = chunk.capacity() - chunk.len();
+        assert!(
+            cnt <= room,
+            "advance_mut({cnt}) past the {room} bytes of spare capacity"
+        );
+        let len = chunk.len();
+        // SAFETY: within capacity (checked), over bytes the caller wrote.
+        unsafe { chunk.set_len(len + cnt) };
+        self.written += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        let chunk = match self.chunk_with_room() {
+            Ok(chunk) => chunk,
+            Err(e) => panic!("tierpool: PooledWriter could not get a chunk: {e}"),
+        };
+        UninitSlice::uninit(chunk.spare_capacity_mut())
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        if let Err(e) = self.write_all(src) {
+            panic!("tierpool: PooledWriter could not get a chunk: {e}");
+        }
+    }
+}
+
+/// Shows sizes, never the contents.
+impl fmt::Debug for PooledWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledWriter")
+            .field("len", &self.written)
+            .field("chunks", &self.chunks.len())
+            .finish()
+    }
+}
