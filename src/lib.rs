@@ -106,6 +106,7 @@ mod buf;
 mod chunks;
 mod error;
 mod event;
+mod label;
 mod pool;
 mod read;
 mod shared_tier;
@@ -121,6 +122,7 @@ pub use buf::PooledBuf;
 pub use chunks::Chunks;
 pub use error::Error;
 pub use event::{AllocReason, DropReason, Event, TrimReason};
+pub use label::{AdapterStats, LabelStats, Reader};
 pub use pool::{
     DEFAULT_DEMAND_CAP, DEFAULT_MAX_RETAINED_BYTES, DEFAULT_SHARED_TIER_BYTES,
     DEFAULT_THREAD_CACHE_BYTES, DEFAULT_TRIM_INTERVAL, MAX_SHARED_TIER_DEPTH,

@@ -156,6 +156,10 @@ pub(crate) struct PoolInner {
     /// Set when the last handle drops: returns free from then on.
     pub(crate) closed: AtomicBool,
     hook: Option<EventHook>,
+    /// What the adapters did, all labels and none.
+    pub(crate) adapters: crate::label::AdapterCounters,
+    /// The labels of `Pool::reader`, in order of first use.
+    labels: Mutex<Vec<Arc<crate::label::Label>>>,
 }
 
 /// What happened to a returned block's pool count.
@@ -457,6 +461,8 @@ impl PoolBuilder {
             demand_cap: self.demand_cap,
             closed: AtomicBool::new(false),
             hook: self.hook,
+            adapters: crate::label::AdapterCounters::default(),
+            labels: Mutex::new(Vec::new()),
         });
         #[cfg(not(loom))]
         if !self.trim_interval.is_zero() {
@@ -986,6 +992,17 @@ impl PoolInner {
         });
     }
 
+    /// The label named `name`, created on first use.
+    pub(crate) fn label(&self, name: &str) -> Arc<crate::label::Label> {
+        let mut labels = self.labels.lock();
+        if let Some(label) = labels.iter().find(|l| l.name == name) {
+            return label.clone();
+        }
+        let label = Arc::new(crate::label::Label::new(name.to_string(), self.info.len()));
+        labels.push(label.clone());
+        label
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let mut classes: Vec<ClassStats> = self
             .info
@@ -1030,6 +1047,13 @@ impl PoolInner {
             stats.in_use_buffers += class.in_use_buffers;
         }
         stats.classes = classes;
+        stats.adapters = self.adapters.snapshot();
+        stats.labels = self
+            .labels
+            .lock()
+            .iter()
+            .map(|l| crate::label::label_stats(l, self.classes.sizes()))
+            .collect();
         stats
     }
 

@@ -4,6 +4,9 @@
 use std::io::{self, Read};
 use std::path::Path;
 
+use std::time::Instant;
+
+use crate::label::Activity;
 use crate::{Chunks, Pool, PooledBuf};
 
 /// The first chunk of a read with no size hint.
@@ -40,7 +43,7 @@ impl Pool {
     /// The reader's error; `InvalidData` for a lying reader; `OutOfMemory`
     /// when a chunk cannot be allocated.
     pub fn read_to_end<R: Read>(&self, reader: R) -> io::Result<Chunks> {
-        self.read_chunks(reader, None, usize::MAX)
+        self.read_recorded(reader, None, usize::MAX)
     }
 
     /// Like [`read_to_end`](Self::read_to_end), but an error as soon as more
@@ -59,7 +62,7 @@ impl Pool {
     ///
     /// `FileTooLarge` past `max_len`, and those of `read_to_end`.
     pub fn read_to_end_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
-        self.read_chunks(reader, None, max_len)
+        self.read_recorded(reader, None, max_len)
     }
 
     /// Like [`read_to_end`](Self::read_to_end), starting with one chunk of
@@ -70,7 +73,7 @@ impl Pool {
     ///
     /// As `read_to_end`.
     pub fn read_to_end_with_hint<R: Read>(&self, reader: R, hint: usize) -> io::Result<Chunks> {
-        self.read_chunks(reader, Some(hint), usize::MAX)
+        self.read_recorded(reader, Some(hint), usize::MAX)
     }
 
     /// Reads a file, using its length as the hint.
@@ -84,11 +87,28 @@ impl Pool {
         self.read_to_end_with_hint(file, hint)
     }
 
-    fn read_chunks<R: Read>(
+    /// An unlabelled read, recorded in the pool's adapter statistics.
+    fn read_recorded<R: Read>(
+        &self,
+        reader: R,
+        hint: Option<usize>,
+        max_len: usize,
+    ) -> io::Result<Chunks> {
+        let started = Instant::now();
+        let mut activity = Activity::default();
+        let result = self.read_chunks(reader, hint, max_len, &mut activity);
+        activity.elapsed = started.elapsed();
+        activity.failed = result.is_err();
+        self.inner_arc().adapters.record(&activity);
+        result
+    }
+
+    pub(crate) fn read_chunks<R: Read>(
         &self,
         mut reader: R,
         hint: Option<usize>,
         max_len: usize,
+        activity: &mut Activity,
     ) -> io::Result<Chunks> {
         // Never ask for more than one byte past the limit in all.
         let budget = max_len.saturating_add(1);
@@ -100,8 +120,15 @@ impl Pool {
         };
         loop {
             let mut chunk = self.try_get(next.max(1))?;
-            let eof = fill(&mut chunk, &mut reader, budget - total)?;
+            activity.chunks += 1;
+            let eof = fill(
+                &mut chunk,
+                &mut reader,
+                budget - total,
+                &mut activity.read_calls,
+            )?;
             total += chunk.len();
+            activity.bytes = total;
             if total > max_len {
                 return Err(too_long(max_len));
             }
@@ -114,12 +141,18 @@ impl Pool {
                 // The hint was exact so far: check for the end with a probe
                 // instead of a whole new chunk.
                 let mut probe = [0u8; 64];
-                let n = read_retrying(&mut reader, &mut probe[..(budget - total).min(64)])?;
+                let n = read_retrying(
+                    &mut reader,
+                    &mut probe[..(budget - total).min(64)],
+                    &mut activity.read_calls,
+                )?;
                 if n == 0 {
                     break;
                 }
                 total += n;
                 let mut tail = self.try_get(FIRST_CHUNK)?;
+                activity.chunks += 1;
+                activity.bytes = total;
                 tail.extend_from_slice(&probe[..n]);
                 chunks.push(tail);
                 if total > max_len {
@@ -143,7 +176,12 @@ fn too_long(max_len: usize) -> io::Error {
 
 /// Reads into `chunk`'s spare capacity until it is full, the stream ends
 /// (returns `true`), or `budget` bytes were read.
-fn fill<R: Read>(chunk: &mut PooledBuf, reader: &mut R, budget: usize) -> io::Result<bool> {
+fn fill<R: Read>(
+    chunk: &mut PooledBuf,
+    reader: &mut R,
+    budget: usize,
+    calls: &mut u64,
+) -> io::Result<bool> {
     let mut budget = budget;
     // Bytes past `len` already zeroed by us, so never zeroed twice.
     let mut zeroed = 0usize;
@@ -160,7 +198,7 @@ fn fill<R: Read>(chunk: &mut PooledBuf, reader: &mut R, budget: usize) -> io::Re
         // initialised (zeroed) above or in an earlier round.
         let window_bytes =
             unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), window) };
-        let n = read_retrying(reader, window_bytes)?;
+        let n = read_retrying(reader, window_bytes, calls)?;
         if n == 0 {
             return Ok(true);
         }
@@ -176,8 +214,9 @@ fn fill<R: Read>(chunk: &mut PooledBuf, reader: &mut R, budget: usize) -> io::Re
 
 /// One `read`, retrying `Interrupted`; a count larger than the buffer is
 /// `InvalidData`.
-fn read_retrying<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+fn read_retrying<R: Read>(reader: &mut R, buf: &mut [u8], calls: &mut u64) -> io::Result<usize> {
     loop {
+        *calls += 1;
         match reader.read(buf) {
             Ok(n) if n > buf.len() => {
                 return Err(io::Error::new(

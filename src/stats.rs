@@ -1,5 +1,6 @@
 use std::fmt;
 
+use crate::label::{AdapterStats, LabelStats};
 use crate::sync::{AtomicU64, Ordering, bump_owned};
 
 /// A snapshot of a pool's memory and traffic, from [`Pool::stats`](crate::Pool::stats).
@@ -37,6 +38,11 @@ pub struct Stats {
     pub thread_caches: usize,
     /// One entry per class, smallest first.
     pub classes: Vec<ClassStats>,
+    /// What the adapters (`read_to_end`, writers) did, all labels included.
+    pub adapters: AdapterStats,
+    /// Per label of [`Pool::reader`](crate::Pool::reader): activity and the
+    /// final-size distribution, so a dashboard shows which pipeline grows.
+    pub labels: Vec<LabelStats>,
 }
 
 /// The figures of one size class, in [`Stats::classes`].
@@ -124,6 +130,39 @@ impl fmt::Display for Stats {
                 Size(c.retained_bytes),
                 Size(c.in_use_bytes),
             )?;
+        }
+        let a = &self.adapters;
+        if a.reads + a.errors > 0 {
+            writeln!(
+                f,
+                "adapters: {} reads ({} failed), {}, {} read calls, {} chunks, {:.3} s",
+                a.reads,
+                a.errors,
+                Mib(a.bytes as usize),
+                a.read_calls,
+                a.chunks,
+                a.time.as_secs_f64()
+            )?;
+        }
+        if !self.labels.is_empty() {
+            writeln!(
+                f,
+                "{:<24} {:>8} {:>12} {:>10} {:>10} {:>10} {:>12}",
+                "label", "reads", "bytes", "p50", "p95", "max", "first chunk"
+            )?;
+            for l in &self.labels {
+                writeln!(
+                    f,
+                    "{:<24} {:>8} {:>12} {:>10} {:>10} {:>10} {:>12}",
+                    l.label,
+                    l.activity.reads,
+                    Mib(l.activity.bytes as usize).to_string(),
+                    Size(l.p50),
+                    Size(l.p95),
+                    Size(l.max),
+                    Size(l.first_chunk),
+                )?;
+            }
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ pub struct PooledWriter {
     pool: Pool,
     chunks: Vec<PooledBuf>,
     written: usize,
+    calls: u64,
 }
 
 impl Pool {
@@ -36,6 +37,7 @@ impl Pool {
             pool: self.clone(),
             chunks: Vec::new(),
             written: 0,
+            calls: 0,
         }
     }
 }
@@ -53,8 +55,18 @@ impl PooledWriter {
         self.written == 0
     }
 
-    /// The output as [`Chunks`], cursor at 0.
+    /// The output as [`Chunks`], cursor at 0. The writer's bytes, write
+    /// calls and chunks are recorded in the pool's adapter statistics.
     pub fn into_chunks(self) -> Chunks {
+        self.pool
+            .inner_arc()
+            .adapters
+            .record(&crate::label::Activity {
+                bytes: self.written,
+                read_calls: self.calls,
+                chunks: self.chunks.len() as u64,
+                ..Default::default()
+            });
         Chunks::from_bufs(self.pool, self.chunks)
     }
 
@@ -84,6 +96,7 @@ impl Write for PooledWriter {
         if data.is_empty() {
             return Ok(0);
         }
+        self.calls += 1;
         let chunk = self.chunk_with_room()?;
         let n = data.len().min(chunk.capacity() - chunk.len());
         chunk.extend_from_slice(&data[..n]);

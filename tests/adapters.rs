@@ -329,3 +329,56 @@ fn size_classes_from_a_list_work_for_reads() {
     let chunks = pool.read_to_end(&data(50_000)[..]).unwrap();
     assert_eq!(chunks.to_vec(), data(50_000));
 }
+
+#[test]
+fn labels_learn_their_size_and_ignore_outliers() {
+    let pool = pool();
+    let thumbs = pool.reader("thumbnail.decode");
+    assert_eq!(thumbs.first_chunk(), 0, "nothing learned yet");
+    for i in 0..40 {
+        // 1 in 20 is a huge outlier.
+        let len = if i % 20 == 19 { 20 << 20 } else { 150_000 };
+        assert_eq!(thumbs.read_to_end(&data(len)[..]).unwrap().len(), len);
+    }
+    let class = pool.size_classes().class_for(150_000).unwrap();
+    assert_eq!(thumbs.first_chunk(), class, "the outliers did not move it");
+    let body = thumbs.read_to_end(&data(150_000)[..]).unwrap();
+    assert_eq!(body.iter().count(), 1, "a typical body lands in one buffer");
+    drop(body);
+
+    let same = pool.reader("thumbnail.decode");
+    assert_eq!(same.first_chunk(), class, "one label, one distribution");
+    drop(
+        pool.reader("pdf.render")
+            .read_to_end(&data(10)[..])
+            .unwrap(),
+    );
+
+    let stats = pool.stats();
+    assert_eq!(stats.labels.len(), 2);
+    let t = &stats.labels[0];
+    assert_eq!(t.label, "thumbnail.decode");
+    assert_eq!(t.activity.reads, 41);
+    assert_eq!(t.activity.bytes, 39 * 150_000 + 2 * (20 << 20));
+    assert!(t.activity.read_calls >= 41 && t.activity.chunks >= 41);
+    assert_eq!((t.p50, t.p95, t.max), (class, class, 20 << 20));
+    assert_eq!(t.first_chunk, class);
+    assert_eq!(stats.adapters.reads, 42);
+    let text = stats.to_string();
+    assert!(
+        text.contains("thumbnail.decode") && text.contains("pdf.render"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unlabelled_reads_and_writers_are_counted() {
+    let pool = pool();
+    drop(pool.read_to_end(&data(1000)[..]).unwrap());
+    assert!(pool.read_to_end_limited(&data(1000)[..], 10).is_err());
+    let mut w = pool.writer();
+    w.write_all(&data(100)).unwrap();
+    drop(w.into_chunks());
+    let a = pool.stats().adapters;
+    assert_eq!((a.reads, a.errors, a.bytes), (2, 1, 1100));
+}

@@ -1,0 +1,284 @@
+//! Instrumentation of the adapters, per label: how much each pipeline reads,
+//! in how many calls and chunks, how long it takes, and the distribution of
+//! its final sizes, which also calibrates where its reads start.
+
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use crate::sync::{AtomicU64, Ordering};
+use crate::{Chunks, Pool};
+
+/// Samples after which the histogram is halved, so the distribution follows
+/// recent traffic.
+const DECAY_EVERY: u64 = 1024;
+/// Samples before calibration starts to pick a first chunk size.
+const MIN_SAMPLES: u64 = 8;
+/// The share of recent bodies (by count) that should fit the first chunk.
+const CALIBRATION_QUANTILE: f64 = 0.9;
+
+/// The adapter counters of a pool, or of one label.
+#[derive(Debug, Default)]
+pub(crate) struct AdapterCounters {
+    reads: AtomicU64,
+    bytes: AtomicU64,
+    read_calls: AtomicU64,
+    chunks: AtomicU64,
+    nanos: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// What one adapter call did, recorded when it ends.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Activity {
+    pub(crate) bytes: usize,
+    pub(crate) read_calls: u64,
+    pub(crate) chunks: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) failed: bool,
+}
+
+impl AdapterCounters {
+    pub(crate) fn record(&self, a: &Activity) {
+        let add = |c: &AtomicU64, v: u64| {
+            c.fetch_add(v, Ordering::Relaxed);
+        };
+        if a.failed {
+            add(&self.errors, 1);
+        } else {
+            add(&self.reads, 1);
+            add(&self.bytes, a.bytes as u64);
+        }
+        add(&self.read_calls, a.read_calls);
+        add(&self.chunks, a.chunks);
+        add(
+            &self.nanos,
+            a.elapsed.as_nanos().min(u64::MAX as u128) as u64,
+        );
+    }
+
+    pub(crate) fn snapshot(&self) -> AdapterStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        AdapterStats {
+            reads: load(&self.reads),
+            bytes: load(&self.bytes),
+            read_calls: load(&self.read_calls),
+            chunks: load(&self.chunks),
+            time: Duration::from_nanos(load(&self.nanos)),
+            errors: load(&self.errors),
+        }
+    }
+}
+
+/// What the adapters did, pool-wide or for one label, in
+/// [`Stats`](crate::Stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AdapterStats {
+    /// Completed reads (`read_to_end` and friends) and finished writers.
+    pub reads: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// `read` calls made on readers (write calls, for writers).
+    pub read_calls: u64,
+    /// Pooled chunks taken.
+    pub chunks: u64,
+    /// Time spent in reads, including waiting on the reader.
+    pub time: Duration,
+    /// Reads that ended in an error (their chunks went back to the pool).
+    pub errors: u64,
+}
+
+/// One label's figures and final-size distribution, in
+/// [`Stats::labels`](crate::Stats::labels).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LabelStats {
+    /// The label given to [`Pool::reader`].
+    pub label: String,
+    /// Reads, bytes, calls, chunks, time.
+    pub activity: AdapterStats,
+    /// Median final size, as the class that holds it (an upper bound).
+    pub p50: usize,
+    /// 95th percentile of the final size, as the class that holds it.
+    pub p95: usize,
+    /// The largest final size seen.
+    pub max: usize,
+    /// Where this label's reads start now: the class that held 90% of
+    /// recent bodies, or 0 while it is still learning.
+    pub first_chunk: usize,
+}
+
+/// A label's live state in the pool.
+#[derive(Debug)]
+pub(crate) struct Label {
+    pub(crate) name: String,
+    pub(crate) counters: AdapterCounters,
+    max: AtomicU64,
+    /// Recent final sizes, one bucket per class plus one for oversize.
+    histogram: crate::sync::Mutex<Histogram>,
+}
+
+#[derive(Debug)]
+struct Histogram {
+    buckets: Vec<u64>,
+    samples: u64,
+}
+
+impl Label {
+    pub(crate) fn new(name: String, classes: usize) -> Label {
+        Label {
+            name,
+            counters: AdapterCounters::default(),
+            max: AtomicU64::new(0),
+            histogram: crate::sync::Mutex::new(Histogram {
+                buckets: vec![0; classes + 1],
+                samples: 0,
+            }),
+        }
+    }
+
+    /// Records one read that ended with `size` bytes in bucket `bucket`.
+    fn record_size(&self, size: usize, bucket: usize) {
+        self.max.fetch_max(size as u64, Ordering::Relaxed);
+        let mut h = self.histogram.lock();
+        h.buckets[bucket] += 1;
+        h.samples += 1;
+        if h.samples % DECAY_EVERY == 0 {
+            for b in &mut h.buckets {
+                *b /= 2;
+            }
+        }
+    }
+
+    /// The bucket that holds quantile `q` of recent bodies, if it has seen
+    /// at least `min_samples` of them.
+    fn quantile(&self, q: f64, min_samples: u64) -> Option<usize> {
+        let h = self.histogram.lock();
+        let total: u64 = h.buckets.iter().sum();
+        if h.samples < min_samples.max(1) || total == 0 {
+            return None;
+        }
+        let want = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        h.buckets.iter().position(|&n| {
+            seen += n;
+            seen >= want
+        })
+    }
+}
+
+/// A labelled entry point for reads: [`Pool::reader`].
+///
+/// Each label learns the distribution of its final sizes. After a few reads,
+/// its reads start with a chunk of the class that held 90% of its recent
+/// bodies (by count), so typical bodies land in one buffer. Rare outliers
+/// move a 90th percentile no more than their share: a single 1 GiB upload
+/// does not make every later read of the label start at 1 GiB. The
+/// histogram halves every 1024 reads to follow changing traffic.
+///
+/// ```
+/// let pool = tierpool::Pool::new();
+/// let thumbnails = pool.reader("thumbnail.decode");
+/// for _ in 0..20 {
+///     let body = thumbnails.read_to_end(&[0u8; 150_000][..])?;
+///     assert_eq!(body.len(), 150_000);
+/// }
+/// // Calibrated: one chunk of the class that holds 150 000 bytes.
+/// assert_eq!(thumbnails.read_to_end(&[0u8; 150_000][..])?.iter().count(), 1);
+/// let stats = pool.stats();
+/// assert_eq!(stats.labels[0].label, "thumbnail.decode");
+/// assert_eq!(stats.labels[0].max, 150_000);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pool: Pool,
+    label: crate::sync::Arc<Label>,
+}
+
+impl Pool {
+    /// A reader for the pipeline `label`: its reads are counted under that
+    /// label in [`Stats::labels`](crate::Stats::labels) and start at its
+    /// learned size. Labels are few and long-lived (one per pipeline);
+    /// asking again for the same label returns the same one.
+    pub fn reader(&self, label: &str) -> Reader {
+        Reader {
+            pool: self.clone(),
+            label: self.inner_arc().label(label),
+        }
+    }
+}
+
+impl Reader {
+    /// The label.
+    pub fn label(&self) -> &str {
+        &self.label.name
+    }
+
+    /// The first chunk size this label's reads start with now (0 while it is
+    /// still learning).
+    pub fn first_chunk(&self) -> usize {
+        self.label
+            .quantile(CALIBRATION_QUANTILE, MIN_SAMPLES)
+            .and_then(|b| self.pool.size_classes().sizes().get(b).copied())
+            .unwrap_or(0)
+    }
+
+    /// [`Pool::read_to_end`], starting at the label's learned size.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::read_to_end`].
+    pub fn read_to_end<R: Read>(&self, reader: R) -> io::Result<Chunks> {
+        self.read_limited(reader, usize::MAX)
+    }
+
+    /// [`Pool::read_to_end_limited`], starting at the label's learned size.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::read_to_end_limited`].
+    pub fn read_to_end_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
+        self.read_limited(reader, max_len)
+    }
+
+    fn read_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
+        let hint = Some(self.first_chunk()).filter(|&n| n > 0);
+        let started = Instant::now();
+        let mut activity = Activity::default();
+        let result = self.pool.read_chunks(reader, hint, max_len, &mut activity);
+        // `read_chunks` timed and recorded nothing; the label's read is
+        // recorded once, here, for both the label and the pool.
+        activity.elapsed = started.elapsed();
+        activity.failed = result.is_err();
+        self.label.counters.record(&activity);
+        self.pool.inner_arc().adapters.record(&activity);
+        if let Ok(chunks) = &result {
+            let bucket = self
+                .pool
+                .size_classes()
+                .index_for(chunks.len())
+                .unwrap_or(self.pool.size_classes().len());
+            self.label.record_size(chunks.len(), bucket);
+        }
+        result
+    }
+}
+
+/// The snapshot of a label for `Stats`.
+pub(crate) fn label_stats(label: &Label, sizes: &[usize]) -> LabelStats {
+    let max = label.max.load(Ordering::Relaxed) as usize;
+    // A bucket's size: its class, or the largest size seen for oversize.
+    let size = |bucket: Option<usize>| bucket.map_or(0, |b| sizes.get(b).copied().unwrap_or(max));
+    LabelStats {
+        label: label.name.clone(),
+        activity: label.counters.snapshot(),
+        p50: size(label.quantile(0.5, 1)),
+        p95: size(label.quantile(0.95, 1)),
+        max,
+        first_chunk: label
+            .quantile(CALIBRATION_QUANTILE, MIN_SAMPLES)
+            .and_then(|b| sizes.get(b).copied())
+            .unwrap_or(0),
+    }
+}
