@@ -40,6 +40,37 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Adapters: reading and writing without doubling
+//!
+//! `Vec::read_to_end` (like Go's `ioutil.ReadAll`) grows by doubling and
+//! copying, and can end up holding twice what it read. [`Pool::read_to_end`]
+//! reads straight into a chain of pooled chunks instead, [`Chunks`], which
+//! reads back as `Read + BufRead + Seek` with `io::Cursor`'s semantics and as
+//! `bytes::Buf`, so decoders consume it directly:
+//!
+//! ```
+//! use std::io::Read;
+//!
+//! let pool = tierpool::Pool::new();
+//! let upload = std::io::repeat(7).take(3 << 20);        // length unknown up front
+//! let mut body = pool.read_to_end_limited(upload, 64 << 20)?;
+//! assert_eq!(body.len(), 3 << 20);
+//! let mut header = [0; 8];
+//! body.read_exact(&mut header)?;                         // or bytes::Buf, or BufRead
+//!
+//! let thumbnails = pool.reader("thumbnail.decode");      // labelled: learns its sizes
+//! let mut out = pool.writer();                           // io::Write + BufMut
+//! std::io::copy(&mut body, &mut out)?;
+//! let encoded: bytes::Bytes = out.freeze();
+//! # drop((thumbnails, encoded));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! With the `tokio` feature the same exists for `AsyncRead`/`AsyncWrite`.
+//! Every adapter records bytes, read calls, chunks and time in
+//! [`Stats::adapters`], and per label in [`Stats::labels`] with the size
+//! distribution (p50/p95/max).
+//!
 //! # Configuration
 //!
 //! [`PoolBuilder`] sets the [`SizeClasses`], the cap on idle memory across
@@ -102,6 +133,8 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "tokio")]
+mod async_io;
 mod buf;
 mod chunks;
 mod error;

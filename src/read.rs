@@ -17,7 +17,7 @@ pub const MAX_CHUNK: usize = 4 << 20;
 /// The most bytes handed to one `read` call, and zeroed before it (a `Read`
 /// implementation may look at the buffer, so it must be initialised; a
 /// pooled chunk may hold a previous user's bytes, which it must not see).
-const READ_WINDOW: usize = 256 << 10;
+pub(crate) const READ_WINDOW: usize = 256 << 10;
 
 // === impl Pool (adapters) ===
 
@@ -167,7 +167,7 @@ impl Pool {
     }
 }
 
-fn too_long(max_len: usize) -> io::Error {
+pub(crate) fn too_long(max_len: usize) -> io::Error {
     io::Error::new(
         io::ErrorKind::FileTooLarge,
         format!("the stream is longer than the limit of {max_len} bytes"),

@@ -1,0 +1,167 @@
+//! Async adapters (feature `tokio`): `Pool::read_to_end_async`, and
+//! `AsyncRead + AsyncBufRead + AsyncSeek` for `Chunks`, `AsyncWrite` for
+//! `PooledWriter`.
+
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite, ReadBuf};
+
+use crate::label::Activity;
+use crate::read::{FIRST_CHUNK, MAX_CHUNK, READ_WINDOW};
+use crate::{Chunks, Pool, PooledBuf, PooledWriter};
+
+impl Pool {
+    /// [`read_to_end`](Pool::read_to_end) for an [`AsyncRead`]: the same
+    /// chunks, errors and statistics.
+    ///
+    /// # Errors
+    ///
+    /// As `read_to_end`.
+    pub async fn read_to_end_async<R: AsyncRead + Unpin>(&self, reader: R) -> io::Result<Chunks> {
+        self.read_to_end_async_limited(reader, usize::MAX).await
+    }
+
+    /// [`read_to_end_limited`](Pool::read_to_end_limited) for an
+    /// [`AsyncRead`].
+    ///
+    /// # Errors
+    ///
+    /// As `read_to_end_limited`.
+    pub async fn read_to_end_async_limited<R: AsyncRead + Unpin>(
+        &self,
+        mut reader: R,
+        max_len: usize,
+    ) -> io::Result<Chunks> {
+        let started = std::time::Instant::now();
+        let mut activity = Activity::default();
+        let result = self.read_async(&mut reader, max_len, &mut activity).await;
+        activity.elapsed = started.elapsed();
+        activity.failed = result.is_err();
+        self.inner_arc().adapters.record(&activity);
+        result
+    }
+
+    async fn read_async<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        max_len: usize,
+        activity: &mut Activity,
+    ) -> io::Result<Chunks> {
+        let budget = max_len.saturating_add(1);
+        let mut chunks: Vec<PooledBuf> = Vec::new();
+        let mut total = 0usize;
+        let mut next = FIRST_CHUNK.min(budget);
+        'chunks: loop {
+            let mut chunk = self.try_get(next.max(1))?;
+            activity.chunks += 1;
+            let mut zeroed = 0usize;
+            while chunk.len() < chunk.capacity() && total < budget {
+                let spare = chunk.spare_capacity_mut();
+                let window = spare.len().min(READ_WINDOW).min(budget - total);
+                if zeroed < window {
+                    for byte in &mut spare[zeroed..window] {
+                        byte.write(0);
+                    }
+                    zeroed = window;
+                }
+                // SAFETY: the first `window` bytes of the spare capacity are
+                // initialised (zeroed above or in an earlier round).
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), window)
+                };
+                activity.read_calls += 1;
+                let n = match reader.read(bytes).await {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if n > window {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the reader reported {n} bytes read into a {window}-byte buffer"),
+                    ));
+                }
+                if n == 0 {
+                    chunks.push(chunk);
+                    break 'chunks;
+                }
+                let len = chunk.len();
+                // SAFETY: `n <= window` bytes, initialised and then written.
+                unsafe { chunk.set_len(len + n) };
+                zeroed -= n;
+                total += n;
+                activity.bytes = total;
+            }
+            chunks.push(chunk);
+            if total > max_len {
+                return Err(crate::read::too_long(max_len));
+            }
+            next = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
+        }
+        Ok(Chunks::from_bufs(self.clone(), chunks))
+    }
+}
+
+impl AsyncRead for Chunks {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = Read::read(&mut *self, buf.initialize_unfilled())?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncBufRead for Chunks {
+    fn poll_fill_buf(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        Poll::Ready(BufRead::fill_buf(self.get_mut()))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        BufRead::consume(self.get_mut(), amt);
+    }
+}
+
+impl AsyncSeek for Chunks {
+    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
+        Seek::seek(&mut *self, position).map(|_| ())
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Poll::Ready(Ok(self.position()))
+    }
+}
+
+impl AsyncWrite for PooledWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Write::write(&mut *self, buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Write::write_vectored(&mut *self, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

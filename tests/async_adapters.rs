@@ -1,0 +1,103 @@
+//! The async adapters (feature `tokio`): same bytes, errors and cursor as
+//! the blocking ones.
+#![cfg(feature = "tokio")]
+
+use std::io::{self, SeekFrom};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tierpool::Pool;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, ReadBuf};
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// Reads at most `step` bytes a call, returning `Pending` every other call.
+struct Trickle {
+    data: Vec<u8>,
+    at: usize,
+    step: usize,
+    pend: bool,
+}
+
+impl AsyncRead for Trickle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.pend = !self.pend;
+        if self.pend {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let n = self
+            .step
+            .min(buf.remaining())
+            .min(self.data.len() - self.at);
+        let at = self.at;
+        buf.put_slice(&self.data[at..at + n]);
+        self.at += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_read_to_end_round_trips() {
+    let pool = Pool::new();
+    for len in [0, 1, 16 << 10, (16 << 10) + 1, 300_000] {
+        let reader = Trickle {
+            data: data(len),
+            at: 0,
+            step: 7000,
+            pend: false,
+        };
+        let chunks = pool.read_to_end_async(reader).await.unwrap();
+        assert_eq!(chunks.to_vec(), data(len));
+    }
+    let err = pool
+        .read_to_end_async_limited(tokio::io::repeat(1), 50_000)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
+    assert_eq!(pool.stats().in_use_bytes, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn chunks_read_seek_and_lines_async() {
+    let pool = Pool::new();
+    let mut text = Vec::new();
+    for i in 0..5000 {
+        text.extend_from_slice(format!("line {i}\n").as_bytes());
+    }
+    let mut chunks = pool.read_to_end(&text[..]).unwrap();
+    let mut first = String::new();
+    chunks.read_line(&mut first).await.unwrap();
+    assert_eq!(first, "line 0\n");
+    assert_eq!(
+        chunks.seek(SeekFrom::End(-10)).await.unwrap(),
+        text.len() as u64 - 10
+    );
+    let mut tail = Vec::new();
+    chunks.read_to_end(&mut tail).await.unwrap();
+    assert_eq!(tail, &text[text.len() - 10..]);
+    assert!(
+        chunks
+            .seek(SeekFrom::Current(-(text.len() as i64) - 1))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn pooled_writer_is_async_write() {
+    let pool = Pool::new();
+    let mut writer = pool.writer();
+    for i in 0..10_000u32 {
+        writer.write_all(&i.to_le_bytes()).await.unwrap();
+    }
+    writer.shutdown().await.unwrap();
+    let expected: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    assert_eq!(writer.into_chunks().to_vec(), expected);
+}
