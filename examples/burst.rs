@@ -3,7 +3,9 @@
 //!
 //! Threads run the mixed workload of an image service: jobs of 64 KiB to
 //! 8 MiB at random, each written through in 16 KiB rows as a decoder fills
-//! its output, up to five held at once per thread. Then the service idles.
+//! its output, up to five held at once per thread; every fourth job first
+//! reads an upload of unknown length (64 KiB to 4 MiB in 64 KiB reads),
+//! through `Vec::read_to_end` or `Pool::read_to_end`. Then the service idles.
 //! Each mode runs in its own child process, which samples its resident
 //! memory every 50 ms through the burst and the idle time; the parent prints
 //! a table and draws the resident-memory-over-time chart (SVG).
@@ -15,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::hint::black_box;
+use std::io::Read;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +28,9 @@ const ROW: usize = 16 << 10;
 const HELD: usize = 5;
 const MIN_JOB: usize = 64 << 10;
 const MAX_JOB: usize = 8 << 20;
+/// Every fourth job starts by reading an upload of 64 KiB to 4 MiB.
+const UPLOAD_EVERY: usize = 4;
+const MAX_UPLOAD: usize = 4 << 20;
 
 /// The trim interval of the trimming mode. Short, so the example finishes
 /// quickly; the idle phase lasts three intervals.
@@ -98,7 +104,7 @@ fn parse(value: &str, flag: &str) -> usize {
 /// Runs each mode in a child process, prints the comparison, draws the chart.
 fn run_parent(exe: &str, config: Config, chart: &str) {
     println!(
-        "burst: {} threads x {} jobs of 64 KiB-8 MiB, 16 KiB rows, {} held per thread; \
+        "burst: {} threads x {} jobs of 64 KiB-8 MiB, 16 KiB rows, {} held per thread, an upload every 4th job; \
          then {} s idle (trim interval {} s); demand cap {}; medians of {} runs per mode\n",
         config.threads,
         config.jobs,
@@ -317,15 +323,27 @@ fn run_child(mode: &str, config: Config) {
                 let pool = &pool;
                 burst.spawn(move || {
                     if mode == "vec" {
-                        jobs(config.jobs, t, Vec::with_capacity, |b: &mut Vec<u8>, r| {
-                            b.extend_from_slice(r)
-                        })
+                        jobs(
+                            config.jobs,
+                            t,
+                            Vec::with_capacity,
+                            |b: &mut Vec<u8>, r| b.extend_from_slice(r),
+                            |upload| {
+                                let mut body = Vec::new();
+                                upload.read_to_end(&mut body).expect("in memory");
+                                sum(&body)
+                            },
+                        )
                     } else {
                         jobs(
                             config.jobs,
                             t,
                             |size| pool.get(size),
                             |b, r| b.extend_from_slice(r),
+                            |upload| {
+                                let body = pool.read_to_end(upload).expect("in memory");
+                                body.iter().map(sum).sum()
+                            },
                         )
                     }
                 });
@@ -356,14 +374,21 @@ fn jobs<B: AsRef<[u8]>>(
     thread: usize,
     get: impl Fn(usize) -> B,
     put_row: impl Fn(&mut B, &[u8]),
+    read_upload: impl Fn(&mut Upload) -> u64,
 ) {
     let row = [0x5a_u8; ROW];
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (thread as u64 + 1);
     let mut held = VecDeque::with_capacity(HELD + 1);
-    for _ in 0..count {
+    for i in 0..count {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
+        if i % UPLOAD_EVERY == 0 {
+            // An upload of unknown length arrives, in 64 KiB reads.
+            let len = MIN_JOB + (rng >> 20) as usize % (MAX_UPLOAD - MIN_JOB);
+            let mut upload = Upload { left: len };
+            assert_eq!(read_upload(&mut upload), len as u64 * 0x42);
+        }
         let size = MIN_JOB + (rng as usize % (MAX_JOB - MIN_JOB));
         let mut buf = get(size);
         let mut left = size;
@@ -378,6 +403,25 @@ fn jobs<B: AsRef<[u8]>>(
             held.pop_front();
         }
     }
+}
+
+/// An upload body of unknown length, delivered in 64 KiB reads.
+struct Upload {
+    left: usize,
+}
+
+impl Read for Upload {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(64 << 10).min(self.left);
+        buf[..n].fill(0x42);
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// A checksum, so the body is really read.
+fn sum(bytes: &[u8]) -> u64 {
+    bytes.iter().map(|&b| b as u64).sum()
 }
 
 /// A `/proc/self/status` figure in KiB (0 where there is no procfs).

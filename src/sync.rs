@@ -18,11 +18,15 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsiz
 #[cfg(loom)]
 pub(crate) use loom::thread_local;
 
-/// A mutex whose `lock` cannot fail: `parking_lot`'s, or loom's under loom.
+/// A mutex whose `lock` cannot fail: `parking_lot`'s, loom's under loom, and
+/// std's under miri (parking_lot's word lock casts integers to pointers when
+/// it parks, which `-Zmiri-strict-provenance` rejects).
 #[derive(Debug, Default)]
 pub(crate) struct Mutex<T> {
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, miri)))]
     inner: parking_lot::Mutex<T>,
+    #[cfg(all(miri, not(loom)))]
+    inner: std::sync::Mutex<T>,
     #[cfg(loom)]
     inner: loom::sync::Mutex<T>,
 }
@@ -30,16 +34,23 @@ pub(crate) struct Mutex<T> {
 impl<T> Mutex<T> {
     pub(crate) fn new(value: T) -> Self {
         Self {
-            #[cfg(not(loom))]
+            #[cfg(not(any(loom, miri)))]
             inner: parking_lot::Mutex::new(value),
+            #[cfg(all(miri, not(loom)))]
+            inner: std::sync::Mutex::new(value),
             #[cfg(loom)]
             inner: loom::sync::Mutex::new(value),
         }
     }
 
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, miri)))]
     pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, T> {
         self.inner.lock()
+    }
+
+    #[cfg(all(miri, not(loom)))]
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[cfg(loom)]
