@@ -147,7 +147,7 @@ mod size_class;
 mod stats;
 mod sync;
 mod thread_cache;
-#[cfg(not(loom))]
+#[cfg(not(any(loom, miri)))]
 mod trimmer;
 mod writer;
 

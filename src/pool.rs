@@ -464,7 +464,10 @@ impl PoolBuilder {
             adapters: crate::label::AdapterCounters::default(),
             labels: Mutex::new(Vec::new()),
         });
-        #[cfg(not(loom))]
+        // No background thread under loom (models spawn their own threads) or
+        // miri (it would outlive the test's main thread); their tests drive
+        // the ticks directly.
+        #[cfg(not(any(loom, miri)))]
         if !self.trim_interval.is_zero() {
             crate::trimmer::register(&inner, self.trim_interval);
         }
