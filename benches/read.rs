@@ -30,15 +30,16 @@ fn read_to_end(c: &mut Criterion) {
     let pool = Pool::new();
     let sizes = [1usize << 20, 16 << 20, 64 << 20];
     eprintln!("memory held per read, as a multiple of the data:");
-    for &len in &sizes {
+    let odd = [(3 << 19) + 1, (24 << 20) + 1, (65 << 20) + 1];
+    for &len in sizes.iter().chain(&odd) {
         let chunks = pool.read_to_end(Stream { left: len }).unwrap();
-        let held: usize = chunks.iter().count(); // chunks
-        let capacity = pool.stats().in_use_bytes;
+        let held = chunks.iter().count();
+        let capacity = chunks.capacity();
         let mut vec = Vec::new();
         Stream { left: len }.read_to_end(&mut vec).unwrap();
         eprintln!(
-            "  {:>3} MiB: tierpool {:.3}x in {held} chunks, Vec {:.3}x",
-            len >> 20,
+            "  {:>9} bytes: tierpool {:.3}x in {held} chunks, Vec {:.3}x",
+            len,
             capacity as f64 / len as f64,
             vec.capacity() as f64 / len as f64
         );

@@ -72,6 +72,12 @@ impl Chunks {
         self.len == 0
     }
 
+    /// The memory held: the capacity of all chunks (the data plus the
+    /// unused tail of the last chunk).
+    pub fn capacity(&self) -> usize {
+        self.chunks.iter().map(|c| c.capacity()).sum()
+    }
+
     /// The cursor's position, as `io::Cursor::position`.
     pub fn position(&self) -> u64 {
         self.pos

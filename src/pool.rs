@@ -18,8 +18,10 @@ use crate::{Error, SizeClasses};
 pub const DEFAULT_MAX_RETAINED_BYTES: usize = 256 << 20;
 /// Default bytes each thread may keep per class in its cache: 256 KiB.
 pub const DEFAULT_THREAD_CACHE_BYTES: usize = 256 << 10;
-/// Default bytes the shared tier may queue per class: 32 MiB.
-pub const DEFAULT_SHARED_TIER_BYTES: usize = 32 << 20;
+/// Default bytes the shared tier may queue per class: 128 MiB (so a 64 MiB
+/// body read in 4 MiB chunks comes back whole); `max_retained_bytes` bounds
+/// all classes together.
+pub const DEFAULT_SHARED_TIER_BYTES: usize = 128 << 20;
 /// Default interval of trimming on idle: 5 seconds.
 ///
 /// A buffer idle for one whole interval is freed by the end of the next, so
