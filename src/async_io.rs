@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite, ReadBuf};
 
 use crate::label::Activity;
-use crate::read::{FIRST_CHUNK, MAX_CHUNK, READ_WINDOW};
+use crate::read::{FIRST_CHUNK, MAX_CHUNK, ReadWindow};
 use crate::{Chunks, Pool, PooledBuf, PooledWriter};
 
 impl Pool {
@@ -56,41 +56,27 @@ impl Pool {
         'chunks: loop {
             let mut chunk = self.try_get(next.max(1))?;
             activity.chunks += 1;
-            let mut zeroed = 0usize;
+            let mut window = ReadWindow::default();
             while chunk.len() < chunk.capacity() && total < budget {
-                let spare = chunk.spare_capacity_mut();
-                let window = spare.len().min(READ_WINDOW).min(budget - total);
-                if zeroed < window {
-                    for byte in &mut spare[zeroed..window] {
-                        byte.write(0);
-                    }
-                    zeroed = window;
-                }
-                // SAFETY: the first `window` bytes of the spare capacity are
-                // initialised (zeroed above or in an earlier round).
-                let bytes = unsafe {
-                    std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), window)
-                };
+                let bytes = window.next(&mut chunk, budget - total);
+                let len = bytes.len();
                 activity.read_calls += 1;
                 let n = match reader.read(bytes).await {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 };
-                if n > window {
+                if n > len {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("the reader reported {n} bytes read into a {window}-byte buffer"),
+                        format!("the reader reported {n} bytes read into a {len}-byte buffer"),
                     ));
                 }
                 if n == 0 {
                     chunks.push(chunk);
                     break 'chunks;
                 }
-                let len = chunk.len();
-                // SAFETY: `n <= window` bytes, initialised and then written.
-                unsafe { chunk.set_len(len + n) };
-                zeroed -= n;
+                window.commit(&mut chunk, n);
                 total += n;
                 activity.bytes = total;
             }

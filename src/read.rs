@@ -17,7 +17,7 @@ pub const MAX_CHUNK: usize = 4 << 20;
 /// The most bytes handed to one `read` call, and zeroed before it (a `Read`
 /// implementation may look at the buffer, so it must be initialised; a
 /// pooled chunk may hold a previous user's bytes, which it must not see).
-pub(crate) const READ_WINDOW: usize = 256 << 10;
+const READ_WINDOW: usize = 256 << 10;
 
 // === impl Pool (adapters) ===
 
@@ -183,33 +183,66 @@ fn fill<R: Read>(
     calls: &mut u64,
 ) -> io::Result<bool> {
     let mut budget = budget;
-    // Bytes past `len` already zeroed by us, so never zeroed twice.
-    let mut zeroed = 0usize;
+    let mut window = ReadWindow::default();
     while chunk.len() < chunk.capacity() && budget > 0 {
-        let spare = chunk.spare_capacity_mut();
-        let window = spare.len().min(READ_WINDOW).min(budget);
-        if zeroed < window {
-            for byte in &mut spare[zeroed..window] {
-                byte.write(0);
-            }
-            zeroed = window;
-        }
-        // SAFETY: the first `window` bytes of the spare capacity were just
-        // initialised (zeroed) above or in an earlier round.
-        let window_bytes =
-            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), window) };
-        let n = read_retrying(reader, window_bytes, calls)?;
+        let n = read_retrying(reader, window.next(chunk, budget), calls)?;
         if n == 0 {
             return Ok(true);
         }
-        let len = chunk.len();
-        // SAFETY: `n <= window` (checked by `read_retrying`), and those bytes
-        // are initialised: zeroed by us, then overwritten by the reader.
-        unsafe { chunk.set_len(len + n) };
-        zeroed -= n;
+        window.commit(chunk, n);
         budget -= n;
     }
     Ok(false)
+}
+
+/// Hands out a chunk's spare capacity as initialised windows to read into,
+/// so readers go straight into the chunk and never see stale bytes.
+#[derive(Debug, Default)]
+pub(crate) struct ReadWindow {
+    /// Bytes past the chunk's `len` already zeroed, so never zeroed twice.
+    zeroed: usize,
+    /// The length of the last window handed out.
+    last: usize,
+}
+
+impl ReadWindow {
+    /// The next window: the start of the spare capacity, at most
+    /// `READ_WINDOW` and `limit` bytes, zeroed the first time it is seen.
+    pub(crate) fn next<'a>(&mut self, chunk: &'a mut PooledBuf, limit: usize) -> &'a mut [u8] {
+        let spare = chunk.spare_capacity_mut();
+        let window = spare.len().min(READ_WINDOW).min(limit);
+        if self.zeroed < window {
+            for byte in &mut spare[self.zeroed..window] {
+                byte.write(0);
+            }
+            self.zeroed = window;
+        }
+        self.last = window;
+        // SAFETY: the first `window` bytes of the spare capacity are
+        // initialised: zeroed above or by an earlier call (`zeroed` counts
+        // from `len`, and `commit` moves both together).
+        unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), window) }
+    }
+
+    /// Takes the first `n` bytes of the last window into the chunk.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is larger than the last window (callers check first, and
+    /// report a lying reader as `InvalidData`).
+    pub(crate) fn commit(&mut self, chunk: &mut PooledBuf, n: usize) {
+        assert!(
+            n <= self.last,
+            "committed {n} bytes of a {}-byte window",
+            self.last
+        );
+        let len = chunk.len();
+        // SAFETY: `n` bytes past `len` lie in the last window: initialised
+        // (zeroed by `next`) and since overwritten by the reader.
+        unsafe { chunk.set_len(len + n) };
+        self.zeroed -= n;
+        self.last = 0;
+    }
 }
 
 /// One `read`, retrying `Interrupted`; a count larger than the buffer is

@@ -797,3 +797,45 @@ fn a_miss_reshapes_an_idle_mapped_buffer_of_another_class() {
     drop((held, buf));
     assert_eq!(pool.stats().in_use_bytes, 0);
 }
+
+// === adapters: the unsafe read window, under miri too ===
+
+#[test]
+fn read_to_end_through_short_reads_and_a_liar() {
+    struct Short<'a>(&'a [u8]);
+    impl std::io::Read for Short<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(777);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    struct Liar;
+    impl std::io::Read for Liar {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            Ok(buf.len() + 1)
+        }
+    }
+    let pool = Pool::builder()
+        .size_classes(SizeClasses::geometric(64, 1 << 16, 2).unwrap())
+        .trim_interval(std::time::Duration::ZERO)
+        .build();
+    let len = if cfg!(miri) { 3000 } else { 300_000 };
+    let data: Vec<u8> = (0..len).map(|i| (i % 256) as u8).collect();
+    let chunks = pool.read_to_end(Short(&data)).unwrap();
+    assert_eq!(chunks.to_vec(), data);
+    let one = chunks.into_contiguous();
+    assert_eq!(&one[..], &data[..]);
+    drop(one);
+    let err = pool.read_to_end(Liar).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    let mut writer = pool.writer();
+    writer.put_slice(&data);
+    std::io::Write::write_all(&mut writer, b"end").unwrap();
+    let bytes = writer.freeze();
+    assert_eq!(&bytes[..len], &data[..]);
+    assert_eq!(&bytes[len..], b"end");
+    drop(bytes);
+    assert_eq!(pool.stats().in_use_bytes, 0);
+}
