@@ -86,6 +86,7 @@ impl Pool {
             }
             next = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
         }
+        self.shrink_last(&mut chunks)?;
         Ok(Chunks::from_bufs(self.clone(), chunks))
     }
 }

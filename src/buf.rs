@@ -11,7 +11,7 @@ use std::slice;
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
-use crate::pool::{OVERSIZE, PoolInner, Returned, arc_ptr, is_mapped};
+use crate::pool::{OVERSIZE, PoolInner, Returned, arc_ptr, is_mapped, remap_block};
 use crate::sync::Arc;
 use crate::{Error, global};
 
@@ -90,6 +90,36 @@ impl PooledBuf {
             pool: Some(arc_ptr(pool)),
             class: class as u32,
         }
+    }
+
+    /// Shrinks a pooled mapped block in place to the smaller class
+    /// `new_class` (which still holds `len()`), handing the tail pages back
+    /// to the OS. The statistics count it as a return of the old class and
+    /// an allocation of the new one. `false` (and nothing changed) when the
+    /// block is not a mapped pooled block or the platform cannot do it.
+    pub(crate) fn shrink_to_class(&mut self, new_class: usize) -> bool {
+        let Some(pool) = self.pool else { return false };
+        if self.class == OVERSIZE {
+            return false;
+        }
+        // SAFETY: our block holds a strong count, so the pool is alive.
+        let inner = unsafe { pool.as_ref() };
+        let new_cap = inner.info[new_class].capacity;
+        if new_cap >= self.cap || new_cap < self.len || !is_mapped(new_cap) || !is_mapped(self.cap)
+        {
+            return false;
+        }
+        // SAFETY: we own this mapped block of `cap` bytes; both sizes are
+        // mapped sizes, and shrinking keeps the first `new_cap >= len` bytes
+        // where they are.
+        let Some(ptr) = (unsafe { remap_block(self.ptr, self.cap, new_cap) }) else {
+            return false;
+        };
+        inner.reclass(self.class as usize, self.cap, new_class, new_cap);
+        self.ptr = ptr;
+        self.cap = new_cap;
+        self.class = new_class as u32;
+        true
     }
 
     /// The number of initialised bytes.

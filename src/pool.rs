@@ -770,6 +770,27 @@ impl PoolInner {
         });
     }
 
+    /// Moves an in-use block from one class to a smaller one in the
+    /// accounting: a return of the old class, an allocation of the new.
+    pub(crate) fn reclass(
+        &self,
+        old_class: usize,
+        old_cap: usize,
+        new_class: usize,
+        new_cap: usize,
+    ) {
+        self.totals[old_class]
+            .returns
+            .fetch_add(1, Ordering::Relaxed);
+        self.totals[new_class]
+            .misses
+            .fetch_add(1, Ordering::Relaxed);
+        self.footprint
+            .fetch_sub(old_cap - new_cap, Ordering::Relaxed);
+        self.released_bytes
+            .fetch_add((old_cap - new_cap) as u64, Ordering::Relaxed);
+    }
+
     /// Counts a block that leaves the pool through `into_vec`.
     pub(crate) fn detach(&self, class: u32, size: usize) {
         self.footprint.fetch_sub(size, Ordering::Relaxed);

@@ -163,7 +163,34 @@ impl Pool {
             // cap, and never past the limit.
             next = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
         }
+        self.shrink_last(&mut chunks)?;
         Ok(Chunks::from_bufs(self.clone(), chunks))
+    }
+
+    /// Keeps the memory held near the data: when more than 1/20 of what is
+    /// held is the unused tail of the last chunk, that chunk is shrunk in
+    /// place to the class of its contents (mapped blocks, Linux), or its
+    /// contents (under 128 KiB, or off Linux: at most one chunk) are copied
+    /// into a chunk of their own class.
+    pub(crate) fn shrink_last(&self, chunks: &mut [PooledBuf]) -> io::Result<()> {
+        let held: usize = chunks.iter().map(|c| c.capacity()).sum();
+        let Some(last) = chunks.last_mut() else {
+            return Ok(());
+        };
+        let unused = last.capacity() - last.len();
+        if last.is_empty() || unused * 20 <= held {
+            return Ok(());
+        }
+        let Some(class) = self.size_classes().index_for(last.len()) else {
+            return Ok(());
+        };
+        if self.size_classes().sizes()[class] >= last.capacity() || last.shrink_to_class(class) {
+            return Ok(());
+        }
+        let mut small = self.try_get(last.len())?;
+        small.extend_from_slice(last);
+        *last = small; // the large chunk goes back to the pool
+        Ok(())
     }
 }
 

@@ -382,3 +382,24 @@ fn unlabelled_reads_and_writers_are_counted() {
     let a = pool.stats().adapters;
     assert_eq!((a.reads, a.errors, a.bytes), (2, 1, 1100));
 }
+
+#[test]
+fn memory_held_stays_near_the_data() {
+    let pool = pool();
+    for len in [100_001, (3 << 19) + 1, (5 << 20) + 7, (24 << 20) + 1] {
+        let chunks = pool.read_to_end(&data(len)[..]).unwrap();
+        assert_eq!(chunks.to_vec(), data(len));
+        let held = chunks.capacity();
+        assert!(
+            held as f64 <= len as f64 * 1.1,
+            "{len} bytes held in {held}"
+        );
+        let stats = pool.stats();
+        assert_eq!(
+            stats.in_use_bytes, held,
+            "the shrunk chunk is accounted in its new class"
+        );
+        drop(chunks);
+        assert_eq!(pool.stats().in_use_bytes, 0);
+    }
+}
