@@ -314,10 +314,10 @@ impl PooledBuf {
         };
         // SAFETY: the block holds a strong count, so the pool is alive.
         unsafe { pool.as_ref() }.detach(this.class, this.cap);
-        // SAFETY: the block came from `alloc_block(cap)` below the mapping
-        // threshold: the global allocator with `u8`'s layout for `cap` bytes, exactly what
-        // `Vec<u8>` with capacity `cap` frees with; `len <= cap` bytes are
-        // initialised; we own it and `this` is never dropped.
+        // The block came from `alloc_block(cap)` below the mapping threshold,
+        // i.e. from the global allocator with `u8`'s layout for `cap` bytes.
+        // SAFETY: that is exactly what a `Vec<u8>` of capacity `cap` frees
+        // with; `len <= cap` bytes are initialised; `this` is never dropped.
         let vec = unsafe { Vec::from_raw_parts(this.ptr.as_ptr(), this.len, this.cap) };
         // SAFETY: releases the count the block held; the pool may go now,
         // and nothing below touches it.

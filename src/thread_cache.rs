@@ -109,10 +109,10 @@ fn register(caches: &mut Vec<LocalCache>, pool: NonNull<PoolInner>) -> Option<us
         return None;
     }
     let ptr = pool.as_ptr().cast_const();
-    // SAFETY: every `PoolInner` lives in an `Arc` (only `PoolBuilder::build`
-    // makes one), `ptr` carries that `Arc`'s provenance, and the caller holds
-    // a strong count of it (a `Pool` handle or a block), so it is alive and
-    // taking one more count is sound.
+    // Every `PoolInner` lives in an `Arc` (only `PoolBuilder::build` makes
+    // one) and `ptr` carries that `Arc`'s provenance.
+    // SAFETY: the caller holds a strong count (a handle or a block), so the
+    // pool is alive and taking one more count is sound.
     let pool = unsafe {
         Arc::increment_strong_count(ptr);
         Arc::from_raw(ptr)
