@@ -3,7 +3,7 @@
 //! its final sizes, which also calibrates where its reads start.
 
 use std::io::{self, Read};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::sync::{AtomicU64, Ordering};
 use crate::{Chunks, Pool};
@@ -244,13 +244,8 @@ impl Reader {
 
     fn read_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
         let hint = Some(self.first_chunk()).filter(|&n| n > 0);
-        let started = Instant::now();
-        let mut activity = Activity::default();
-        let result = self.pool.read_chunks(reader, hint, max_len, &mut activity);
-        // `read_chunks` timed and recorded nothing; the label's read is
-        // recorded once, here, for both the label and the pool.
-        activity.elapsed = started.elapsed();
-        activity.failed = result.is_err();
+        let (result, activity) = self.pool.read_chunks(reader, hint, max_len);
+        // Recorded once, here, for both the label and the pool.
         self.label.counters.record(&activity);
         self.pool.inner_arc().adapters.record(&activity);
         if let Ok(chunks) = &result {

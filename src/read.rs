@@ -94,16 +94,28 @@ impl Pool {
         hint: Option<usize>,
         max_len: usize,
     ) -> io::Result<Chunks> {
-        let started = Instant::now();
-        let mut activity = Activity::default();
-        let result = self.read_chunks(reader, hint, max_len, &mut activity);
-        activity.elapsed = started.elapsed();
-        activity.failed = result.is_err();
+        let (result, activity) = self.read_chunks(reader, hint, max_len);
         self.inner_arc().adapters.record(&activity);
         result
     }
 
+    /// Reads into chunks and reports what it did (timed, failed or not);
+    /// recording it is the caller's, so a labelled read counts once.
     pub(crate) fn read_chunks<R: Read>(
+        &self,
+        reader: R,
+        hint: Option<usize>,
+        max_len: usize,
+    ) -> (io::Result<Chunks>, Activity) {
+        let started = Instant::now();
+        let mut activity = Activity::default();
+        let result = self.fill_chunks(reader, hint, max_len, &mut activity);
+        activity.elapsed = started.elapsed();
+        activity.failed = result.is_err();
+        (result, activity)
+    }
+
+    fn fill_chunks<R: Read>(
         &self,
         mut reader: R,
         hint: Option<usize>,
