@@ -45,8 +45,6 @@ struct Config {
     jobs: usize,
     /// Runs per mode; the table shows medians, the chart the median run.
     runs: usize,
-    /// The pools' `demand_cap`.
-    demand_cap: f64,
 }
 
 fn main() {
@@ -55,7 +53,6 @@ fn main() {
         threads: 4,
         jobs: 300,
         runs: 3,
-        demand_cap: tierpool::DEFAULT_DEMAND_CAP,
     };
     let mut mode = None;
     let mut chart = String::from("target/burst.svg");
@@ -66,18 +63,11 @@ fn main() {
             ("--threads", Some(v)) => config.threads = parse(v, "--threads"),
             ("--jobs", Some(v)) => config.jobs = parse(v, "--jobs"),
             ("--runs", Some(v)) => config.runs = parse(v, "--runs"),
-            ("--demand-cap", Some(v)) => match v.parse::<f64>() {
-                Ok(cap) if cap >= 0.0 => config.demand_cap = cap,
-                _ => {
-                    eprintln!("--demand-cap takes a number of 0 or more, got {v:?}");
-                    std::process::exit(2);
-                }
-            },
             ("--mode", Some(v)) => mode = Some(v.to_string()),
             ("--chart", Some(v)) => chart = v.to_string(),
             (other, _) => {
                 eprintln!(
-                    "usage: burst [--threads N] [--jobs N per thread] [--runs N] [--demand-cap X] \
+                    "usage: burst [--threads N] [--jobs N per thread] [--runs N] \
                      [--chart FILE.svg]  (got {other:?})"
                 );
                 std::process::exit(2);
@@ -105,13 +95,12 @@ fn parse(value: &str, flag: &str) -> usize {
 fn run_parent(exe: &str, config: Config, chart: &str) {
     println!(
         "burst: {} threads x {} jobs of 64 KiB-8 MiB, 16 KiB rows, {} held per thread, an upload every 4th job; \
-         then {} s idle (trim interval {} s); demand cap {}; medians of {} runs per mode\n",
+         then {} s idle (trim interval {} s); medians of {} runs per mode\n",
         config.threads,
         config.jobs,
         HELD,
         IDLE.as_secs_f64(),
         TRIM_INTERVAL.as_secs_f64(),
-        config.demand_cap,
         config.runs,
     );
     let mut runs = Vec::new();
@@ -122,7 +111,6 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
                     .args(["--mode", mode])
                     .args(["--threads", &config.threads.to_string()])
                     .args(["--jobs", &config.jobs.to_string()])
-                    .args(["--demand-cap", &config.demand_cap.to_string()])
                     .output()
                     .expect("the example can start itself");
                 let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

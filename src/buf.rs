@@ -11,7 +11,8 @@ use std::slice;
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
-use crate::pool::{OVERSIZE, PoolInner, Returned, arc_ptr, is_mapped, remap_block};
+use crate::os;
+use crate::pool::{Admission, OVERSIZE, PoolInner, Returned, arc_ptr};
 use crate::sync::Arc;
 use crate::{Error, global};
 
@@ -54,6 +55,11 @@ unsafe impl Send for PooledBuf {}
 // mutability.
 unsafe impl Sync for PooledBuf {}
 
+// A buffer owns its bytes like a `Vec<u8>`; its pool stays consistent
+// across panics (see `Pool`'s `UnwindSafe`).
+impl std::panic::UnwindSafe for PooledBuf {}
+impl std::panic::RefUnwindSafe for PooledBuf {}
+
 // === impl PooledBuf ===
 
 impl PooledBuf {
@@ -69,57 +75,62 @@ impl PooledBuf {
         }
     }
 
-    /// Wraps a block taken from a pool.
+    /// Wraps a block of class `class` taken from `pool`.
     ///
     /// # Safety
     ///
-    /// `ptr` is a block of `cap` bytes from `alloc_block` that nobody else
-    /// owns, of class `class` (or `OVERSIZE`) of `pool`, and the caller hands
-    /// over one strong count of `pool` along with it.
-    pub(crate) unsafe fn from_block(
-        ptr: NonNull<u8>,
-        cap: usize,
-        pool: &Arc<PoolInner>,
-        class: usize,
-    ) -> Self {
-        debug_assert!(class == OVERSIZE as usize || pool.info[class].capacity == cap);
+    /// `ptr` is a block of the class's capacity that nobody else owns, and
+    /// the caller hands over one strong count of `pool` along with it.
+    #[inline]
+    pub(crate) unsafe fn from_block(ptr: NonNull<u8>, pool: &Arc<PoolInner>, class: u32) -> Self {
         PooledBuf {
             ptr,
             len: 0,
-            cap,
+            cap: pool.info[class as usize].capacity,
             pool: Some(arc_ptr(pool)),
-            class: class as u32,
+            class,
         }
     }
 
-    /// Shrinks a pooled mapped block in place to the smaller class
-    /// `new_class` (which still holds `len()`), handing the tail pages back
-    /// to the OS. The statistics count it as a return of the old class and
-    /// an allocation of the new one. `false` (and nothing changed) when the
-    /// block is not a mapped pooled block or the platform cannot do it.
-    pub(crate) fn shrink_to_class(&mut self, new_class: usize) -> bool {
-        let Some(pool) = self.pool else { return false };
-        if self.class == OVERSIZE {
-            return false;
+    /// Wraps an exact allocation above the largest class.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a block of `size` bytes from `os::alloc` that nobody else
+    /// owns, and the caller hands over one strong count of `pool` with it.
+    pub(crate) unsafe fn from_oversize(
+        ptr: NonNull<u8>,
+        size: usize,
+        pool: &Arc<PoolInner>,
+    ) -> Self {
+        PooledBuf {
+            ptr,
+            len: 0,
+            cap: size,
+            pool: Some(arc_ptr(pool)),
+            class: OVERSIZE,
         }
+    }
+
+    /// Hands the pages of the unused capacity past `len()` back to the OS
+    /// while the buffer keeps its class (mapped blocks only: 128 KiB and up,
+    /// on Unix). They fault afresh, as zeros, if written again. Returns the
+    /// bytes handed back; the pool counts them in `released_bytes`.
+    pub(crate) fn discard_spare(&mut self) -> usize {
+        let Some(pool) = self.pool else { return 0 };
+        if !os::is_mapped(self.cap) {
+            return 0;
+        }
+        // SAFETY: we own this mapped block of `cap` bytes, and nothing past
+        // `len` holds data anyone may read (it is spare capacity).
+        let n = unsafe { os::discard_tail(self.ptr, self.cap, self.len) };
         // SAFETY: our block holds a strong count, so the pool is alive.
         let inner = unsafe { pool.as_ref() };
-        let new_cap = inner.info[new_class].capacity;
-        if new_cap >= self.cap || new_cap < self.len || !is_mapped(new_cap) || !is_mapped(self.cap)
-        {
-            return false;
-        }
-        // SAFETY: we own this mapped block of `cap` bytes; both sizes are
-        // mapped sizes, and shrinking keeps the first `new_cap >= len` bytes
-        // where they are.
-        let Some(ptr) = (unsafe { remap_block(self.ptr, self.cap, new_cap) }) else {
-            return false;
-        };
-        inner.reclass(self.class as usize, self.cap, new_class, new_cap);
-        self.ptr = ptr;
-        self.cap = new_cap;
-        self.class = new_class as u32;
-        true
+        inner
+            .counters
+            .released_bytes
+            .fetch_add(n as u64, crate::sync::Ordering::Relaxed);
+        n
     }
 
     /// The number of initialised bytes.
@@ -241,7 +252,7 @@ impl PooledBuf {
         } else {
             requested
         };
-        let mut bigger = pool.get(&pool, target)?;
+        let mut bigger = PoolInner::get(&pool, target, Admission::Bypass)?;
         // SAFETY: `bigger` has at least `target >= len` bytes of room and is
         // a different allocation from ours.
         unsafe { ptr::copy_nonoverlapping(self.ptr.as_ptr(), bigger.ptr.as_ptr(), self.len) };
@@ -299,13 +310,12 @@ impl PooledBuf {
         Bytes::from_owner(self)
     }
 
-    /// The contents as a `Vec<u8>`. Below [`MMAP_THRESHOLD`](crate::MMAP_THRESHOLD)
-    /// (and everywhere off Unix) the memory itself is detached from the pool,
+    /// The contents as a `Vec<u8>`. Below 128 KiB (and everywhere off Unix) the memory itself is detached from the pool,
     /// without a copy, and never comes back. Larger blocks are mapped from the
     /// OS, which `Vec` cannot free: their contents are copied into a new
     /// `Vec` and the block goes back to the pool.
     pub fn into_vec(self) -> Vec<u8> {
-        if is_mapped(self.cap) {
+        if os::is_mapped(self.cap) {
             return self[..].to_vec();
         }
         let this = ManuallyDrop::new(self);
@@ -347,9 +357,14 @@ impl Drop for PooledBuf {
             let inner = unsafe { pool.as_ref() };
             if self.class == OVERSIZE {
                 inner.give_back_oversize(self.ptr, self.cap);
-            } else if PoolInner::give_back(pool, self.ptr, self.class) == Returned::Cached {
-                // The count went into the thread cache with the block.
-                return;
+            } else {
+                // SAFETY: `pool` came from `arc_ptr` and our count keeps it
+                // alive; we give up this block of class `class`.
+                let returned = unsafe { PoolInner::give_back(pool, self.ptr, self.class as usize) };
+                if returned == Returned::Cached {
+                    // The count went into the thread cache with the block.
+                    return;
+                }
             }
         }
         // SAFETY: the block was freed or queued in the shared tier; release

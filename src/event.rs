@@ -1,3 +1,5 @@
+//! Events: what the pool did, for telemetry callbacks ([`PoolBuilder::on_event`](crate::PoolBuilder::on_event)).
+
 use std::fmt;
 
 /// Something the pool did that an application may want to count: handed to
@@ -22,6 +24,13 @@ pub enum Event {
         capacity: usize,
         /// Why it was not kept.
         reason: DropReason,
+    },
+    /// The container's memory pressure changed level.
+    Pressure {
+        /// The level before.
+        from: crate::Pressure,
+        /// The level now.
+        to: crate::Pressure,
     },
     /// One trim pass finished.
     Trimmed {
@@ -55,6 +64,8 @@ pub enum DropReason {
     Oversize,
     /// Every handle of its pool had been dropped.
     PoolClosed,
+    /// The container's memory is under critical pressure: nothing is kept.
+    Pressure,
 }
 
 /// What started a trim pass.
@@ -66,22 +77,174 @@ pub enum TrimReason {
     /// The pool's trim interval passed: buffers idle through a whole
     /// interval were freed.
     Idle,
-    /// A miss found more idle than the demand cap allows, and freed
-    /// idle buffers of other classes before allocating (the demand cap).
-    Demand,
+    /// Memory pressure lowered the retention limit, and idle buffers
+    /// above it were freed.
+    Pressure,
     /// The last handle of the pool was dropped.
     PoolClosed,
+}
+
+impl Event {
+    /// A stable snake_case name for the event's kind (`"allocated"`,
+    /// `"dropped"`, `"pressure"`, `"trimmed"`), for logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Allocated { .. } => "allocated",
+            Event::Dropped { .. } => "dropped",
+            Event::Pressure { .. } => "pressure",
+            Event::Trimmed { .. } => "trimmed",
+        }
+    }
+
+    /// A stable snake_case name for the event's reason (`"miss"`,
+    /// `"pool_full"`, `"idle"`, …), or the new level of a `Pressure` event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Event::Allocated { reason, .. } => reason.as_str(),
+            Event::Dropped { reason, .. } => reason.as_str(),
+            Event::Pressure { to, .. } => to.as_str(),
+            Event::Trimmed { reason, .. } => reason.as_str(),
+        }
+    }
+}
+
+impl AllocReason {
+    /// A stable snake_case name: `"miss"` or `"oversize"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocReason::Miss => "miss",
+            AllocReason::Oversize => "oversize",
+        }
+    }
+}
+
+impl DropReason {
+    /// A stable snake_case name: `"pool_full"`, `"oversize"`,
+    /// `"pool_closed"` or `"pressure"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::PoolFull => "pool_full",
+            DropReason::Oversize => "oversize",
+            DropReason::PoolClosed => "pool_closed",
+            DropReason::Pressure => "pressure",
+        }
+    }
+}
+
+impl TrimReason {
+    /// A stable snake_case name: `"manual"`, `"idle"`, `"pressure"` or
+    /// `"pool_closed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrimReason::Manual => "manual",
+            TrimReason::Idle => "idle",
+            TrimReason::Pressure => "pressure",
+            TrimReason::PoolClosed => "pool_closed",
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Allocated { capacity, reason } => {
+                write!(f, "allocated {capacity} bytes ({})", reason.as_str())
+            }
+            Event::Dropped { capacity, reason } => {
+                write!(f, "dropped {capacity} bytes ({})", reason.as_str())
+            }
+            Event::Pressure { from, to } => {
+                write!(f, "memory pressure {} -> {}", from.as_str(), to.as_str())
+            }
+            Event::Trimmed {
+                buffers,
+                bytes,
+                reason,
+            } => write!(
+                f,
+                "trimmed {buffers} buffers, {bytes} bytes ({})",
+                reason.as_str()
+            ),
+        }
+    }
 }
 
 /// The callback type, boxed once at build time.
 pub(crate) type EventHook = Box<dyn Fn(&Event) + Send + Sync + 'static>;
 
-/// A `Debug` stand-in for the optional callback.
-pub(crate) struct HookDebug<'a>(pub(crate) &'a Option<EventHook>);
+/// A pool's event callback, and what happened to the calls that failed.
+///
+/// The policy: **a panicking callback is caught and counted**
+/// ([`Stats::hook_panics`](crate::Stats::hook_panics)), the event is lost,
+/// and nothing else changes. Every call site emits only after the pool's
+/// books are right (the block is kept or freed, the counts are moved), so
+/// a panic can lose an event but never a block or a count. While the thread
+/// is already unwinding (a buffer dropped during a panic), the callback is
+/// not called at all, since a second panic would abort the process; such
+/// events are counted in [`Stats::events_suppressed`](crate::Stats::events_suppressed).
+#[derive(Default)]
+pub(crate) struct Events {
+    hook: Option<EventHook>,
+    panics: crate::sync::AtomicU64,
+    suppressed: crate::sync::AtomicU64,
+}
 
-impl fmt::Debug for HookDebug<'_> {
+impl Events {
+    pub(crate) fn new(hook: Option<EventHook>) -> Self {
+        Events {
+            hook,
+            ..Events::default()
+        }
+    }
+
+    /// Whether there is a callback at all (so callers can skip building
+    /// events).
+    #[inline]
+    pub(crate) fn enabled(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    /// Calls the callback, if any, catching a panic.
+    #[inline]
+    pub(crate) fn emit(&self, event: Event) {
+        if let Some(hook) = &self.hook {
+            self.call(hook, &event);
+        }
+    }
+
+    #[cold]
+    fn call(&self, hook: &EventHook, event: &Event) {
+        use crate::sync::Ordering::Relaxed;
+        if std::thread::panicking() {
+            self.suppressed.fetch_add(1, Relaxed);
+            return;
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(event)));
+        if let Err(payload) = result {
+            self.panics.fetch_add(1, Relaxed);
+            // A payload whose own drop panics must not escape either.
+            if let Err(inner) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)))
+            {
+                std::mem::forget(inner);
+            }
+        }
+    }
+
+    /// Callback calls that panicked.
+    pub(crate) fn panics(&self) -> u64 {
+        self.panics.load(crate::sync::Ordering::Relaxed)
+    }
+
+    /// Events not delivered because the thread was unwinding.
+    pub(crate) fn suppressed(&self) -> u64 {
+        self.suppressed.load(crate::sync::Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.hook.is_some() {
             "Some(<callback>)"
         } else {
             "None"

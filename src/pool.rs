@@ -1,52 +1,42 @@
-//! `Pool`, its builder, and the shared state every tier works on.
+//! `Pool` and its builder: the get and return paths through the tiers.
+//!
+//! ```text
+//!  get ──► thread cache ──(empty)──► shared tier (+2 classes up) ──► os::alloc
+//!  drop ──► thread cache ──(full: spill oldest)──► shared tier ──(full)──► os::free
+//! ```
+//!
+//! The thread cache (`thread_cache.rs`) is a leaf; this file refills and
+//! spills it. The retention budget is `retention.rs`, trimming `trim.rs`,
+//! the container's memory and admission `limits/`.
 
-use std::alloc::{Layout, alloc, dealloc};
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::buf::PooledBuf;
-use crate::event::{AllocReason, DropReason, Event, EventHook, HookDebug, TrimReason};
+use crate::event::{AllocReason, DropReason, Event, EventHook, Events, TrimReason};
+use crate::io::label::{AdapterCounters, Labels};
+use crate::limits::{Limits, LimitsConfig, MemoryLimit, PageCache, Thresholds};
+use crate::os;
+use crate::retention::Retention;
 use crate::shared_tier::SharedTier;
-use crate::stats::{ClassCounters, ClassStats, Stats, Writer};
-use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
-use crate::thread_cache::{self, ThreadCache};
+use crate::stats::PoolCounters;
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
+use crate::thread_cache::{self, CacheState, ClassLayout, ExitFlush, ThreadCache};
 use crate::{Error, SizeClasses};
 
-/// Default cap on idle memory across all tiers: 256 MiB.
-pub const DEFAULT_MAX_RETAINED_BYTES: usize = 256 << 20;
-/// Default bytes each thread may keep per class in its cache: 256 KiB.
-pub const DEFAULT_THREAD_CACHE_BYTES: usize = 256 << 10;
-/// Default bytes the shared tier may queue per class: 128 MiB (so a 64 MiB
-/// body read in 4 MiB chunks comes back whole); `max_retained_bytes` bounds
-/// all classes together.
-pub const DEFAULT_SHARED_TIER_BYTES: usize = 128 << 20;
-/// Default interval of trimming on idle: 5 seconds.
-///
-/// A buffer idle for one whole interval is freed by the end of the next, so
-/// memory is back within 10 s of the last traffic: well inside the 15–60 s
-/// that metrics scrapers and autoscalers look at, and far from the minutes a
-/// pod takes to creep into its limit. Under steady traffic, anything used
-/// within 5 s stays pooled. A pass costs a few microseconds per thread
-/// cache, so a shorter interval costs little; a longer one lets more stale
-/// memory stay.
-pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(5);
-/// Blocks of at least this many bytes are mapped straight from the OS on
-/// Unix, so that freeing one hands its pages back at once (glibc would keep
-/// them in an arena once its dynamic mmap threshold has risen).
-pub const MMAP_THRESHOLD: usize = 128 << 10;
-/// The most buffers a thread cache keeps per class, however small the class.
-pub const MAX_THREAD_CACHE_DEPTH: usize = 32;
-/// The most buffers the shared tier queues per class.
-pub const MAX_SHARED_TIER_DEPTH: usize = 1024;
 /// How many classes above the requested one a miss may borrow an idle
-/// buffer from before allocating. Borrowing turns a fresh allocation (page
-/// faults) into a reuse at the price of at most two classes' rounding.
+/// buffer from before allocating: a reuse instead of fresh page faults, at
+/// the price of at most two classes' rounding.
 const BORROW_CLASSES_ABOVE: usize = 2;
-/// Default demand cap: a miss reshapes or frees idle buffers while more
-/// bytes sit idle than are in use. See [`PoolBuilder::demand_cap`].
-pub const DEFAULT_DEMAND_CAP: f64 = 1.0;
+/// The most buffers a thread cache keeps per class, however small the class.
+const MAX_THREAD_CACHE_DEPTH: usize = 32;
+/// The most buffers the shared tier queues per class.
+const MAX_SHARED_TIER_DEPTH: usize = 4096;
+/// How often another thread retries a busy thread cache before giving up
+/// on it for this pass (its owner holds it for a few dozen instructions).
+pub(crate) const LOCK_PATIENCE: u32 = 10_000;
 /// The class tag of buffers above the largest class.
 pub(crate) const OVERSIZE: u32 = u32::MAX;
 
@@ -67,7 +57,7 @@ pub(crate) const OVERSIZE: u32 = u32::MAX;
 /// ```
 ///
 /// Dropping the last handle frees every idle buffer; buffers still out free
-/// themselves when dropped.
+/// themselves when dropped, and the pool's memory goes with the last one.
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<PoolInner>,
@@ -79,8 +69,7 @@ struct Handle(Arc<PoolInner>);
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.0.closed.store(true, Ordering::SeqCst);
-        PoolInner::trim(&self.0, TrimReason::PoolClosed);
+        PoolInner::close(&self.0);
     }
 }
 
@@ -104,22 +93,19 @@ pub struct PoolBuilder {
     shared_tier_bytes: usize,
     trim_interval: Duration,
     min_retained_bytes: usize,
-    demand_cap: f64,
     hook: Option<EventHook>,
+    limits: LimitsConfig,
+    name: Option<String>,
 }
 
 /// Per-class figures fixed at build time.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClassInfo {
     pub(crate) capacity: usize,
-    /// Slots per thread cache.
+    /// Slots per thread cache (0: the class goes straight to the shared tier).
     pub(crate) depth: usize,
     /// Buffers moved per refill or spill.
     pub(crate) batch: usize,
-    /// Where this class's slots start in a thread cache.
-    pub(crate) slot_start: usize,
-    /// Most unused reservation a thread cache keeps for this class.
-    pub(crate) credit_limit: usize,
 }
 
 /// What a pool's handles and buffers share.
@@ -127,49 +113,40 @@ pub(crate) struct ClassInfo {
 /// Only ever created inside an `Arc` (by [`PoolBuilder::build`]). Every block
 /// in use or in a thread cache owns one strong count of that `Arc`, so a
 /// buffer can always reach its pool; blocks queued in the shared tier own
-/// none and are freed by the pool's `Drop` if still there.
+/// none and are freed by the pool's `Drop` if still there. Thread caches
+/// hold no count: the pool closes them all before it can be freed.
 pub(crate) struct PoolInner {
+    /// Unique for the life of the process.
+    pub(crate) id: u64,
+    /// This pool's index in every thread's cache table; reused after the
+    /// pool is freed (the id tells a stale entry apart).
+    pub(crate) slot: usize,
+    pub(crate) name: Option<String>,
     pub(crate) classes: SizeClasses,
     pub(crate) info: Box<[ClassInfo]>,
-    pub(crate) slots_per_cache: usize,
+    layouts: Box<[ClassLayout]>,
+    /// Most credit a thread cache keeps after a slow path.
+    credit_limit: usize,
     pub(crate) shared: Box<[SharedTier]>,
-    /// Bytes reserved for retention: idle buffers in every tier plus the
-    /// unused reservations ("credit") of thread caches. Never above
-    /// `max_retained`; reserving is the only way to keep a buffer.
-    reserved: AtomicUsize,
-    pub(crate) max_retained: usize,
-    /// Live thread caches, for `trim` and `stats`.
+    pub(crate) retention: Retention,
+    /// Live thread caches, for trimming and statistics.
     pub(crate) registry: Mutex<Vec<Arc<ThreadCache>>>,
-    /// Counters of paths without a thread cache, and of exited threads.
-    pub(crate) totals: Box<[ClassCounters]>,
-    oversize_allocations: AtomicU64,
-    oversize_in_use_bytes: AtomicUsize,
-    oversize_in_use_buffers: AtomicUsize,
-    trim_passes: AtomicU64,
-    trimmed_bytes: AtomicU64,
-    released_bytes: AtomicU64,
-    /// Bytes allocated and not yet freed or detached: in use plus retained.
-    /// Changed on the slow paths only (allocation, free).
-    footprint: AtomicUsize,
+    pub(crate) counters: PoolCounters,
+    /// Bytes allocated and not yet freed or detached: in use plus idle.
+    pub(crate) footprint: AtomicUsize,
     /// Idle capacity that trimming on idle leaves pooled.
     pub(crate) min_retained: usize,
-    /// Idle bytes allowed per byte in use before a miss reshapes or frees.
-    demand_cap: f64,
+    pub(crate) trim_interval: Duration,
     /// Set when the last handle drops: returns free from then on.
     pub(crate) closed: AtomicBool,
-    hook: Option<EventHook>,
+    pub(crate) events: Events,
+    pub(crate) limits: Limits,
     /// What the adapters did, all labels and none.
-    pub(crate) adapters: crate::label::AdapterCounters,
-    /// The labels of `Pool::reader`, in order of first use.
-    labels: Mutex<Vec<Arc<crate::label::Label>>>,
+    pub(crate) adapters: AdapterCounters,
+    pub(crate) labels: Labels,
 }
 
 /// What happened to a returned block's pool count.
-///
-/// Blocks in use and blocks in thread caches each own a strong count of the
-/// pool's `Arc`; blocks queued in the shared tier own none (the pool frees
-/// them when it drops). So a return into a thread cache moves the count, and
-/// any other outcome leaves the caller to release it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Returned {
     /// Kept in a thread cache, which now owns the block's count.
@@ -178,50 +155,87 @@ pub(crate) enum Returned {
     Released,
 }
 
+/// Whether a request goes through admission control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// `get`: always allocate, like `Vec`.
+    Bypass,
+    /// `try_get`, `get_timeout`, `acquire`: refuse past the budget or under
+    /// critical pressure.
+    Check,
+}
+
 // === impl Pool ===
 
 impl Pool {
+    /// Default cap on idle memory across all tiers: 256 MiB (lowered under
+    /// memory pressure, see [`MemoryLimit`]).
+    pub const DEFAULT_MAX_RETAINED_BYTES: usize = 256 << 20;
+    /// Default bytes each thread may keep per class in its cache: 256 KiB.
+    pub const DEFAULT_THREAD_CACHE_BYTES: usize = 256 << 10;
+    /// Default bytes the shared tier may queue per class: 128 MiB, so a
+    /// 64 MiB body read in 4 MiB chunks comes back whole;
+    /// `max_retained_bytes` bounds all classes together.
+    pub const DEFAULT_SHARED_TIER_BYTES: usize = 128 << 20;
+    /// Default interval of trimming on idle: 5 seconds.
+    ///
+    /// A buffer idle for one whole interval is freed by the end of the next,
+    /// so memory is back within 10 s of the last traffic: well inside the
+    /// 15–60 s that metrics scrapers and autoscalers look at. Under steady
+    /// traffic, anything used within 5 s stays pooled. A pass costs a few
+    /// microseconds per thread cache.
+    pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+    /// The shortest trim interval; shorter ones are raised to it.
+    pub const MIN_TRIM_INTERVAL: Duration = Duration::from_millis(10);
+    /// The longest trim interval; longer ones are lowered to it.
+    pub const MAX_TRIM_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
     /// A pool with the default classes (4 KiB–64 MiB, 4 per doubling) and caps.
     pub fn new() -> Pool {
         Pool::builder().build()
     }
 
-    /// A builder to choose classes, caps and tier depths.
+    /// A builder to choose classes, caps, tier depths and limits.
     pub fn builder() -> PoolBuilder {
         PoolBuilder {
             classes: SizeClasses::default(),
-            max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
-            thread_cache_bytes: DEFAULT_THREAD_CACHE_BYTES,
-            shared_tier_bytes: DEFAULT_SHARED_TIER_BYTES,
-            trim_interval: DEFAULT_TRIM_INTERVAL,
+            max_retained_bytes: Pool::DEFAULT_MAX_RETAINED_BYTES,
+            thread_cache_bytes: Pool::DEFAULT_THREAD_CACHE_BYTES,
+            shared_tier_bytes: Pool::DEFAULT_SHARED_TIER_BYTES,
+            trim_interval: Pool::DEFAULT_TRIM_INTERVAL,
             min_retained_bytes: 0,
-            demand_cap: DEFAULT_DEMAND_CAP,
             hook: None,
+            limits: LimitsConfig::default(),
+            name: None,
         }
     }
 
     /// A buffer with `len() == 0` and `capacity() >= min_capacity`: the
     /// class's capacity, or exactly `min_capacity` above the largest class.
     ///
+    /// `get` always allocates when nothing idle fits, like `Vec`: it ignores
+    /// [`max_in_use_bytes`](PoolBuilder::max_in_use_bytes) and memory
+    /// pressure. Use [`try_get`](Self::try_get), [`get_timeout`](Self::get_timeout)
+    /// or [`acquire`](Self::acquire) where a request may be refused.
+    ///
     /// # Panics
     ///
     /// When `min_capacity` exceeds `isize::MAX` bytes, like `Vec`; when the
     /// allocator fails, the process aborts through
     /// [`handle_alloc_error`](std::alloc::handle_alloc_error), like `Vec`.
-    /// [`try_get`](Self::try_get) returns both as errors.
     #[inline]
     pub fn get(&self, min_capacity: usize) -> PooledBuf {
-        if let Some(buf) = self.inner.get_idle(&self.inner, min_capacity) {
-            return buf;
-        }
-        match self.inner.get_slow(&self.inner, min_capacity) {
+        match PoolInner::get(&self.inner, min_capacity, Admission::Bypass) {
             Ok(buf) => buf,
             Err(e) => fail(e),
         }
     }
 
-    /// Like [`get`](Self::get), but an absurd size or a failed allocation is
-    /// an error instead of a panic or an abort.
+    /// Like [`get`](Self::get), but never aborts: an absurd size or a failed
+    /// allocation is an error, and so is a request that admission control
+    /// refuses (over [`max_in_use_bytes`](PoolBuilder::max_in_use_bytes), or
+    /// the container's memory under critical pressure). A buffer already
+    /// idle in this thread's cache is always handed out.
     ///
     /// ```
     /// let pool = tierpool::Pool::new();
@@ -233,18 +247,18 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::CapacityOverflow`] above `isize::MAX` bytes,
-    /// [`Error::AllocFailed`] when the allocator refuses.
+    /// [`Error::AllocFailed`] when the allocator refuses,
+    /// [`Error::OverBudget`] and [`Error::MemoryPressure`] when admission
+    /// refuses.
     #[inline]
     pub fn try_get(&self, min_capacity: usize) -> Result<PooledBuf, Error> {
-        match self.inner.get_idle(&self.inner, min_capacity) {
-            Some(buf) => Ok(buf),
-            None => self.inner.get_slow(&self.inner, min_capacity),
-        }
+        PoolInner::get(&self.inner, min_capacity, Admission::Check)
     }
 
     /// Frees every idle buffer now, in every tier: the shared tier and the
     /// caches of all threads, idle ones included (exited threads flushed
-    /// theirs into the shared tier when they exited).
+    /// theirs into the shared tier when they exited). Thread caches' unused
+    /// retention credit goes back too.
     ///
     /// Buffers returned while the trim runs may stay.
     pub fn trim(&self) {
@@ -253,15 +267,15 @@ impl Pool {
 
     /// Moves this thread's idle buffers for this pool to the shared tier and
     /// drops this thread's cache. A thread does this by itself when it
-    /// exits; a long-lived thread about to go idle for a while (a worker
-    /// whose queue drained) can do it early so other threads reuse its
-    /// buffers. The next `get` on this thread starts a new cache.
+    /// exits; a long-lived thread about to go idle for a while can do it
+    /// early so other threads reuse its buffers. The next `get` on this
+    /// thread starts a new cache.
     pub fn flush_thread_cache(&self) {
-        thread_cache::flush_current(&self.inner);
+        PoolInner::flush_current_thread(&self.inner);
     }
 
-    /// A snapshot of memory and traffic; see [`Stats`].
-    pub fn stats(&self) -> Stats {
+    /// A snapshot of memory and traffic; see [`Stats`](crate::Stats).
+    pub fn stats(&self) -> crate::Stats {
         self.inner.stats()
     }
 
@@ -270,15 +284,27 @@ impl Pool {
         &self.inner.classes
     }
 
-    /// The cap on idle memory across all tiers.
+    /// The cap on idle memory across all tiers, as built.
     pub fn max_retained_bytes(&self) -> usize {
-        self.inner.max_retained
+        self.inner.retention.configured()
+    }
+
+    /// The name given with [`PoolBuilder::name`], if any.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
     }
 
     pub(crate) fn inner_arc(&self) -> &Arc<PoolInner> {
         &self.inner
     }
 }
+
+// A panic anywhere (an event callback, a caller between two pool calls)
+// leaves the pool's books right: every operation moves a block and its
+// counts before it calls out, and callbacks are caught. So a `Pool` may be
+// used across `catch_unwind`.
+impl std::panic::UnwindSafe for Pool {}
+impl std::panic::RefUnwindSafe for Pool {}
 
 impl Default for Pool {
     fn default() -> Self {
@@ -289,9 +315,10 @@ impl Default for Pool {
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
+            .field("name", &self.inner.name)
             .field("classes", &self.inner.classes)
-            .field("max_retained_bytes", &self.inner.max_retained)
-            .field("on_event", &HookDebug(&self.inner.hook))
+            .field("max_retained_bytes", &self.inner.retention.configured())
+            .field("on_event", &self.inner.events)
             .finish_non_exhaustive()
     }
 }
@@ -309,11 +336,13 @@ pub fn global() -> &'static Pool {
 
 #[cold]
 #[track_caller]
-fn fail(e: Error) -> ! {
+pub(crate) fn fail(e: Error) -> ! {
     match e {
         Error::AllocFailed { size } => {
             // Same as `Vec`: out of memory is not a panic.
-            std::alloc::handle_alloc_error(Layout::array::<u8>(size).expect("checked"))
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<u8>(size).expect("an allocatable size"),
+            )
         }
         e => panic!("tierpool: {e}"),
     }
@@ -330,149 +359,160 @@ impl PoolBuilder {
     }
 
     /// The most idle capacity the pool keeps across all tiers, thread caches
-    /// included (default [`DEFAULT_MAX_RETAINED_BYTES`]). A buffer returned
-    /// into a full pool is freed. `0` keeps nothing.
+    /// included (default [`Pool::DEFAULT_MAX_RETAINED_BYTES`]). A buffer
+    /// returned into a full pool is freed. `0` keeps nothing. Under memory
+    /// pressure the pool keeps less than this (see [`memory_limit`](Self::memory_limit)).
     pub fn max_retained_bytes(mut self, bytes: usize) -> Self {
         self.max_retained_bytes = bytes;
         self
     }
 
     /// How many bytes each thread's cache may keep per class (default
-    /// [`DEFAULT_THREAD_CACHE_BYTES`]): `bytes / capacity` buffers, at most
-    /// [`MAX_THREAD_CACHE_DEPTH`]. So small classes keep many buffers per
-    /// thread, and classes larger than `bytes` none: their buffers go straight
-    /// to the shared tier (one queue operation, nothing next to filling a
-    /// buffer that size), where every thread can reuse them. `0` turns
-    /// thread caches off.
+    /// [`Pool::DEFAULT_THREAD_CACHE_BYTES`]): `bytes / capacity` buffers, at
+    /// most 32. So small classes keep many buffers per thread, and classes
+    /// larger than `bytes` none: their buffers go straight to the shared
+    /// tier, where every thread can reuse them. `0` turns thread caches off.
     pub fn thread_cache_bytes(mut self, bytes: usize) -> Self {
         self.thread_cache_bytes = bytes;
         self
     }
 
     /// How many bytes the shared tier may queue per class (default
-    /// [`DEFAULT_SHARED_TIER_BYTES`]): `bytes / capacity` buffers, at least two
-    /// and at most [`MAX_SHARED_TIER_DEPTH`].
+    /// [`Pool::DEFAULT_SHARED_TIER_BYTES`]): `bytes / capacity` buffers, at
+    /// least two and at most 4096.
     pub fn shared_tier_bytes(mut self, bytes: usize) -> Self {
         self.shared_tier_bytes = bytes;
         self
     }
 
-    /// How often idle memory is trimmed (default [`DEFAULT_TRIM_INTERVAL`]):
-    /// a buffer that stays idle through one whole interval, in any tier
-    /// (idle and exited threads' caches included), is freed by the end of the
-    /// next, so two intervals after the last traffic the pool holds no more
-    /// than [`min_retained_bytes`](Self::min_retained_bytes). One background
-    /// thread, `tierpool-trimmer`, started on first use, serves every pool;
-    /// it never keeps the process alive, and a dropped pool leaves it.
-    /// `Duration::ZERO` turns trimming on idle off (`Pool::trim` still works).
+    /// How often idle memory is trimmed (default
+    /// [`Pool::DEFAULT_TRIM_INTERVAL`]): a buffer that stays idle through one
+    /// whole interval, in any tier, is freed by the end of the next. One
+    /// background thread, `tierpool-trimmer`, serves every pool; it never
+    /// keeps the process alive, and a dropped pool leaves it.
+    ///
+    /// `Duration::ZERO` turns trimming on idle off (`Pool::trim` still
+    /// works). Other values are clamped to
+    /// [`Pool::MIN_TRIM_INTERVAL`]`..=`[`Pool::MAX_TRIM_INTERVAL`], so an
+    /// absurd interval neither spins the trimmer nor overflows a clock.
     pub fn trim_interval(mut self, interval: Duration) -> Self {
         self.trim_interval = interval;
         self
     }
 
     /// Idle capacity that trimming on idle leaves pooled (default 0), so the
-    /// first requests after a quiet spell are still hits. `Pool::trim` frees
-    /// everything regardless.
+    /// first requests after a quiet spell are still hits. `Pool::trim` and
+    /// memory pressure free everything regardless.
     pub fn min_retained_bytes(mut self, bytes: usize) -> Self {
         self.min_retained_bytes = bytes;
         self
     }
 
-    /// How many idle bytes the pool may hold per byte in use before a miss
-    /// turns idle memory of other classes into the class it needs (default
-    /// [`DEFAULT_DEMAND_CAP`], 1.0).
-    ///
-    /// On such a miss the pool reshapes an idle mapped buffer of another
-    /// class with `mremap` (Linux: its pages keep serving) or frees idle
-    /// buffers before allocating. A lower cap keeps a burst's peak closer to
-    /// what it uses at the price of more page faults; `f64::INFINITY` turns
-    /// the cap off (then only `max_retained_bytes` and trimming bound idle
-    /// memory). On the mixed workload of the README, 1.0 runs within
-    /// 1.05–1.2× of an ideal pre-faulted pool; without the cap, idle buffers
-    /// of every class a burst touched pile up to `max_retained_bytes`.
-    ///
-    /// # Panics
-    ///
-    /// If `ratio` is negative or NaN.
-    pub fn demand_cap(mut self, ratio: f64) -> Self {
-        assert!(
-            ratio >= 0.0,
-            "tierpool: demand_cap must be 0 or more, got {ratio}"
-        );
-        self.demand_cap = ratio;
-        self
-    }
-
     /// A callback for every [`Event`]: allocations, frees instead of reuse,
-    /// trim passes. It runs on the thread where the event happened, outside
-    /// any lock, and may use the pool. Keep it short (count, don't log every
-    /// event at info level). With no callback, events cost nothing.
+    /// trim passes, pressure changes. It runs on the thread where the event
+    /// happened, outside any lock of the pool, after the pool's books are
+    /// right, and may use the pool. A panic in it is caught and counted in
+    /// [`Stats::hook_panics`](crate::Stats::hook_panics); the event is lost,
+    /// nothing else is. Keep it short; with no callback, events cost nothing.
     pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.hook = Some(Box::new(hook));
         self
     }
 
+    /// The memory limit the pool steers by (default
+    /// [`MemoryLimit::Container`]: the cgroup's limit, if it has one).
+    pub fn memory_limit(mut self, limit: MemoryLimit) -> Self {
+        self.limits.limit = limit;
+        self
+    }
+
+    /// The working-set fractions of the memory limit at which pressure
+    /// becomes elevated and critical (default 0.75 and 0.90).
+    pub fn pressure_thresholds(mut self, thresholds: Thresholds) -> Self {
+        self.limits.thresholds = thresholds;
+        self
+    }
+
+    /// A budget for the bytes handed out and not yet returned, enforced by
+    /// [`Pool::try_get`], [`Pool::get_timeout`] and [`Pool::acquire`]
+    /// (`get` ignores it). Default: none.
+    pub fn max_in_use_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_in_use = Some(bytes);
+        self
+    }
+
+    /// What [`Pool::read_file`] and [`Pool::write_file`] do with the page
+    /// cache of the files they touch (default [`PageCache::Drop`]).
+    pub fn page_cache(mut self, page_cache: PageCache) -> Self {
+        self.limits.page_cache = page_cache;
+        self
+    }
+
+    /// A name for the pool, used as the `pool` label of its metrics.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Builds the pool.
     pub fn build(self) -> Pool {
-        let mut slot_start = 0;
         let info: Box<[ClassInfo]> = self
             .classes
             .sizes()
             .iter()
             .map(|&capacity| {
-                // Classes larger than the per-class budget skip the thread
-                // cache: their buffers go straight to the shared tier, so no
-                // thread sits on a large idle buffer another thread needs.
                 let depth = (self.thread_cache_bytes / capacity).min(MAX_THREAD_CACHE_DEPTH);
-                let batch = (depth / 2).max(1);
-                let class = ClassInfo {
+                ClassInfo {
                     capacity,
                     depth,
-                    batch,
-                    slot_start,
-                    credit_limit: depth * capacity,
-                };
-                slot_start += depth;
-                class
+                    batch: (depth / 2).max(1),
+                }
             })
             .collect();
-        let shared = self
-            .classes
-            .sizes()
+        let layouts = info
             .iter()
-            .map(|&c| SharedTier::new((self.shared_tier_bytes / c).clamp(2, MAX_SHARED_TIER_DEPTH)))
+            .map(|c| ClassLayout {
+                capacity: c.capacity,
+                depth: c.depth as u32,
+            })
             .collect();
-        let totals = info.iter().map(|_| ClassCounters::default()).collect();
+        let shared = info
+            .iter()
+            .map(|c| {
+                SharedTier::new(
+                    (self.shared_tier_bytes / c.capacity).clamp(2, MAX_SHARED_TIER_DEPTH),
+                )
+            })
+            .collect();
+        let trim_interval = if self.trim_interval.is_zero() {
+            Duration::ZERO
+        } else {
+            self.trim_interval
+                .clamp(Pool::MIN_TRIM_INTERVAL, Pool::MAX_TRIM_INTERVAL)
+        };
+        let classes = self.classes.len();
         let inner = Arc::new(PoolInner {
+            id: slots::next_id(),
+            slot: slots::acquire(),
+            name: self.name,
             classes: self.classes,
+            credit_limit: self.thread_cache_bytes,
             info,
-            slots_per_cache: slot_start,
+            layouts,
             shared,
-            reserved: AtomicUsize::new(0),
-            max_retained: self.max_retained_bytes,
+            retention: Retention::new(self.max_retained_bytes),
             registry: Mutex::new(Vec::new()),
-            totals,
-            oversize_allocations: AtomicU64::new(0),
-            oversize_in_use_bytes: AtomicUsize::new(0),
-            oversize_in_use_buffers: AtomicUsize::new(0),
-            trim_passes: AtomicU64::new(0),
-            trimmed_bytes: AtomicU64::new(0),
-            released_bytes: AtomicU64::new(0),
+            counters: PoolCounters::new(classes),
             footprint: AtomicUsize::new(0),
             min_retained: self.min_retained_bytes,
-            demand_cap: self.demand_cap,
+            trim_interval,
             closed: AtomicBool::new(false),
-            hook: self.hook,
-            adapters: crate::label::AdapterCounters::default(),
-            labels: Mutex::new(Vec::new()),
+            events: Events::new(self.hook),
+            limits: Limits::new(self.limits),
+            adapters: AdapterCounters::default(),
+            labels: Labels::default(),
         });
-        // No background thread under loom (models spawn their own threads) or
-        // miri (it would outlive the test's main thread); their tests drive
-        // the ticks directly.
-        #[cfg(not(any(loom, miri)))]
-        if !self.trim_interval.is_zero() {
-            crate::trimmer::register(&inner, self.trim_interval);
-        }
+        crate::trim::schedule(&inner);
         Pool {
             _handle: Arc::new(Handle(inner.clone())),
             inner,
@@ -483,736 +523,609 @@ impl PoolBuilder {
 impl fmt::Debug for PoolBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolBuilder")
+            .field("name", &self.name)
             .field("classes", &self.classes)
             .field("max_retained_bytes", &self.max_retained_bytes)
             .field("thread_cache_bytes", &self.thread_cache_bytes)
             .field("shared_tier_bytes", &self.shared_tier_bytes)
             .field("trim_interval", &self.trim_interval)
             .field("min_retained_bytes", &self.min_retained_bytes)
-            .field("demand_cap", &self.demand_cap)
-            .field("on_event", &HookDebug(&self.hook))
+            .field("limits", &self.limits)
+            .field("on_event", &self.hook.is_some())
             .finish()
     }
 }
 
-// === impl PoolInner ===
+// === impl PoolInner: get ===
 
 impl PoolInner {
-    /// Serves a request: thread cache, shared tier, a larger class's idle
-    /// buffer, then the allocator.
-    pub(crate) fn get(
-        &self,
-        this: &Arc<PoolInner>,
-        min_capacity: usize,
-    ) -> Result<PooledBuf, Error> {
-        match self.get_idle(this, min_capacity) {
-            Some(buf) => Ok(buf),
-            None => self.get_slow(this, min_capacity),
-        }
-    }
-
-    /// The fast path: an idle buffer of the class (or up to two above) from
-    /// this thread's cache or the shared tier; `None` when the request needs
-    /// the allocator.
+    /// Serves a request: this thread's cache, else the slow path.
     #[inline]
-    pub(crate) fn get_idle(&self, this: &Arc<PoolInner>, min_capacity: usize) -> Option<PooledBuf> {
-        let class = self.classes.index_for(min_capacity)?;
-        let found = match thread_cache::with_local(arc_ptr(this), |pool, cache, owner| {
-            cache.take(pool, class, owner)
-        }) {
-            Some(found) => found,
-            None => PoolInner::take_shared(this, class, None, Writer::Any),
-        };
-        let (ptr, class) = found?;
-        // SAFETY: `ptr` is an idle block of `class` taken out of a tier, so
-        // nobody else owns it; it carries its pool count with it.
-        Some(unsafe { PooledBuf::from_block(ptr, self.info[class].capacity, this, class) })
-    }
-
-    /// The allocator path: a class miss or an oversize request.
-    #[cold]
-    pub(crate) fn get_slow(
-        &self,
+    pub(crate) fn get(
         this: &Arc<PoolInner>,
         min_capacity: usize,
+        admission: Admission,
     ) -> Result<PooledBuf, Error> {
-        match self.classes.index_for(min_capacity) {
-            Some(class) => self.allocate(this, class),
-            None => self.get_oversize(this, min_capacity),
+        if let Some(class) = this.classes.index_for(min_capacity) {
+            if let Some(Some(block)) =
+                thread_cache::with_cache(this.slot, this.id, |cache| cache.take(class))
+            {
+                // SAFETY: an idle block of `class` taken out of this thread's
+                // cache: nobody else owns it, and it carries its pool count.
+                return Ok(unsafe { PooledBuf::from_block(block, this, class as u32) });
+            }
         }
+        PoolInner::get_slow(this, min_capacity, admission)
     }
 
-    /// The allocator path of a class miss.
+    /// The shared tier (or a larger class's idle block), then the allocator.
     #[cold]
-    fn allocate(&self, this: &Arc<PoolInner>, class: usize) -> Result<PooledBuf, Error> {
-        let capacity = self.info[class].capacity;
-        let ptr = match self.repurpose(class) {
-            Some(ptr) => ptr,
-            None => {
-                PoolInner::make_room(this, capacity);
-                alloc_block(capacity)?
-            }
+    fn get_slow(
+        this: &Arc<PoolInner>,
+        min_capacity: usize,
+        admission: Admission,
+    ) -> Result<PooledBuf, Error> {
+        let Some(class) = this.classes.index_for(min_capacity) else {
+            return PoolInner::get_oversize(this, min_capacity, admission);
         };
-        self.footprint.fetch_add(capacity, Ordering::Relaxed);
+        if let Some((block, found)) = PoolInner::take_shared(this, class) {
+            // SAFETY: popped from the shared tier, so ours; `take_shared`
+            // took a pool count for it.
+            return Ok(unsafe { PooledBuf::from_block(block, this, found as u32) });
+        }
+        let capacity = this.info[class].capacity;
+        if admission == Admission::Check {
+            this.limits.admit(this, capacity)?;
+        }
+        this.limits.note_allocation(this, capacity);
+        let block = os::alloc(capacity)?;
+        this.footprint.fetch_add(capacity, Ordering::Relaxed);
+        this.counters.class[class]
+            .misses
+            .fetch_add(1, Ordering::Relaxed);
         // SAFETY: `this` is a live `Arc`; the new block owns this count.
         unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
-        self.totals[class].misses.fetch_add(1, Ordering::Relaxed);
-        self.emit(Event::Allocated {
+        // SAFETY: a fresh block of the class's capacity, owned by nobody
+        // else, whose pool count was just taken.
+        let buf = unsafe { PooledBuf::from_block(block, this, class as u32) };
+        this.events.emit(Event::Allocated {
             capacity,
             reason: AllocReason::Miss,
         });
-        // SAFETY: a fresh allocation of `capacity` bytes, owned by nobody
-        // else, whose pool count was just taken.
-        Ok(unsafe { PooledBuf::from_block(ptr, capacity, this, class) })
-    }
-
-    /// Whether more bytes sit idle than the demand cap allows for the bytes
-    /// in use.
-    fn over_demand(&self) -> bool {
-        let retained = self.reserved.load(Ordering::Relaxed);
-        let in_use = self
-            .footprint
-            .load(Ordering::Relaxed)
-            .saturating_sub(retained);
-        retained as f64 > in_use as f64 * self.demand_cap
-    }
-
-    /// The demand cap's cheap half (Linux): when a miss of a mapped class
-    /// finds too much idle, it reshapes an idle mapped buffer of another
-    /// class (the smallest one beyond borrowing reach above, else the
-    /// largest below) into the class in demand with `mremap`. The physical
-    /// pages stay: shrinking faults nothing, growing faults only the
-    /// difference, where a fresh mapping would fault every page.
-    #[cold]
-    fn repurpose(&self, class: usize) -> Option<NonNull<u8>> {
-        let capacity = self.info[class].capacity;
-        if !cfg!(target_os = "linux") || !is_mapped(capacity) || !self.over_demand() {
-            return None;
-        }
-        let above = (class + BORROW_CLASSES_ABOVE + 1).min(self.info.len())..self.info.len();
-        for c in above.chain((0..class).rev()) {
-            let old = self.info[c].capacity;
-            if !is_mapped(old) {
-                break; // smaller classes are not mapped either
-            }
-            let Some(ptr) = self.shared[c].pop() else {
-                continue;
-            };
-            // The block leaves retention and its class.
-            self.release(old);
-            self.footprint.fetch_sub(old, Ordering::Relaxed);
-            self.totals[c].trimmed.fetch_add(1, Ordering::Relaxed);
-            self.trimmed_bytes.fetch_add(old as u64, Ordering::Relaxed);
-            // SAFETY: popped from the shared tier, so it is ours: a mapping
-            // of `old` bytes (both classes are mapped).
-            match unsafe { remap_block(ptr, old, capacity) } {
-                Some(ptr) => return Some(ptr),
-                None => {
-                    // SAFETY: the failed remap left the mapping as it was.
-                    unsafe { free_block(ptr, old) };
-                    self.released_bytes.fetch_add(old as u64, Ordering::Relaxed);
-                    return None;
-                }
-            }
-        }
-        None
-    }
-
-    /// The demand cap: before a miss allocates `needed` more bytes, frees
-    /// idle shared-tier buffers (largest classes first) while more sits idle
-    /// than the demand cap allows, up to `needed`
-    /// bytes. Turning idle memory of the wrong classes into the class in
-    /// demand keeps a burst's peak near what it uses, instead of in-use plus
-    /// every class it ever touched.
-    #[cold]
-    fn make_room(this: &Arc<PoolInner>, needed: usize) {
-        let pool = &**this;
-        let mut buffers = 0;
-        let mut bytes = 0;
-        'evict: while bytes < needed {
-            if !pool.over_demand() {
-                break;
-            }
-            for (class, tier) in pool.shared.iter().enumerate().rev() {
-                if let Some(ptr) = tier.pop() {
-                    // SAFETY: just popped from the shared tier.
-                    unsafe { pool.free_queued(ptr, class) };
-                    pool.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
-                    buffers += 1;
-                    bytes += pool.info[class].capacity;
-                    continue 'evict;
-                }
-            }
-            break; // nothing idle in the shared tier
-        }
-        if buffers > 0 {
-            pool.trimmed_bytes
-                .fetch_add(bytes as u64, Ordering::Relaxed);
-            pool.emit(Event::Trimmed {
-                buffers,
-                bytes,
-                reason: TrimReason::Demand,
-            });
-        }
-    }
-
-    #[cold]
-    fn get_oversize(&self, this: &Arc<PoolInner>, size: usize) -> Result<PooledBuf, Error> {
-        let ptr = alloc_block(size)?;
-        self.footprint.fetch_add(size, Ordering::Relaxed);
-        // SAFETY: `this` is a live `Arc`; the new block owns this count.
-        unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
-        self.oversize_allocations.fetch_add(1, Ordering::Relaxed);
-        self.oversize_in_use_bytes
-            .fetch_add(size, Ordering::Relaxed);
-        self.oversize_in_use_buffers.fetch_add(1, Ordering::Relaxed);
-        self.emit(Event::Allocated {
-            capacity: size,
-            reason: AllocReason::Oversize,
-        });
-        // SAFETY: a fresh allocation of `size` bytes, owned by nobody else,
-        // whose pool count was just taken.
-        Ok(unsafe { PooledBuf::from_block(ptr, size, this, OVERSIZE as usize) })
+        Ok(buf)
     }
 
     /// Takes an idle block of `class` (or up to two classes above) from the
-    /// shared tier, and takes a pool count for it (queued blocks hold none).
-    /// `owner` is the calling thread's cache state when there is one: the
-    /// block's reservation becomes its credit, and the cache is refilled;
-    /// otherwise the reservation is released.
-    pub(crate) fn take_shared(
-        this: &Arc<PoolInner>,
-        class: usize,
-        mut owner: Option<(&ThreadCache, &mut [thread_cache::OwnerState])>,
-        writer: Writer,
-    ) -> Option<(NonNull<u8>, usize)> {
+    /// shared tier with a pool count, and refills this thread's cache for
+    /// `class` from the same queue.
+    fn take_shared(this: &Arc<PoolInner>, class: usize) -> Option<(NonNull<u8>, usize)> {
         let last = (class + BORROW_CLASSES_ABOVE).min(this.info.len() - 1);
+        let has_cache = this.info[class].depth > 0 && PoolInner::ensure_cache(this);
         for c in class..=last {
-            if let Some(ptr) = this.shared[c].pop() {
-                // SAFETY: `this` is a live `Arc`; the block owns this count
-                // from now on.
-                unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
-                match owner.as_mut() {
-                    Some((cache, state)) => {
-                        writer.bump(&cache.counters[c].shared_hits);
-                        ThreadCache::credit(this, &mut state[c]);
-                        if c == class {
-                            cache.refill(this, c, &mut state[c]);
-                        }
+            let Some(block) = this.shared[c].pop() else {
+                continue;
+            };
+            this.counters.class[c]
+                .shared_hits
+                .fetch_add(1, Ordering::Relaxed);
+            // SAFETY: `this` is a live `Arc`; the block owns this count.
+            unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
+            let capacity = this.info[c].capacity;
+            let kept = has_cache
+                && thread_cache::with_cache(this.slot, this.id, |cache| {
+                    if cache.closed {
+                        return false;
                     }
-                    None => {
-                        writer.bump(&this.totals[c].shared_hits);
-                        this.release(this.info[c].capacity);
+                    // The block's reservation becomes this cache's credit
+                    // for its return.
+                    cache.credit += capacity;
+                    if c == class {
+                        this.refill(cache, class);
                     }
-                }
-                return Some((ptr, c));
+                    true
+                })
+                .unwrap_or(false);
+            if !kept {
+                this.retention.release(capacity);
             }
+            return Some((block, c));
         }
         None
     }
 
+    /// Moves up to a batch less one of idle blocks from the shared tier
+    /// into a thread cache (one was just taken for the caller). Refilled
+    /// blocks keep their reservation and take a pool count each.
+    fn refill(self: &PoolInner, cache: &mut CacheState, class: usize) {
+        for _ in 1..self.info[class].batch {
+            let Some(block) = self.shared[class].pop() else {
+                break;
+            };
+            match cache.stock(class, block) {
+                Ok(()) => {
+                    // SAFETY: the caller holds a strong count (a handle);
+                    // the cached block owns this new one.
+                    unsafe { Arc::increment_strong_count(self as *const PoolInner) };
+                }
+                Err(block) => {
+                    if let Err(block) = self.shared[class].push(block) {
+                        // SAFETY: handed back by the queue: still ours.
+                        unsafe { self.free_idle(block, class) };
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn get_oversize(
+        this: &Arc<PoolInner>,
+        size: usize,
+        admission: Admission,
+    ) -> Result<PooledBuf, Error> {
+        if size > isize::MAX as usize {
+            return Err(Error::CapacityOverflow { requested: size });
+        }
+        if admission == Admission::Check {
+            this.limits.admit(this, size)?;
+        }
+        this.limits.note_allocation(this, size);
+        let block = os::alloc(size)?;
+        this.footprint.fetch_add(size, Ordering::Relaxed);
+        this.counters.oversize_allocated(size);
+        // SAFETY: `this` is a live `Arc`; the new block owns this count.
+        unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
+        // SAFETY: a fresh allocation of `size` bytes, owned by nobody else,
+        // whose pool count was just taken.
+        let buf = unsafe { PooledBuf::from_oversize(block, size, this) };
+        this.events.emit(Event::Allocated {
+            capacity: size,
+            reason: AllocReason::Oversize,
+        });
+        Ok(buf)
+    }
+
+    /// This thread's cache for the pool exists or was just made. `false`
+    /// when the pool is closed or the thread-local is being destroyed.
+    fn ensure_cache(this: &Arc<PoolInner>) -> bool {
+        if thread_cache::has_cache(this.slot, this.id) {
+            return true;
+        }
+        let cache = Arc::new(ThreadCache::new(
+            this.id,
+            &this.layouts,
+            ExitFlush {
+                pool: NonNull::from(&**this).cast(),
+                run: flush_exiting,
+            },
+        ));
+        {
+            let mut registry = this.registry.lock();
+            // Checked under the registry lock, which `close` takes after
+            // setting `closed`: either close sees this cache, or this sees
+            // the pool closed.
+            if this.closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            registry.push(cache.clone());
+        }
+        if thread_cache::install(this.slot, cache.clone()) {
+            return true;
+        }
+        this.registry.lock().retain(|c| !Arc::ptr_eq(c, &cache));
+        false
+    }
+}
+
+// === impl PoolInner: return ===
+
+impl PoolInner {
     /// Takes a returned block back. The caller owns the block and its pool
     /// count; on [`Returned::Released`] the caller must release the count
     /// (after this call: it may be the last).
     ///
-    /// `this` points to the pool with the provenance of its `Arc` (from
-    /// `Arc::as_ptr`), so a thread cache can take a count of it.
+    /// # Safety
+    ///
+    /// `this` points to a live pool with the provenance of its `Arc`
+    /// (`Arc::as_ptr`), kept alive by the count the caller holds, and
+    /// `block` is a block of class `class` of it that the caller gives up.
     #[inline]
-    pub(crate) fn give_back(this: NonNull<PoolInner>, ptr: NonNull<u8>, class: u32) -> Returned {
-        // SAFETY: the caller's block holds a strong count: the pool is alive.
+    pub(crate) unsafe fn give_back(
+        this: NonNull<PoolInner>,
+        block: NonNull<u8>,
+        class: usize,
+    ) -> Returned {
+        // SAFETY: the caller's count keeps the pool alive.
         let pool = unsafe { this.as_ref() };
-        pool.give_back_to(this, ptr, class)
+        match thread_cache::with_cache(pool.slot, pool.id, |cache| cache.put(class, block)) {
+            Some(Ok(())) => Returned::Cached,
+            _ => pool.give_back_slow(block, class),
+        }
     }
 
-    #[inline]
-    fn give_back_to(&self, this: NonNull<PoolInner>, ptr: NonNull<u8>, class: u32) -> Returned {
-        if class == OVERSIZE {
-            unreachable!("oversize blocks go through give_back_oversize")
-        }
-        let class = class as usize;
-        let (returned, freed) = match thread_cache::with_local(this, |pool, cache, owner| {
-            cache.put(pool, class, ptr, owner)
-        }) {
-            Some(outcome) => outcome,
-            None => self.put_shared(class, ptr),
-        };
-        if freed.freed_full != 0 || freed.this_one.is_some() {
-            self.report_frees(class, freed);
-        }
-        returned
-    }
-
-    /// Emits the `Dropped` events of a return that freed blocks.
+    /// A return that the thread cache did not take as it stood: spill or
+    /// reserve and retry, else the shared tier, else free.
     #[cold]
-    fn report_frees(&self, class: usize, freed: Freed) {
+    fn give_back_slow(&self, block: NonNull<u8>, class: usize) -> Returned {
         let capacity = self.info[class].capacity;
-        for _ in 0..freed.freed_full {
-            self.emit(Event::Dropped {
+        let mut freed_full = 0;
+        let reason = if self.closed.load(Ordering::Relaxed) {
+            DropReason::PoolClosed
+        } else if self.limits.is_critical() {
+            DropReason::Pressure
+        } else {
+            if self.info[class].depth > 0 {
+                if let Some(kept) = self.put_with_room(block, class, &mut freed_full) {
+                    self.report_freed_full(capacity, freed_full);
+                    return kept;
+                }
+            }
+            self.counters.class[class]
+                .returns
+                .fetch_add(1, Ordering::Relaxed);
+            if self.retention.try_reserve(capacity) {
+                match self.shared[class].push(block) {
+                    Ok(()) => {
+                        self.limits.note_return(capacity);
+                        self.report_freed_full(capacity, freed_full);
+                        return Returned::Released;
+                    }
+                    Err(_) => self.retention.release(capacity),
+                }
+            }
+            self.counters.class[class]
+                .dropped_full
+                .fetch_add(1, Ordering::Relaxed);
+            // SAFETY: the caller gave this block up.
+            unsafe { self.free_memory(block, capacity) };
+            self.report_freed_full(capacity, freed_full);
+            self.events.emit(Event::Dropped {
                 capacity,
                 reason: DropReason::PoolFull,
             });
+            return Returned::Released;
+        };
+        self.counters.class[class]
+            .returns
+            .fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller gave this block up.
+        unsafe { self.free_memory(block, capacity) };
+        self.events.emit(Event::Dropped { capacity, reason });
+        Returned::Released
+    }
+
+    /// Puts a block into this thread's cache after making room: spilling
+    /// the oldest batch to the shared tier when full, reserving credit when
+    /// short. `None` when there is no cache to use or the budget is spent.
+    fn put_with_room(
+        &self,
+        block: NonNull<u8>,
+        class: usize,
+        freed_full: &mut usize,
+    ) -> Option<Returned> {
+        // Without a handle at hand, a cache is made through the block's
+        // count (`&self` is kept alive by it, and lives in an `Arc`).
+        if !thread_cache::has_cache(self.slot, self.id) {
+            // SAFETY: every `PoolInner` lives in an `Arc` and the caller's
+            // block holds a count of it, so taking one more is sound; it is
+            // released when `this` drops at the end of this scope.
+            let this = unsafe {
+                Arc::increment_strong_count(self as *const PoolInner);
+                Arc::from_raw(self as *const PoolInner)
+            };
+            if !PoolInner::ensure_cache(&this) {
+                return None;
+            }
         }
-        if let Some(reason) = freed.this_one {
-            self.emit(Event::Dropped { capacity, reason });
+        let info = self.info[class];
+        let mut spilled = 0usize;
+        let put = thread_cache::with_cache(self.slot, self.id, |cache| {
+            if cache.closed {
+                return false;
+            }
+            if cache.put(class, block).is_ok() {
+                return true;
+            }
+            // Full: the oldest batch goes where every thread can use it.
+            cache.take_oldest(class, info.batch, |old| {
+                spilled += 1;
+                if let Err(old) = self.shared[class].push(old) {
+                    // SAFETY: handed back by the queue: ours.
+                    unsafe { self.free_idle(old, class) };
+                    *freed_full += 1;
+                }
+            });
+            // Short of credit: reserve a batch's worth, or one buffer's.
+            if cache.credit < info.capacity {
+                let batch = info.capacity.saturating_mul(info.batch);
+                if self.retention.try_reserve(batch) {
+                    cache.credit += batch;
+                } else if self.retention.try_reserve(info.capacity) {
+                    cache.credit += info.capacity;
+                }
+            }
+            if cache.credit > self.credit_limit {
+                let keep = self.credit_limit / 2;
+                self.retention.release(cache.credit - keep);
+                cache.credit = keep;
+            }
+            cache.put(class, block).is_ok()
+        })?;
+        // Spilled blocks owned a count each; queued or freed, they own none
+        // now. The returned block's count keeps the pool alive meanwhile:
+        // it moved into the cache, or stays with the caller.
+        // SAFETY: `spilled` counts owned by blocks that no longer hold them,
+        // and at least one other count (the returned block's) is alive.
+        unsafe { self.release_counts(spilled) };
+        if put { Some(Returned::Cached) } else { None }
+    }
+
+    /// Emits the `Dropped` events of spilled blocks the shared tier had no
+    /// room for.
+    fn report_freed_full(&self, capacity: usize, n: usize) {
+        if n > 0 && self.events.enabled() {
+            for _ in 0..n {
+                self.events.emit(Event::Dropped {
+                    capacity,
+                    reason: DropReason::PoolFull,
+                });
+            }
         }
     }
 
     /// Frees an oversize block. The caller releases its pool count afterwards.
-    pub(crate) fn give_back_oversize(&self, ptr: NonNull<u8>, size: usize) {
+    pub(crate) fn give_back_oversize(&self, block: NonNull<u8>, size: usize) {
         // SAFETY: the caller owned this block of `size` bytes and gives it up.
-        unsafe { self.free_memory(ptr, size) };
-        self.oversize_in_use_bytes
-            .fetch_sub(size, Ordering::Relaxed);
-        self.oversize_in_use_buffers.fetch_sub(1, Ordering::Relaxed);
-        self.emit(Event::Dropped {
+        unsafe { self.free_memory(block, size) };
+        self.counters.oversize_returned(size);
+        self.events.emit(Event::Dropped {
             capacity: size,
             reason: DropReason::Oversize,
         });
     }
 
-    /// Moves an in-use block from one class to a smaller one in the
-    /// accounting: a return of the old class, an allocation of the new.
-    pub(crate) fn reclass(
-        &self,
-        old_class: usize,
-        old_cap: usize,
-        new_class: usize,
-        new_cap: usize,
-    ) {
-        self.totals[old_class]
-            .returns
-            .fetch_add(1, Ordering::Relaxed);
-        self.totals[new_class]
-            .misses
-            .fetch_add(1, Ordering::Relaxed);
-        self.footprint
-            .fetch_sub(old_cap - new_cap, Ordering::Relaxed);
-        self.released_bytes
-            .fetch_add((old_cap - new_cap) as u64, Ordering::Relaxed);
-    }
-
     /// Counts a block that leaves the pool through `into_vec`.
     pub(crate) fn detach(&self, class: u32, size: usize) {
         self.footprint.fetch_sub(size, Ordering::Relaxed);
+        self.limits.note_return(size);
         if class == OVERSIZE {
-            self.oversize_in_use_bytes
-                .fetch_sub(size, Ordering::Relaxed);
-            self.oversize_in_use_buffers.fetch_sub(1, Ordering::Relaxed);
+            self.counters.oversize_detached(size);
         } else {
-            self.totals[class as usize]
+            self.counters.class[class as usize]
                 .detached
                 .fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// The return path without a thread cache: straight to the shared tier.
-    pub(crate) fn put_shared(&self, class: usize, ptr: NonNull<u8>) -> (Returned, Freed) {
-        let counters = &self.totals[class];
-        counters.returns.fetch_add(1, Ordering::Relaxed);
-        let capacity = self.info[class].capacity;
-        let reason = if self.closed.load(Ordering::Relaxed) {
-            DropReason::PoolClosed
-        } else if !self.try_reserve(capacity) {
-            DropReason::PoolFull
-        } else {
-            match self.shared[class].push(ptr) {
-                Ok(()) => return (Returned::Released, Freed::default()),
-                Err(_) => {
-                    self.release(capacity);
-                    DropReason::PoolFull
-                }
-            }
-        };
-        if reason == DropReason::PoolFull {
-            counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+    /// Releases `n` strong counts of this pool that blocks owned.
+    ///
+    /// # Safety
+    ///
+    /// The counts were owned by blocks that gave them up, and another count
+    /// stays alive across the call (so none of these is the last).
+    pub(crate) unsafe fn release_counts(&self, n: usize) {
+        for _ in 0..n {
+            // SAFETY: forwarded from the caller.
+            unsafe { Arc::decrement_strong_count(self as *const PoolInner) };
         }
-        // SAFETY: the caller gave up this block of `capacity` bytes.
-        unsafe { self.free_memory(ptr, capacity) };
-        (Returned::Released, Freed::this_one(reason))
     }
 
     /// Frees a block's memory, counting the bytes whose pages went straight
-    /// back to the OS.
+    /// back to the OS, and wakes admission waiters.
     ///
     /// # Safety
     ///
-    /// As [`free_block`].
-    pub(crate) unsafe fn free_memory(&self, ptr: NonNull<u8>, size: usize) {
+    /// As [`os::free`].
+    pub(crate) unsafe fn free_memory(&self, block: NonNull<u8>, size: usize) {
         self.footprint.fetch_sub(size, Ordering::Relaxed);
         // SAFETY: forwarded from the caller.
-        if unsafe { free_block(ptr, size) } {
-            self.released_bytes
+        if unsafe { os::free(block, size) } {
+            self.counters
+                .released_bytes
                 .fetch_add(size as u64, Ordering::Relaxed);
         }
+        self.limits.note_return(size);
     }
 
-    /// Reserves `bytes` of retention budget, if the cap allows.
-    pub(crate) fn try_reserve(&self, bytes: usize) -> bool {
-        let mut current = self.reserved.load(Ordering::Relaxed);
-        loop {
-            // [1] Stop if the cap would be passed (saturating: `bytes` is a
-            //     class capacity times a small batch, but be safe).
-            let Some(next) = current
-                .checked_add(bytes)
-                .filter(|&n| n <= self.max_retained)
-            else {
-                return false;
-            };
-            // [2] Publish; on a race, retry with what the other thread left.
-            //     Relaxed: the counter guards no other memory.
-            match self.reserved.compare_exchange(
-                current,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(seen) => current = seen,
-            }
-        }
-    }
-
-    /// Gives back `bytes` of retention budget.
-    pub(crate) fn release(&self, bytes: usize) {
-        let before = self.reserved.fetch_sub(bytes, Ordering::Relaxed);
-        debug_assert!(
-            before >= bytes,
-            "released {bytes} of {before} reserved bytes"
-        );
-    }
-
-    /// Frees an idle block taken out of the shared tier: it holds a
-    /// reservation but no pool count.
+    /// Frees an idle block that held a reservation (and no pool count: a
+    /// queued block, or a cached one whose count the caller releases).
     ///
     /// # Safety
     ///
-    /// `ptr` is a block of `class` that the caller popped from the shared tier.
-    pub(crate) unsafe fn free_queued(&self, ptr: NonNull<u8>, class: usize) {
+    /// `block` is an idle block of `class` that the caller took out of a tier.
+    pub(crate) unsafe fn free_idle(&self, block: NonNull<u8>, class: usize) {
         let capacity = self.info[class].capacity;
-        // SAFETY: popped from the queue, so it is ours.
-        unsafe { self.free_memory(ptr, capacity) };
-        self.release(capacity);
-    }
-
-    /// Frees an idle block from a thread cache: it held a reservation and a
-    /// pool count.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` is an idle block of `class` that the caller took out of a tier.
-    /// (`this` is a strong count of the caller's, so releasing the block's
-    /// count here is never the last.)
-    pub(crate) unsafe fn free_idle(this: &Arc<PoolInner>, ptr: NonNull<u8>, class: usize) {
-        let capacity = this.info[class].capacity;
         // SAFETY: the caller took the block out of its tier: it is ours.
-        unsafe { this.free_memory(ptr, capacity) };
-        this.release(capacity);
-        // SAFETY: the block owned one count of this `Arc`, and `this` is
-        // another one.
-        unsafe { Arc::decrement_strong_count(Arc::as_ptr(this)) };
+        unsafe { self.free_memory(block, capacity) };
+        self.retention.release(capacity);
     }
+}
 
-    /// Frees every idle buffer in every tier.
-    pub(crate) fn trim(this: &Arc<PoolInner>, reason: TrimReason) {
-        let pool = &**this;
+// === impl PoolInner: caches ===
+
+impl PoolInner {
+    /// Closes the pool (the last handle went): returns free from now on,
+    /// every thread cache is emptied and closed, the shared tier freed.
+    fn close(this: &Arc<PoolInner>) {
+        this.closed.store(true, Ordering::SeqCst);
+        let caches = std::mem::take(&mut *this.registry.lock());
         let mut buffers = 0;
         let mut bytes = 0;
-        let mut count = |class: usize| {
-            pool.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
-            buffers += 1;
-            bytes += pool.info[class].capacity;
-        };
-        for (class, tier) in pool.shared.iter().enumerate() {
-            while let Some(ptr) = tier.pop() {
-                // SAFETY: just popped from the shared tier.
-                unsafe { pool.free_queued(ptr, class) };
-                count(class);
-            }
-        }
-        let caches: Vec<Arc<ThreadCache>> = pool.registry.lock().clone();
         for cache in &caches {
-            cache.drain(pool, |ptr, class| {
-                // SAFETY: just swapped out of a thread cache slot; `this` is
-                // a strong count of the caller's (a `Pool` handle or the
-                // closing `Handle`), so the block's count is not the last.
-                unsafe { PoolInner::free_idle(this, ptr, class) };
-                count(class);
-            });
-        }
-        drop(caches);
-        pool.trimmed_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-        pool.trim_passes.fetch_add(1, Ordering::Relaxed);
-        pool.emit(Event::Trimmed {
-            buffers,
-            bytes,
-            reason,
-        });
-    }
-
-    /// One idle tick: frees every buffer that stayed idle since the last
-    /// tick, in the shared tier and in every thread cache, down to
-    /// `min_retained`. Driven by the trimmer thread every `trim_interval`,
-    /// and directly by tests (the tick is the clock).
-    pub(crate) fn tick(this: &Arc<PoolInner>) {
-        let pool = &**this;
-        let mut buffers = 0;
-        let mut bytes = 0;
-        let may_free = |class: usize| {
-            let capacity = pool.info[class].capacity;
-            let retained = pool.reserved.load(Ordering::Relaxed);
-            retained.saturating_sub(capacity) >= pool.min_retained
-        };
-        let mut kept = Vec::new();
-        for (class, tier) in pool.shared.iter().enumerate() {
-            for _ in 0..tier.idle_since_tick() {
-                let Some(ptr) = tier.pop() else { break };
-                if !may_free(class) {
-                    kept.push(ptr);
-                    break;
-                }
-                // SAFETY: just popped from the shared tier.
-                unsafe { pool.free_queued(ptr, class) };
-                pool.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
-                buffers += 1;
-                bytes += pool.info[class].capacity;
-            }
-            for ptr in kept.drain(..) {
-                if let Err(ptr) = tier.push(ptr) {
-                    // SAFETY: the queue handed it back: still ours.
-                    unsafe { pool.free_queued(ptr, class) };
-                }
-            }
-            tier.mark_tick();
-        }
-        let caches: Vec<Arc<ThreadCache>> = pool.registry.lock().clone();
-        for cache in &caches {
-            cache.drain_idle(pool, |ptr, class| {
-                if !may_free(class) {
-                    // At the floor: keep it, where every thread can use it.
-                    match pool.shared[class].push(ptr) {
-                        // SAFETY: queued blocks own no count; `this` is the
-                        // caller's, so this one is not the last.
-                        Ok(()) => unsafe { Arc::decrement_strong_count(Arc::as_ptr(this)) },
-                        // SAFETY: handed back by the queue: still ours.
-                        Err(ptr) => unsafe { PoolInner::free_idle(this, ptr, class) },
-                    }
+            let Some(mut guard) = cache.lock(LOCK_PATIENCE) else {
+                // Held by a thread that no longer exists (a fork child): its
+                // blocks keep the pool alive; nothing else can be done.
+                continue;
+            };
+            guard.with(|state| {
+                if state.closed {
                     return;
                 }
-                // SAFETY: just swapped out of a thread cache slot; `this` is
-                // the caller's strong count, so the block's is not the last.
-                unsafe { PoolInner::free_idle(this, ptr, class) };
-                pool.totals[class].trimmed.fetch_add(1, Ordering::Relaxed);
-                buffers += 1;
-                bytes += pool.info[class].capacity;
+                let (n, b) = this.empty_cache(state);
+                this.counters.absorb(state);
+                buffers += n;
+                bytes += b;
+                state.closed = true;
             });
         }
         drop(caches);
-        pool.trimmed_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-        pool.trim_passes.fetch_add(1, Ordering::Relaxed);
-        pool.emit(Event::Trimmed {
+        let (n, b) = this.empty_shared();
+        buffers += n;
+        bytes += b;
+        this.counters.trimmed(bytes, TrimReason::PoolClosed);
+        this.events.emit(Event::Trimmed {
             buffers,
             bytes,
-            reason: TrimReason::Idle,
+            reason: TrimReason::PoolClosed,
         });
     }
 
-    /// The label named `name`, created on first use.
-    pub(crate) fn label(&self, name: &str) -> Arc<crate::label::Label> {
-        let mut labels = self.labels.lock();
-        if let Some(label) = labels.iter().find(|l| l.name == name) {
-            return label.clone();
-        }
-        let label = Arc::new(crate::label::Label::new(name.to_string(), self.info.len()));
-        labels.push(label.clone());
-        label
+    /// Frees every block of a locked cache and gives its credit back.
+    /// Returns buffers and bytes freed.
+    pub(crate) fn empty_cache(&self, state: &mut CacheState) -> (usize, usize) {
+        let mut buffers = 0;
+        let mut bytes = 0;
+        state.drain(|class, block| {
+            // SAFETY: just taken out of the cache; it owned a count, which
+            // `release_counts` below gives up.
+            unsafe { self.free_idle(block, class) };
+            self.counters.class[class]
+                .trimmed
+                .fetch_add(1, Ordering::Relaxed);
+            buffers += 1;
+            bytes += self.info[class].capacity;
+        });
+        self.retention.release(std::mem::take(&mut state.credit));
+        // SAFETY: the freed blocks' counts; the caller holds another (a
+        // handle, or the closing handle's `Arc`).
+        unsafe { self.release_counts(buffers) };
+        (buffers, bytes)
     }
 
-    pub(crate) fn stats(&self) -> Stats {
-        let mut classes: Vec<ClassStats> = self
-            .info
-            .iter()
-            .zip(self.shared.iter())
-            .map(|(info, tier)| ClassStats {
-                capacity: info.capacity,
-                retained_buffers: tier.len(),
-                ..ClassStats::default()
-            })
-            .collect();
-        let thread_caches;
-        {
-            let registry = self.registry.lock();
-            thread_caches = registry.len();
-            for cache in registry.iter() {
-                cache.add_to(self, &mut classes);
-            }
-            // Read the totals under the lock too: an exiting thread folds its
-            // counters into them under it, so each count is seen exactly once.
-            for (counters, out) in self.totals.iter().zip(classes.iter_mut()) {
-                counters.add_to(out);
+    /// Frees every block queued in the shared tier.
+    pub(crate) fn empty_shared(&self) -> (usize, usize) {
+        let mut buffers = 0;
+        let mut bytes = 0;
+        for (class, tier) in self.shared.iter().enumerate() {
+            while let Some(block) = tier.pop() {
+                // SAFETY: popped from the queue, so it is ours.
+                unsafe { self.free_idle(block, class) };
+                self.counters.class[class]
+                    .trimmed
+                    .fetch_add(1, Ordering::Relaxed);
+                buffers += 1;
+                bytes += self.info[class].capacity;
             }
         }
-        let mut stats = Stats {
-            max_retained_bytes: self.max_retained,
-            oversize_allocations: self.oversize_allocations.load(Ordering::Relaxed),
-            oversize_in_use_bytes: self.oversize_in_use_bytes.load(Ordering::Relaxed),
-            trim_passes: self.trim_passes.load(Ordering::Relaxed),
-            trimmed_bytes: self.trimmed_bytes.load(Ordering::Relaxed),
-            released_bytes: self.released_bytes.load(Ordering::Relaxed),
-            thread_caches,
-            ..Stats::default()
+        (buffers, bytes)
+    }
+
+    /// Flushes this thread's cache into the shared tier and forgets it.
+    fn flush_current_thread(this: &Arc<PoolInner>) {
+        let Some(cache) = thread_cache::uninstall(this.slot, this.id) else {
+            return;
         };
-        stats.in_use_bytes = stats.oversize_in_use_bytes;
-        stats.in_use_buffers = self.oversize_in_use_buffers.load(Ordering::Relaxed);
-        for class in &mut classes {
-            class.finish();
-            stats.retained_bytes += class.retained_bytes;
-            stats.retained_buffers += class.retained_buffers;
-            stats.in_use_bytes += class.in_use_bytes;
-            stats.in_use_buffers += class.in_use_buffers;
+        if let Some(mut guard) = cache.lock(u32::MAX) {
+            guard.with(|state| {
+                if !state.closed {
+                    this.flush_into_shared(state);
+                    state.closed = true;
+                }
+            });
         }
-        stats.classes = classes;
-        stats.adapters = self.adapters.snapshot();
-        stats.labels = self
-            .labels
-            .lock()
-            .iter()
-            .map(|l| crate::label::label_stats(l, self.classes.sizes()))
-            .collect();
-        stats
+        this.registry.lock().retain(|c| !Arc::ptr_eq(c, &cache));
     }
 
-    #[inline]
-    fn emit(&self, event: Event) {
-        if let Some(hook) = &self.hook {
-            hook(&event);
-        }
+    /// Moves a locked, open cache's blocks into the shared tier (freeing
+    /// what does not fit), gives back its credit and folds its counters.
+    /// Runs no user code (it may run in a thread-local destructor).
+    fn flush_into_shared(&self, state: &mut CacheState) {
+        let mut counts = 0;
+        state.drain(|class, block| {
+            counts += 1;
+            if let Err(block) = self.shared[class].push(block) {
+                // SAFETY: handed back by the queue: ours.
+                unsafe { self.free_idle(block, class) };
+                self.counters.class[class]
+                    .dropped_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        self.retention.release(std::mem::take(&mut state.credit));
+        self.counters.absorb(state);
+        // SAFETY: the moved blocks' counts; the cache is open, so the pool
+        // is alive through a handle or a closer's `Arc` (see
+        // `CacheState::closed`), which is not among these.
+        unsafe { self.release_counts(counts) };
     }
+}
+
+/// The thread-exit flush installed in every cache ([`ExitFlush`]).
+///
+/// # Safety
+///
+/// `pool` is the `PoolInner` the cache belongs to, and the cache is locked
+/// and not closed, so the pool is alive.
+unsafe fn flush_exiting(pool: NonNull<()>, cache: *const ThreadCache, state: &mut CacheState) {
+    // SAFETY: by the contract, a live pool.
+    let pool = unsafe { pool.cast::<PoolInner>().as_ref() };
+    pool.flush_into_shared(state);
+    // Leave the registry (lock order: a cache, then the registry; nothing
+    // takes them the other way round).
+    pool.registry
+        .lock()
+        .retain(|c| !std::ptr::eq(Arc::as_ptr(c), cache));
 }
 
 impl Drop for PoolInner {
-    /// Frees what is still queued in the shared tier: blocks pushed there
-    /// after the closing trim (a thread exiting as the last handle dropped).
+    /// Frees what is still queued in the shared tier (blocks pushed after
+    /// the closing trim by an exiting thread) and gives the slot back.
     fn drop(&mut self) {
         for (class, tier) in self.shared.iter().enumerate() {
-            while let Some(ptr) = tier.pop() {
+            while let Some(block) = tier.pop() {
                 // SAFETY: popped from the queue, so it is ours; nothing else
                 // can reach the pool any more.
-                unsafe { free_block(ptr, self.info[class].capacity) };
+                unsafe { os::free(block, self.info[class].capacity) };
             }
         }
-    }
-}
-
-/// Frees that a return caused, to report as events once out of the thread
-/// cache.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Freed {
-    /// Idle blocks freed because the shared tier was full when spilling.
-    pub(crate) freed_full: usize,
-    /// Why the returned block itself was freed, if it was.
-    pub(crate) this_one: Option<DropReason>,
-}
-
-impl Freed {
-    pub(crate) fn this_one(reason: DropReason) -> Self {
-        Freed {
-            freed_full: 0,
-            this_one: Some(reason),
-        }
+        slots::release(self.slot);
     }
 }
 
 /// The pool's address with the provenance of its whole `Arc` allocation,
-/// so that strong counts can be taken and released through it (a pointer
-/// made from `&PoolInner` may only touch the `PoolInner` itself).
+/// so that strong counts can be taken and released through it.
 #[inline]
 pub(crate) fn arc_ptr(this: &Arc<PoolInner>) -> NonNull<PoolInner> {
     // SAFETY: `Arc::as_ptr` never returns null.
     unsafe { NonNull::new_unchecked(Arc::as_ptr(this).cast_mut()) }
 }
 
-/// Whether blocks of `size` bytes are mapped straight from the OS.
-#[inline]
-pub(crate) fn is_mapped(size: usize) -> bool {
-    cfg!(all(unix, not(miri))) && size >= MMAP_THRESHOLD
-}
+/// Pool ids and the slot numbers of the per-thread cache tables.
+///
+/// Lock-free, so building a pool never waits on a lock that a thread lost
+/// in a `fork` could hold.
+mod slots {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Allocates `size` (non-zero) uninitialised bytes: mapped from the OS at and
-/// above [`MMAP_THRESHOLD`] on Unix, otherwise from the global allocator with
-/// `u8`'s layout, the layout `Vec<u8>` uses, so such a block can become a
-/// `Vec` without a copy.
-pub(crate) fn alloc_block(size: usize) -> Result<NonNull<u8>, Error> {
-    debug_assert!(size > 0);
-    let layout =
-        Layout::array::<u8>(size).map_err(|_| Error::CapacityOverflow { requested: size })?;
-    #[cfg(all(unix, not(miri)))]
-    if is_mapped(size) {
-        // SAFETY: a fresh private anonymous mapping: no address hint, no file
-        // descriptor; the kernel checks the length.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::AllocFailed { size });
-        }
-        return NonNull::new(ptr.cast::<u8>()).ok_or(Error::AllocFailed { size });
-    }
-    // SAFETY: `layout` has a non-zero size (every class and every oversize
-    // request is at least one byte).
-    let ptr = unsafe { alloc(layout) };
-    NonNull::new(ptr).ok_or(Error::AllocFailed { size })
-}
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+    static FREE: crossbeam_queue::SegQueue<usize> = crossbeam_queue::SegQueue::new();
 
-/// Resizes a mapped block in place or by moving its pages (`mremap`), so
-/// the physical pages it has keep serving. `None` leaves it as it was.
-///
-/// # Safety
-///
-/// `ptr` is a block from `alloc_block(old)` that the caller owns, and both
-/// `old` and `new` are mapped sizes ([`is_mapped`]).
-#[allow(unused_variables)]
-pub(crate) unsafe fn remap_block(ptr: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
-    debug_assert!(is_mapped(old) && is_mapped(new));
-    #[cfg(all(target_os = "linux", not(miri)))]
-    {
-        // SAFETY: by the caller's promise, `ptr` is a private anonymous
-        // mapping of `old` bytes that nothing else uses; MREMAP_MAYMOVE lets
-        // the kernel move it, and on failure it is left untouched.
-        let moved = unsafe { libc::mremap(ptr.as_ptr().cast(), old, new, libc::MREMAP_MAYMOVE) };
-        if moved != libc::MAP_FAILED {
-            return NonNull::new(moved.cast::<u8>());
-        }
+    /// A process-unique pool id.
+    pub(super) fn next_id() -> u64 {
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
     }
-    None
-}
 
-/// Frees a block from [`alloc_block`]. Returns whether its pages went
-/// straight back to the OS (a mapped block).
-///
-/// # Safety
-///
-/// `ptr` came from `alloc_block(size)` with this same `size`, and nothing uses
-/// it afterwards.
-pub(crate) unsafe fn free_block(ptr: NonNull<u8>, size: usize) -> bool {
-    #[cfg(all(unix, not(miri)))]
-    if is_mapped(size) {
-        // SAFETY: by the caller's promise, a mapping of exactly `size` bytes
-        // made by `alloc_block`, unused from now on.
-        let rc = unsafe { libc::munmap(ptr.as_ptr().cast(), size) };
-        debug_assert_eq!(rc, 0, "munmap of a block we mapped");
-        return true;
+    /// A slot number no live pool uses, the lowest free ones first so the
+    /// tables stay small.
+    pub(super) fn acquire() -> usize {
+        FREE.pop()
+            .unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed))
     }
-    // SAFETY: by the caller's promise, allocated with exactly this layout,
-    // which `alloc_block` already checked to be valid.
-    unsafe { dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, 1)) };
-    false
+
+    /// Gives a freed pool's slot back.
+    pub(super) fn release(slot: usize) {
+        FREE.push(slot);
+    }
 }

@@ -1,28 +1,32 @@
-//! The shared tier: one bounded multi-producer multi-consumer queue per class.
+//! The shared tier: one bounded multi-producer multi-consumer queue of idle
+//! blocks per class.
 
 use std::ptr::NonNull;
 
 use crate::sync::{AtomicUsize, Ordering};
 
-/// An idle buffer's memory while it sits in a queue.
-///
-/// The pointer is the start of an allocation of the class's capacity; the
-/// queue owns it exclusively.
+/// An idle block while it sits in a queue: the start of an allocation of the
+/// class's capacity, owned by the queue.
 struct Block(NonNull<u8>);
 
-// SAFETY: a `Block` is the sole owner of a heap allocation of plain bytes,
-// like a `Box<[u8]>`; moving it to another thread moves that ownership.
+// SAFETY: a `Block` is the sole owner of an allocation of plain bytes, like a
+// `Box<[u8]>`; moving it to another thread moves that ownership.
 unsafe impl Send for Block {}
 
-/// Idle buffers of one class, shared by all threads of a pool.
+/// Idle blocks of one class, shared by all threads of a pool.
+///
+/// A lock-free segmented queue that allocates as it fills (an empty tier
+/// costs a few words, not a preallocated array), bounded by a count.
 pub(crate) struct SharedTier {
-    #[cfg(not(loom))]
-    queue: crossbeam_queue::ArrayQueue<Block>,
+    #[cfg(not(tierpool_loom))]
+    queue: crossbeam_queue::SegQueue<Block>,
     // loom cannot see inside crossbeam's atomics; a mutex-guarded deque with
-    // the same bounded push/pop contract stands in for the model.
-    #[cfg(loom)]
+    // the same push/pop contract stands in for the model.
+    #[cfg(tierpool_loom)]
     queue: crate::sync::Mutex<std::collections::VecDeque<Block>>,
-    #[cfg(loom)]
+    /// Blocks queued or about to be (a push counts itself in first).
+    len: AtomicUsize,
+    /// The most blocks queued at once.
     capacity: usize,
     /// Successful pops since the last idle tick.
     pops: AtomicUsize,
@@ -30,58 +34,64 @@ pub(crate) struct SharedTier {
     len_at_tick: AtomicUsize,
 }
 
+impl std::fmt::Debug for SharedTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTier")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
 // === impl SharedTier ===
 
 impl SharedTier {
-    /// A queue that holds at most `capacity` (at least 1) buffers.
+    /// A queue that holds at most `capacity` (at least 1) blocks.
     pub(crate) fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
         Self {
-            #[cfg(not(loom))]
-            queue: crossbeam_queue::ArrayQueue::new(capacity),
-            #[cfg(loom)]
-            queue: crate::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
-            #[cfg(loom)]
-            capacity,
+            #[cfg(not(tierpool_loom))]
+            queue: crossbeam_queue::SegQueue::new(),
+            #[cfg(tierpool_loom)]
+            queue: crate::sync::Mutex::new(std::collections::VecDeque::new()),
+            len: AtomicUsize::new(0),
+            capacity: capacity.max(1),
             pops: AtomicUsize::new(0),
             len_at_tick: AtomicUsize::new(0),
         }
     }
 
-    /// Adds a buffer, or gives it back when the queue is full.
-    #[inline]
+    /// Adds a block, or gives it back when the queue is full.
     pub(crate) fn push(&self, ptr: NonNull<u8>) -> Result<(), NonNull<u8>> {
-        #[cfg(not(loom))]
-        return self.queue.push(Block(ptr)).map_err(|Block(p)| p);
-        #[cfg(loom)]
-        {
-            let mut q = self.queue.lock();
-            if q.len() == self.capacity {
-                return Err(ptr);
-            }
-            q.push_back(Block(ptr));
-            Ok(())
+        // Count first, so concurrent pushes cannot pass the bound together.
+        if self.len.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            return Err(ptr);
         }
+        #[cfg(not(tierpool_loom))]
+        self.queue.push(Block(ptr));
+        #[cfg(tierpool_loom)]
+        self.queue.lock().push_back(Block(ptr));
+        Ok(())
     }
 
-    /// Takes the oldest buffer, if any.
-    #[inline]
+    /// Takes the oldest block, if any.
     pub(crate) fn pop(&self) -> Option<NonNull<u8>> {
-        #[cfg(not(loom))]
+        #[cfg(not(tierpool_loom))]
         let ptr = self.queue.pop().map(|Block(p)| p);
-        #[cfg(loom)]
+        #[cfg(tierpool_loom)]
         let ptr = self.queue.lock().pop_front().map(|Block(p)| p);
         if ptr.is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
             self.pops.fetch_add(1, Ordering::Relaxed);
         }
         ptr
     }
 
-    /// How many of the queued buffers have been idle since the last tick,
+    /// How many of the queued blocks have been idle since the last tick,
     /// and starts a new interval.
     ///
-    /// The queue is FIFO, so pops take the oldest buffers first: of the
-    /// `len_at_tick` buffers queued at the last tick, `pops` have been used
+    /// The queue is FIFO, so pops take the oldest blocks first: of the
+    /// `len_at_tick` blocks queued at the last tick, `pops` have been used
     /// since, and the rest, at the head of the queue, stayed idle throughout.
     /// Concurrent pushes only make the answer smaller (conservative).
     pub(crate) fn idle_since_tick(&self) -> usize {
@@ -96,11 +106,8 @@ impl SharedTier {
         self.len_at_tick.store(self.len(), Ordering::Relaxed);
     }
 
-    /// How many buffers are queued (a snapshot).
+    /// How many blocks are queued (a snapshot).
     pub(crate) fn len(&self) -> usize {
-        #[cfg(not(loom))]
-        return self.queue.len();
-        #[cfg(loom)]
-        return self.queue.lock().len();
+        self.len.load(Ordering::Relaxed).min(self.capacity)
     }
 }

@@ -2,16 +2,8 @@ use std::fmt;
 
 use crate::Error;
 
-/// The most classes one [`SizeClasses`] may have.
-///
-/// Each class costs a shared-tier queue and a slot range in every thread
-/// cache, so an accidental million-entry list is refused rather than built.
-pub const MAX_CLASSES: usize = 1024;
-
-/// The largest class capacity: half the address space any allocation may use.
-///
-/// Keeps every class, and twice it, representable and below `isize::MAX`.
-pub const MAX_CLASS_SIZE: usize = 1 << (usize::BITS - 3);
+const MAX_CLASSES: usize = SizeClasses::MAX_CLASSES;
+const MAX_CLASS_SIZE: usize = SizeClasses::MAX_CLASS_SIZE;
 
 /// The capacities a pool hands out: every request is rounded up to the next
 /// class.
@@ -55,6 +47,17 @@ enum Shape {
 // === impl SizeClasses ===
 
 impl SizeClasses {
+    /// The most classes one `SizeClasses` may have.
+    ///
+    /// Each class costs a shared-tier queue and a slot range in every thread
+    /// cache, so an accidental million-entry list is refused rather than built.
+    pub const MAX_CLASSES: usize = 1024;
+
+    /// The largest class capacity: a quarter of the address space.
+    ///
+    /// Keeps every class, and twice it, representable and below `isize::MAX`.
+    pub const MAX_CLASS_SIZE: usize = 1 << (usize::BITS - 3);
+
     /// Classes from `min` to `max` with `per_doubling` classes in each
     /// doubling: `min`, then `min * (1 + j / per_doubling)` for each `j`,
     /// and so on in each power of two.
@@ -137,7 +140,7 @@ impl SizeClasses {
     }
 
     /// Exactly the given classes, which must be non-empty, non-zero, strictly
-    /// increasing and at most [`MAX_CLASSES`] long.
+    /// increasing and at most [`SizeClasses::MAX_CLASSES`] long.
     ///
     /// ```
     /// use tierpool::SizeClasses;

@@ -1,7 +1,12 @@
+//! Statistics: a snapshot of a pool's memory and traffic ([`Pool::stats`](crate::Pool::stats)).
+
 use std::fmt;
 
-use crate::label::{AdapterStats, LabelStats};
-use crate::sync::{AtomicU64, Ordering, bump_owned};
+use crate::event::TrimReason;
+use crate::io::label::{AdapterStats, LabelStats};
+use crate::pool::{LOCK_PATIENCE, PoolInner};
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering};
+use crate::thread_cache::{CacheState, ThreadCache};
 
 /// A snapshot of a pool's memory and traffic, from [`Pool::stats`](crate::Pool::stats).
 ///
@@ -14,6 +19,16 @@ pub struct Stats {
     /// Idle capacity held in every tier (thread caches and shared tier), in
     /// bytes. Never above `max_retained_bytes`.
     pub retained_bytes: usize,
+    /// Retention budget reserved: `retained_bytes` plus the thread caches'
+    /// credit (budget a thread holds for its next returns, reserved in
+    /// batches so that a return touches no shared counter). Idle threads'
+    /// credit goes back at the next idle tick, and at `trim()`.
+    pub reserved_bytes: usize,
+    /// Of `reserved_bytes`, the thread caches' credit.
+    pub credit_bytes: usize,
+    /// The retention limit in force: `max_retained_bytes`, lowered under
+    /// memory pressure.
+    pub retention_limit_bytes: usize,
     /// Idle buffers held in every tier.
     pub retained_buffers: usize,
     /// Capacity handed out and not yet returned (oversize buffers included),
@@ -36,6 +51,21 @@ pub struct Stats {
     pub released_bytes: u64,
     /// Threads whose cache for this pool is alive.
     pub thread_caches: usize,
+    /// Event callback calls that panicked (caught; the event was lost).
+    pub hook_panics: u64,
+    /// Events not delivered because the thread was already unwinding.
+    pub events_suppressed: u64,
+    /// The memory pressure level last seen.
+    pub pressure: crate::Pressure,
+    /// The container's memory at the last sample, if one was taken.
+    pub memory: Option<crate::ContainerMemory>,
+    /// The memory limit the pool steers by, in bytes (`None`: no limit).
+    pub memory_limit_bytes: Option<u64>,
+    /// Requests admission control refused (`try_get`, `get_timeout`,
+    /// `acquire`).
+    pub refused: u64,
+    /// Requests that had to wait for memory before being served or refused.
+    pub waited: u64,
     /// One entry per class, smallest first.
     pub classes: Vec<ClassStats>,
     /// What the adapters (`read_to_end`, writers) did, all labels included.
@@ -192,9 +222,8 @@ impl fmt::Display for Size {
     }
 }
 
-/// The traffic counters of one class, kept by each thread cache (written by
-/// its owner only) and by the pool (for paths without a thread cache and for
-/// the folded counts of exited threads).
+/// The traffic counters of one class kept by the pool: the slow paths, and
+/// the folded counts of thread caches that were flushed or closed.
 #[derive(Debug, Default)]
 pub(crate) struct ClassCounters {
     pub(crate) thread_cache_hits: AtomicU64,
@@ -206,37 +235,9 @@ pub(crate) struct ClassCounters {
     pub(crate) detached: AtomicU64,
 }
 
-/// Who may write a counter, and so how to add to it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Writer {
-    /// Only the owning thread: a load and a store.
-    Owner,
-    /// Any thread: a `fetch_add`.
-    Any,
-}
-
-impl Writer {
-    #[inline]
-    pub(crate) fn bump(self, counter: &AtomicU64) {
-        match self {
-            Writer::Owner => bump_owned(counter),
-            Writer::Any => {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
 impl ClassCounters {
-    /// Adds every counter of `other` into `self` (which any thread may write).
-    pub(crate) fn absorb(&self, other: &ClassCounters) {
-        for (mine, theirs) in self.fields().into_iter().zip(other.fields()) {
-            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-    }
-
     /// Adds every counter into the matching fields of `out`.
-    pub(crate) fn add_to(&self, out: &mut ClassStats) {
+    fn add_to(&self, out: &mut ClassStats) {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.thread_cache_hits += load(&self.thread_cache_hits);
         out.shared_hits += load(&self.shared_hits);
@@ -246,23 +247,143 @@ impl ClassCounters {
         out.trimmed += load(&self.trimmed);
         out.detached += load(&self.detached);
     }
+}
 
-    fn fields(&self) -> [&AtomicU64; 7] {
-        [
-            &self.thread_cache_hits,
-            &self.shared_hits,
-            &self.misses,
-            &self.returns,
-            &self.dropped_full,
-            &self.trimmed,
-            &self.detached,
-        ]
+/// A pool's counters (thread caches keep their own until they close).
+#[derive(Debug)]
+pub(crate) struct PoolCounters {
+    pub(crate) class: Box<[ClassCounters]>,
+    oversize_allocations: AtomicU64,
+    oversize_in_use_bytes: AtomicUsize,
+    oversize_in_use_buffers: AtomicUsize,
+    trim_passes: AtomicU64,
+    trimmed_bytes: AtomicU64,
+    pub(crate) released_bytes: AtomicU64,
+}
+
+impl PoolCounters {
+    pub(crate) fn new(classes: usize) -> Self {
+        PoolCounters {
+            class: (0..classes).map(|_| ClassCounters::default()).collect(),
+            oversize_allocations: AtomicU64::new(0),
+            oversize_in_use_bytes: AtomicUsize::new(0),
+            oversize_in_use_buffers: AtomicUsize::new(0),
+            trim_passes: AtomicU64::new(0),
+            trimmed_bytes: AtomicU64::new(0),
+            released_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn oversize_allocated(&self, size: usize) {
+        self.oversize_allocations.fetch_add(1, Ordering::Relaxed);
+        self.oversize_in_use_bytes
+            .fetch_add(size, Ordering::Relaxed);
+        self.oversize_in_use_buffers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn oversize_returned(&self, size: usize) {
+        self.oversize_in_use_bytes
+            .fetch_sub(size, Ordering::Relaxed);
+        self.oversize_in_use_buffers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn oversize_detached(&self, size: usize) {
+        self.oversize_returned(size);
+    }
+
+    /// Counts one trim pass that freed `bytes`.
+    pub(crate) fn trimmed(&self, bytes: usize, _reason: TrimReason) {
+        self.trim_passes.fetch_add(1, Ordering::Relaxed);
+        self.trimmed_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Folds a closing thread cache's counters into the pool's.
+    pub(crate) fn absorb(&self, cache: &CacheState) {
+        for (total, mine) in self.class.iter().zip(cache.classes()) {
+            total
+                .thread_cache_hits
+                .fetch_add(mine.hits, Ordering::Relaxed);
+            total.returns.fetch_add(mine.returns, Ordering::Relaxed);
+        }
+    }
+}
+
+// === impl PoolInner (statistics) ===
+
+impl PoolInner {
+    pub(crate) fn stats(&self) -> Stats {
+        let mut classes: Vec<ClassStats> = self
+            .info
+            .iter()
+            .zip(self.shared.iter())
+            .map(|(info, tier)| ClassStats {
+                capacity: info.capacity,
+                retained_buffers: tier.len(),
+                ..ClassStats::default()
+            })
+            .collect();
+        let caches: Vec<Arc<ThreadCache>> = self.registry.lock().clone();
+        let mut thread_caches = 0;
+        let mut credit = 0;
+        for cache in &caches {
+            let Some(mut guard) = cache.lock(LOCK_PATIENCE) else {
+                continue;
+            };
+            guard.with(|state| {
+                if state.closed {
+                    return; // folded into the pool's counters already
+                }
+                thread_caches += 1;
+                credit += state.credit;
+                for (c, out) in state.classes().iter().zip(classes.iter_mut()) {
+                    out.thread_cache_hits += c.hits;
+                    out.returns += c.returns;
+                    out.retained_buffers += c.len();
+                }
+            });
+        }
+        drop(caches);
+        for (counters, out) in self.counters.class.iter().zip(classes.iter_mut()) {
+            counters.add_to(out);
+        }
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut stats = Stats {
+            max_retained_bytes: self.retention.configured(),
+            retention_limit_bytes: self.retention.limit(),
+            reserved_bytes: self.retention.reserved(),
+            credit_bytes: credit,
+            oversize_allocations: load(&c.oversize_allocations),
+            oversize_in_use_bytes: c.oversize_in_use_bytes.load(Ordering::Relaxed),
+            trim_passes: load(&c.trim_passes),
+            trimmed_bytes: load(&c.trimmed_bytes),
+            released_bytes: load(&c.released_bytes),
+            hook_panics: self.events.panics(),
+            events_suppressed: self.events.suppressed(),
+            thread_caches,
+            ..Stats::default()
+        };
+        stats.in_use_bytes = stats.oversize_in_use_bytes;
+        stats.in_use_buffers = c.oversize_in_use_buffers.load(Ordering::Relaxed);
+        for class in &mut classes {
+            class.finish();
+            stats.retained_bytes += class.retained_bytes;
+            stats.retained_buffers += class.retained_buffers;
+            stats.in_use_bytes += class.in_use_bytes;
+            stats.in_use_buffers += class.in_use_buffers;
+        }
+        stats.classes = classes;
+        stats.adapters = self.adapters.snapshot();
+        stats.labels = self.labels.stats(self.classes.sizes());
+        self.limits.fill_stats(&mut stats);
+        stats
     }
 }
 
 impl ClassStats {
     /// Fills in the derived fields from the counters and the retained count.
-    pub(crate) fn finish(&mut self) {
+    fn finish(&mut self) {
         self.hits = self.thread_cache_hits + self.shared_hits;
         let out = (self.hits + self.misses) as i128;
         let back = (self.returns + self.detached) as i128;

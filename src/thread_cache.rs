@@ -1,571 +1,436 @@
 //! Thread caches: per thread, per pool, per class, a small LIFO of idle
-//! buffers that the owning thread uses without locks.
+//! blocks that the owning thread uses without waiting and without touching
+//! any shared cache line.
 //!
-//! Each cache slot is an `AtomicPtr`. The owner fills a slot with a plain
-//! `Release` store (only the owner ever writes a non-null pointer) and empties
-//! it with a `swap(null)`; the trimmer (and `trim()`) empties slots with the
-//! same `swap`, so it can reach the caches of threads that are alive but
-//! idle. Whoever swaps a non-null pointer out owns that block; the other side
-//! sees null and moves on. The owner's position in its LIFO (`top`) and its
-//! unused retention reservation (`credit`) live in the thread-local and are
-//! never touched by another thread.
+//! This module is a leaf. It takes and puts blocks and counts them; it knows
+//! nothing of the shared tier, the retention budget or events. The pool
+//! refills, spills and trims a cache by running its own code on the cache's
+//! state ([`with_cache`], [`ThreadCache::lock`]).
 //!
-//! Invariant: every slot at or above the owner's `top` is null. Below `top`
-//! a slot may be null too, when the trimmer took its block.
+//! # Ownership and locking
+//!
+//! A [`ThreadCache`] belongs to one thread, its owner, which finds it in
+//! O(1) in a per-thread table indexed by the pool's slot number. The pool's
+//! registry holds the same `Arc`, so the trimmer, `trim()`, `stats()` and
+//! the closing pool reach the caches of idle threads too. All of a cache's
+//! state sits behind one flag, `busy`:
+//!
+//! - the owner takes it with [`try_lock`](ThreadCache::try_lock): one swap
+//!   on a cache line no other thread writes in steady state. It never
+//!   waits: if another thread holds the flag, the owner uses the shared tier
+//!   for that one operation;
+//! - other threads take it with [`lock`](ThreadCache::lock), spinning (the
+//!   owner holds it for a few dozen instructions), or with `try_lock` where
+//!   skipping a busy cache is fine (an idle tick: a busy cache is not idle).
+//!
+//! Acquire on taking the flag pairs with Release on dropping it, so each
+//! holder sees every write of the previous one, the blocks' contents
+//! included.
 
-use std::cell::RefCell;
-use std::ptr::{self, NonNull};
+use std::ptr::NonNull;
 
-use crate::event::DropReason;
-use crate::pool::{ClassInfo, Freed, PoolInner, Returned};
-use crate::stats::{ClassCounters, ClassStats, Writer};
-use crate::sync::{Arc, AtomicPtr, AtomicUsize, Ordering, bump_owned, thread_local};
+use crate::sync::{Arc, AtomicBool, Ordering, UnsafeCell, thread_local, yield_now};
 
-/// The part of a thread's cache for one pool that other threads may touch:
-/// the slots (to trim them) and the counters (to read them).
+/// Where one class's slots are and what one of its blocks holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClassLayout {
+    /// The class's capacity in bytes.
+    pub(crate) capacity: usize,
+    /// Slots per cache (0: the class bypasses thread caches).
+    pub(crate) depth: u32,
+}
+
+/// One thread's cache for one pool.
 #[derive(Debug)]
 pub(crate) struct ThreadCache {
-    /// All classes' slots, class after class (`ClassInfo::slot_start`).
-    slots: Box<[AtomicPtr<u8>]>,
-    /// Written by the owning thread only.
-    pub(crate) counters: Box<[ClassCounters]>,
-    /// Per class, the lowest `top` since the last idle tick: the slots below
-    /// it were not touched all interval. Lowered by the owner with plain
-    /// stores; reset to `usize::MAX` ("no take since the tick") by the tick.
-    low_water: Box<[AtomicUsize]>,
+    /// The pool this cache belongs to (ids are never reused; slot numbers are).
+    pool_id: u64,
+    /// Held by whoever touches `state`; see the module docs.
+    busy: AtomicBool,
+    state: UnsafeCell<CacheState>,
+    /// Flushes the cache into its pool when the owning thread exits.
+    exit: ExitFlush,
 }
 
-/// The owner's private state for one class, with a copy of the class's
-/// figures so the fast path reads one place.
+// SAFETY: `state` is only reached through `CacheGuard`, which exists only
+// while `busy` is held, so at most one thread touches it at a time; the
+// blocks it points to are owned plain bytes, like `Box<[u8]>`. `exit` is a
+// function pointer and a pointer that `ExitFlush::run`'s contract guards.
+unsafe impl Send for ThreadCache {}
+// SAFETY: as for `Send`: every shared access goes through the flag.
+unsafe impl Sync for ThreadCache {}
+
+/// What the pool runs on a cache when its owning thread exits.
 #[derive(Debug)]
-pub(crate) struct OwnerState {
-    /// Slots below this may hold a block; from it on they are null.
-    top: usize,
-    /// Retention budget reserved from the pool but not used by a block.
-    credit: usize,
-    info: ClassInfo,
+pub(crate) struct ExitFlush {
+    /// The pool, type-erased; valid while the cache is not closed (see
+    /// [`CacheState::closed`]).
+    pub(crate) pool: NonNull<()>,
+    /// # Safety
+    ///
+    /// Called with the cache (the second argument, for its identity) locked
+    /// and not closed, with `pool` above.
+    pub(crate) run: unsafe fn(NonNull<()>, *const ThreadCache, &mut CacheState),
 }
 
-/// A thread's cache for one pool, owned by that thread's thread-local.
-struct LocalCache {
-    /// Keeps the pool alive while this thread holds its cache.
-    pool: Arc<PoolInner>,
-    cache: Arc<ThreadCache>,
-    owner: Box<[OwnerState]>,
+/// A cache's state: only reachable while its flag is held.
+#[derive(Debug)]
+pub(crate) struct CacheState {
+    /// Set (by the pool) when the pool closes or the cache is flushed for
+    /// good: from then on nothing is put, and the pool may be gone. While it
+    /// is `false`, the pool is alive: the pool closes every registered cache
+    /// before it can be freed.
+    pub(crate) closed: bool,
+    /// Retention budget this cache reserved from the pool and holds for
+    /// future returns, in bytes. The pool reserves and releases it; a put
+    /// spends one capacity of it, a take earns one back.
+    pub(crate) credit: usize,
+    /// `hits + returns` of all classes at the last idle tick: unchanged
+    /// means the owner did nothing all interval.
+    pub(crate) ops_at_tick: u64,
+    classes: Box<[ClassCache]>,
+    /// All classes' slots, class after class; slots `[start, start + top)`
+    /// of a class hold blocks, the rest are `None`.
+    slots: Box<[Option<NonNull<u8>>]>,
 }
 
-#[cfg(not(loom))]
-thread_local! {
-    /// This thread's caches, one per pool it has used.
-    static LOCAL: RefCell<Vec<LocalCache>> = const { RefCell::new(Vec::new()) };
+/// One class's LIFO and counters, next to each other for the fast path.
+#[derive(Debug, Clone)]
+pub(crate) struct ClassCache {
+    capacity: usize,
+    start: u32,
+    depth: u32,
+    /// Slots in use: `[start, start + top)`.
+    top: u32,
+    /// The lowest `top` since the last idle tick: the blocks below it were
+    /// not taken all interval.
+    low: u32,
+    /// Blocks taken from this cache.
+    pub(crate) hits: u64,
+    /// Blocks put into this cache.
+    pub(crate) returns: u64,
 }
 
-#[cfg(loom)]
-thread_local! {
-    static LOCAL: RefCell<Vec<LocalCache>> = RefCell::new(Vec::new());
-}
-
-/// Runs `f` on this thread's cache for `pool`, creating it on first use.
-///
-/// `None` when there is no cache to use: the thread-local is being destroyed
-/// (a buffer dropped from another thread-local's destructor), the caches are
-/// already borrowed further up this thread's stack, or the pool is closed.
-/// Callers then use the shared tier directly.
-///
-/// `f` must not call user code (the event callback, the allocator is fine):
-/// the thread's caches stay borrowed while it runs.
-#[inline]
-///
-/// `pool` must carry the provenance of the pool's `Arc` (`Arc::as_ptr`), and
-/// the caller must hold a strong count of it.
-pub(crate) fn with_local<R>(
-    pool: NonNull<PoolInner>,
-    f: impl FnOnce(&Arc<PoolInner>, &ThreadCache, &mut [OwnerState]) -> R,
-) -> Option<R> {
-    LOCAL
-        .try_with(|cell| {
-            let mut caches = cell.try_borrow_mut().ok()?;
-            let key = pool.as_ptr().cast_const();
-            let index = match caches.iter().position(|c| Arc::as_ptr(&c.pool) == key) {
-                Some(index) => index,
-                None => register(&mut caches, pool)?,
-            };
-            let local = &mut caches[index];
-            Some(f(&local.pool, &local.cache, &mut local.owner))
-        })
-        .ok()
-        .flatten()
-}
-
-/// Creates this thread's cache for `pool`.
-#[cold]
-fn register(caches: &mut Vec<LocalCache>, pool: NonNull<PoolInner>) -> Option<usize> {
-    // SAFETY: the caller holds a strong count of the pool.
-    let closed = unsafe { pool.as_ref() }.closed.load(Ordering::Relaxed);
-    // Caches of pools closed since this thread last registered one: flush
-    // them now rather than at thread exit.
-    caches.retain(|c| !c.pool.closed.load(Ordering::Relaxed));
-    if closed {
-        return None;
-    }
-    let ptr = pool.as_ptr().cast_const();
-    // Every `PoolInner` lives in an `Arc` (only `PoolBuilder::build` makes
-    // one) and `ptr` carries that `Arc`'s provenance.
-    // SAFETY: the caller holds a strong count (a handle or a block), so the
-    // pool is alive and taking one more count is sound.
-    let pool = unsafe {
-        Arc::increment_strong_count(ptr);
-        Arc::from_raw(ptr)
-    };
-    let cache = Arc::new(ThreadCache {
-        slots: (0..pool.slots_per_cache)
-            .map(|_| AtomicPtr::new(ptr::null_mut()))
-            .collect(),
-        counters: pool.info.iter().map(|_| ClassCounters::default()).collect(),
-        low_water: pool.info.iter().map(|_| AtomicUsize::new(0)).collect(),
-    });
-    pool.registry.lock().push(cache.clone());
-    let owner = pool
-        .info
-        .iter()
-        .map(|&info| OwnerState {
-            top: 0,
-            credit: 0,
-            info,
-        })
-        .collect();
-    caches.push(LocalCache { pool, cache, owner });
-    Some(caches.len() - 1)
-}
-
-/// Flushes and forgets this thread's cache for `pool`, if it has one.
-pub(crate) fn flush_current(pool: &PoolInner) {
-    let key = pool as *const PoolInner;
-    let removed = LOCAL
-        .try_with(|cell| {
-            let mut caches = cell.try_borrow_mut().ok()?;
-            let index = caches.iter().position(|c| Arc::as_ptr(&c.pool) == key)?;
-            Some(caches.swap_remove(index))
-        })
-        .ok()
-        .flatten();
-    // Dropped outside the borrow: the flush frees blocks, and freeing can
-    // release the last count of the pool (never ours to borrow past).
-    drop(removed);
-}
-
-/// Puts a block into an empty slot of the calling thread's own cache.
-///
-/// Release: pairs with the Acquire swap of whoever takes the block next (the
-/// owner, or the trimmer, which frees it), so the writes made into the block
-/// happen before that. A plain store suffices: only the owner writes non-null
-/// pointers, and the slot is null (the invariant above).
-#[inline]
-fn publish(slot: &AtomicPtr<u8>, ptr: NonNull<u8>) {
-    debug_assert!(slot.load(Ordering::Relaxed).is_null());
-    #[cfg(not(loom))]
-    slot.store(ptr.as_ptr(), Ordering::Release);
-    // loom may order a plain store before another thread's earlier swap,
-    // which the memory model forbids (tokio-rs/loom#282), and then "loses"
-    // the block. A swap, equivalent here since the slot is null, is modelled
-    // correctly.
-    #[cfg(loom)]
-    slot.swap(ptr.as_ptr(), Ordering::Release);
+/// Proof that the holder has a cache's flag; dropping it releases the flag.
+pub(crate) struct CacheGuard<'a> {
+    cache: &'a ThreadCache,
 }
 
 // === impl ThreadCache ===
 
 impl ThreadCache {
-    /// Takes the most recently returned idle block of `class`, refilling from
-    /// the shared tier (or borrowing a larger class's block) when empty.
+    /// A new, empty cache for the pool `pool_id` with these classes.
+    pub(crate) fn new(pool_id: u64, classes: &[ClassLayout], exit: ExitFlush) -> ThreadCache {
+        let mut start = 0u32;
+        let classes: Box<[ClassCache]> = classes
+            .iter()
+            .map(|c| {
+                let class = ClassCache {
+                    capacity: c.capacity,
+                    start,
+                    depth: c.depth,
+                    top: 0,
+                    low: 0,
+                    hits: 0,
+                    returns: 0,
+                };
+                start += c.depth;
+                class
+            })
+            .collect();
+        ThreadCache {
+            pool_id,
+            busy: AtomicBool::new(false),
+            state: UnsafeCell::new(CacheState {
+                closed: false,
+                credit: 0,
+                ops_at_tick: 0,
+                classes,
+                slots: vec![None; start as usize].into_boxed_slice(),
+            }),
+            exit,
+        }
+    }
+
+    /// Takes the flag if it is free. The owner's way in: never waits.
     #[inline]
-    pub(crate) fn take(
-        &self,
-        pool: &Arc<PoolInner>,
-        class: usize,
-        owner: &mut [OwnerState],
-    ) -> Option<(NonNull<u8>, usize)> {
-        let state = &mut owner[class];
-        let info = &state.info;
-        while state.top > 0 {
-            state.top -= 1;
-            debug_assert!(state.top < info.depth);
-            // Acquire: pairs with the Release store that put the block here,
-            // so the previous user's writes happen before ours.
-            let ptr =
-                self.slots[info.slot_start + state.top].swap(ptr::null_mut(), Ordering::Acquire);
-            if let Some(ptr) = NonNull::new(ptr) {
-                self.note_low(class, state.top);
-                bump_owned(&self.counters[class].thread_cache_hits);
-                ThreadCache::credit(pool, state);
-                return Some((ptr, class));
+    pub(crate) fn try_lock(&self) -> Option<CacheGuard<'_>> {
+        // Acquire: pairs with the Release in `CacheGuard::drop`, so the last
+        // holder's writes (slots, counters, the blocks' bytes) are visible.
+        if self.busy.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        Some(CacheGuard { cache: self })
+    }
+
+    /// Takes the flag, yielding while the owner holds it (a few dozen
+    /// instructions, unless the owner was preempted right there). `None`
+    /// after `patience` attempts, so a cache whose owner vanished holding it
+    /// (a thread that did not survive a `fork`) cannot wedge the caller.
+    pub(crate) fn lock(&self, patience: u32) -> Option<CacheGuard<'_>> {
+        for _ in 0..patience.max(1) {
+            if let Some(guard) = self.try_lock() {
+                return Some(guard);
             }
-            // Null: the trimmer took this one; look further down.
+            yield_now();
         }
-        self.note_low(class, 0);
-        PoolInner::take_shared(pool, class, Some((self, owner)), Writer::Owner)
-    }
-
-    /// Lowers the class's low-water mark to `top` (owner only).
-    #[inline]
-    fn note_low(&self, class: usize, top: usize) {
-        let mark = &self.low_water[class];
-        if top < mark.load(Ordering::Relaxed) {
-            mark.store(top, Ordering::Relaxed);
-        }
-    }
-
-    /// Moves up to a batch of idle blocks from the shared tier into the empty
-    /// cache of `class`, after one was taken for the caller.
-    pub(crate) fn refill(&self, pool: &Arc<PoolInner>, class: usize, state: &mut OwnerState) {
-        let info = &state.info;
-        for _ in 1..info.batch {
-            if state.top >= info.depth {
-                break;
-            }
-            let Some(ptr) = pool.shared[class].pop() else {
-                break;
-            };
-            // SAFETY: `pool` is a live `Arc`; a cached block owns a count.
-            unsafe { Arc::increment_strong_count(Arc::as_ptr(pool)) };
-            publish(&self.slots[info.slot_start + state.top], ptr);
-            state.top += 1;
-        }
-    }
-
-    /// A block of `class` left retention for the caller: its reservation
-    /// becomes this thread's credit; credit beyond the class's limit goes
-    /// back to the pool.
-    #[inline]
-    pub(crate) fn credit(pool: &PoolInner, state: &mut OwnerState) {
-        let info = &state.info;
-        state.credit += info.capacity;
-        if state.credit > info.credit_limit {
-            let keep = (info.batch * info.capacity).min(info.credit_limit);
-            pool.release(state.credit - keep);
-            state.credit = keep;
-        }
-    }
-
-    /// Keeps a returned block of `class` in this cache if the pool's cap
-    /// allows, spilling a batch to the shared tier when the cache is full.
-    #[inline]
-    pub(crate) fn put(
-        &self,
-        pool: &Arc<PoolInner>,
-        class: usize,
-        ptr: NonNull<u8>,
-        owner: &mut [OwnerState],
-    ) -> (Returned, Freed) {
-        let state = &mut owner[class];
-        let ClassInfo {
-            capacity,
-            depth,
-            slot_start,
-            ..
-        } = state.info;
-        let counters = &self.counters[class];
-        bump_owned(&counters.returns);
-        let mut reason = None;
-        if pool.closed.load(Ordering::Relaxed) {
-            reason = Some(DropReason::PoolClosed);
-        } else if state.credit < capacity && !ThreadCache::reserve(pool, state) {
-            bump_owned(&counters.dropped_full);
-            reason = Some(DropReason::PoolFull);
-        }
-        if let Some(reason) = reason {
-            // SAFETY: the caller gave up this block of the class's capacity.
-            unsafe { pool.free_memory(ptr, capacity) };
-            return (Returned::Released, Freed::this_one(reason));
-        }
-        // The block takes one capacity of credit as its reservation.
-        state.credit -= capacity;
-        if depth == 0 {
-            return match pool.shared[class].push(ptr) {
-                Ok(()) => (Returned::Released, Freed::default()),
-                Err(ptr) => {
-                    pool.release(capacity);
-                    bump_owned(&counters.dropped_full);
-                    // SAFETY: the queue handed the block back: still ours.
-                    unsafe { pool.free_memory(ptr, capacity) };
-                    (Returned::Released, Freed::this_one(DropReason::PoolFull))
-                }
-            };
-        }
-        let mut freed = Freed::default();
-        if state.top == depth {
-            freed.freed_full = self.spill(pool, class, state);
-        }
-        debug_assert!(state.top < depth);
-        publish(&self.slots[slot_start + state.top], ptr);
-        state.top += 1;
-        (Returned::Cached, freed)
-    }
-
-    /// Reserves retention budget for returns of `class`: a batch's worth if
-    /// the cap allows, else one buffer's.
-    #[cold]
-    fn reserve(pool: &PoolInner, state: &mut OwnerState) -> bool {
-        let info = &state.info;
-        let batch = info.capacity.saturating_mul(info.batch);
-        let got = if pool.try_reserve(batch) {
-            batch
-        } else if info.batch > 1 && pool.try_reserve(info.capacity) {
-            info.capacity
-        } else {
-            return false;
-        };
-        state.credit += got;
-        true
-    }
-
-    /// Moves the top batch of a full cache to the shared tier; blocks the
-    /// shared tier has no room for are freed. Returns how many were freed.
-    #[cold]
-    fn spill(&self, pool: &Arc<PoolInner>, class: usize, state: &mut OwnerState) -> usize {
-        let info = &state.info;
-        let mut freed = 0;
-        for _ in 0..info.batch {
-            if state.top == 0 {
-                break;
-            }
-            state.top -= 1;
-            let slot = &self.slots[info.slot_start + state.top];
-            let Some(ptr) = NonNull::new(slot.swap(ptr::null_mut(), Ordering::Acquire)) else {
-                continue;
-            };
-            match pool.shared[class].push(ptr) {
-                // SAFETY: queued blocks own no count; this thread's cache
-                // entry holds another, so this is not the last.
-                Ok(()) => unsafe { Arc::decrement_strong_count(Arc::as_ptr(pool)) },
-                Err(ptr) => {
-                    // SAFETY: the queue gave the block back, so it is ours;
-                    // this thread's cache entry holds a strong count.
-                    unsafe { PoolInner::free_idle(pool, ptr, class) };
-                    bump_owned(&self.counters[class].dropped_full);
-                    freed += 1;
-                }
-            }
-        }
-        self.note_low(class, state.top);
-        freed
-    }
-
-    /// Empties every slot, handing each block taken to `f` (with its class).
-    /// Any thread may call this; it races safely with the owner.
-    pub(crate) fn drain(&self, pool: &PoolInner, mut f: impl FnMut(NonNull<u8>, usize)) {
-        for (class, info) in pool.info.iter().enumerate() {
-            for slot in &self.slots[info.slot_start..info.slot_start + info.depth] {
-                // Acquire: the owner's writes into the block (and the
-                // block's previous users') happen before we free it.
-                if let Some(ptr) = NonNull::new(slot.swap(ptr::null_mut(), Ordering::Acquire)) {
-                    f(ptr, class);
-                }
-            }
-        }
-    }
-
-    /// Empties the slots that stayed untouched since the last idle tick,
-    /// handing each block taken to `f`, and starts a new interval. Any
-    /// thread may call this; it races safely with the owner (a slot the
-    /// owner empties first is simply null here).
-    pub(crate) fn drain_idle(&self, pool: &PoolInner, mut f: impl FnMut(NonNull<u8>, usize)) {
-        for (class, info) in pool.info.iter().enumerate() {
-            // The owner may lower the mark between our swap and its next
-            // take; that only makes the next tick more conservative.
-            let idle = self.low_water[class]
-                .swap(usize::MAX, Ordering::Relaxed)
-                .min(info.depth);
-            for slot in &self.slots[info.slot_start..info.slot_start + idle] {
-                // Acquire: as in `drain`.
-                if let Some(ptr) = NonNull::new(slot.swap(ptr::null_mut(), Ordering::Acquire)) {
-                    f(ptr, class);
-                }
-            }
-        }
-    }
-
-    /// Adds this cache's counters and idle buffers to `classes`.
-    pub(crate) fn add_to(&self, pool: &PoolInner, classes: &mut [ClassStats]) {
-        for ((class, info), out) in pool.info.iter().enumerate().zip(classes.iter_mut()) {
-            self.counters[class].add_to(out);
-            out.retained_buffers += self.slots[info.slot_start..info.slot_start + info.depth]
-                .iter()
-                .filter(|s| !s.load(Ordering::Relaxed).is_null())
-                .count();
-        }
+        None
     }
 }
 
-// === impl LocalCache ===
+// === impl CacheGuard ===
 
-impl Drop for LocalCache {
-    /// Thread exit (or a closed pool): flush the idle blocks into the shared
-    /// tier, give back the unused reservation, fold the counters into the
-    /// pool's totals and leave the registry.
+impl CacheGuard<'_> {
+    /// Runs `f` on the cache's state.
+    #[inline]
+    pub(crate) fn with<R>(&mut self, f: impl FnOnce(&mut CacheState) -> R) -> R {
+        self.cache.state.with_mut(|state| {
+            // SAFETY: this guard holds `busy`, so no other reference to the
+            // state exists (module docs); `&mut self` keeps this one unique.
+            f(unsafe { &mut *state })
+        })
+    }
+}
+
+impl Drop for CacheGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let pool = &self.pool;
-        let closed = pool.closed.load(Ordering::Relaxed);
-        self.cache.drain(pool, |ptr, class| {
-            let pushed = if closed {
-                Err(ptr)
-            } else {
-                pool.shared[class].push(ptr)
-            };
-            match pushed {
-                // SAFETY: queued blocks own no count; `self.pool` is another.
-                Ok(()) => unsafe { Arc::decrement_strong_count(Arc::as_ptr(pool)) },
-                Err(ptr) => {
-                    // SAFETY: the block was just taken out of our slot (a
-                    // failed push hands it back); `self.pool` holds a count.
-                    unsafe { PoolInner::free_idle(pool, ptr, class) };
-                    if !closed {
-                        Writer::Any.bump(&pool.totals[class].dropped_full);
-                    }
-                }
-            }
-        });
-        for state in self.owner.iter_mut() {
-            pool.release(std::mem::take(&mut state.credit));
-        }
-        let mut registry = pool.registry.lock();
-        for (total, mine) in pool.totals.iter().zip(self.cache.counters.iter()) {
-            total.absorb(mine);
-        }
-        registry.retain(|c| !Arc::ptr_eq(c, &self.cache));
+        // Release: pairs with the Acquire swap of the next holder.
+        self.cache.busy.store(false, Ordering::Release);
     }
 }
 
-#[cfg(all(test, loom))]
-mod loom_tests {
-    //! Every handoff between a thread cache, the shared tier and the trimmer,
-    //! model-checked. Run with `RUSTFLAGS="--cfg loom" cargo test --lib
-    //! --release loom` (see `.ci/run`).
+// === impl CacheState ===
 
-    use loom::thread;
-
-    use crate::{Pool, SizeClasses};
-
-    /// One class, one slot per thread cache, two in the shared tier: every
-    /// return beyond the first spills, every second get refills.
-    fn tiny_pool() -> Pool {
-        Pool::builder()
-            .size_classes(SizeClasses::from_sizes(&[64]).unwrap())
-            .thread_cache_bytes(64)
-            .shared_tier_bytes(128)
-            .max_retained_bytes(192)
-            .build()
+impl CacheState {
+    /// Takes the most recently returned block of `class`.
+    #[inline]
+    pub(crate) fn take(&mut self, class: usize) -> Option<NonNull<u8>> {
+        let c = &mut self.classes[class];
+        if c.top == 0 {
+            return None;
+        }
+        c.top -= 1;
+        if c.top < c.low {
+            c.low = c.top;
+        }
+        c.hits += 1;
+        self.credit += c.capacity;
+        let slot = &mut self.slots[(c.start + c.top) as usize];
+        debug_assert!(slot.is_some(), "slots below top hold blocks");
+        slot.take()
     }
 
-    fn use_buffer(pool: &Pool, tag: u8) -> crate::PooledBuf {
-        let mut buf = pool.get(64);
-        assert!(buf.is_empty());
-        buf.resize(64, tag);
-        buf
+    /// Puts a returned block of `class` on top, spending one capacity of
+    /// credit. Gives it back when the cache is closed, the class is full or
+    /// bypasses caches, or the credit is short: the pool decides then.
+    #[inline]
+    pub(crate) fn put(&mut self, class: usize, block: NonNull<u8>) -> Result<(), NonNull<u8>> {
+        let c = &mut self.classes[class];
+        if self.closed || c.top == c.depth || self.credit < c.capacity {
+            return Err(block);
+        }
+        self.credit -= c.capacity;
+        c.returns += 1;
+        let slot = &mut self.slots[(c.start + c.top) as usize];
+        debug_assert!(slot.is_none(), "slots from top on are empty");
+        *slot = Some(block);
+        c.top += 1;
+        Ok(())
     }
 
-    /// Call once every other thread has flushed its cache: loom's `join`
-    /// returns before a thread's thread-locals are destroyed (std's waits),
-    /// so threads flush explicitly to make the end state deterministic.
-    fn check_quiescent(pool: &Pool) {
-        let stats = pool.stats();
-        assert_eq!(stats.in_use_bytes, 0, "{stats}");
-        assert!(stats.retained_bytes <= 192, "{stats}");
-        pool.trim();
-        assert_eq!(pool.stats().retained_bytes, 0);
+    /// Adds an idle block that moved here from another tier with its
+    /// reservation (a refill): no credit changes, no counter.
+    pub(crate) fn stock(&mut self, class: usize, block: NonNull<u8>) -> Result<(), NonNull<u8>> {
+        let c = &mut self.classes[class];
+        if self.closed || c.top == c.depth {
+            return Err(block);
+        }
+        self.slots[(c.start + c.top) as usize] = Some(block);
+        c.top += 1;
+        Ok(())
     }
 
-    #[test]
-    fn thread_cache_spills_to_and_refills_from_the_shared_tier() {
-        loom::model(|| {
-            let pool = tiny_pool();
-            let p = pool.clone();
-            let spiller = thread::spawn(move || {
-                let a = use_buffer(&p, 1);
-                let b = use_buffer(&p, 2);
-                drop(a); // into the slot
-                drop(b); // spills `a` to the shared tier
-                p.flush_thread_cache();
-            });
-            let buf = use_buffer(&pool, 3);
-            assert!(buf.iter().all(|&b| b == 3));
-            drop(buf);
-            spiller.join().unwrap();
-            check_quiescent(&pool);
-        });
+    /// Takes up to `n` of the oldest blocks of `class` (the bottom of the
+    /// LIFO, the coldest), handing each to `f`.
+    pub(crate) fn take_oldest(&mut self, class: usize, n: usize, mut f: impl FnMut(NonNull<u8>)) {
+        let c = &mut self.classes[class];
+        let n = (n as u32).min(c.top);
+        let (start, top) = (c.start as usize, c.top as usize);
+        for slot in &mut self.slots[start..start + n as usize] {
+            f(slot.take().expect("slots below top hold blocks"));
+        }
+        self.slots[start..start + top].rotate_left(n as usize);
+        c.top -= n;
+        c.low = c.low.saturating_sub(n);
     }
 
-    #[test]
-    fn buffer_returned_on_another_thread() {
-        loom::model(|| {
-            let pool = tiny_pool();
-            let buf = use_buffer(&pool, 7);
-            let p = pool.clone();
-            let other = thread::spawn(move || {
-                assert!(buf.iter().all(|&b| b == 7));
-                drop(buf);
-                drop(use_buffer(&p, 8));
-                p.flush_thread_cache();
-            });
-            drop(use_buffer(&pool, 9));
-            other.join().unwrap();
-            check_quiescent(&pool);
-        });
+    /// Takes every block of every class, handing each to `f(class, block)`.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(usize, NonNull<u8>)) {
+        for class in 0..self.classes.len() {
+            let top = self.classes[class].top as usize;
+            self.take_oldest(class, top, |block| f(class, block));
+        }
     }
 
-    #[test]
-    fn trim_races_with_get_and_return() {
-        loom::model(|| {
-            let pool = tiny_pool();
-            drop(use_buffer(&pool, 1));
-            let p = pool.clone();
-            let worker = thread::spawn(move || {
-                let buf = use_buffer(&p, 2);
-                drop(buf);
-                p.flush_thread_cache();
-            });
-            pool.trim(); // may take the worker's slot at any point
-            worker.join().unwrap();
-            check_quiescent(&pool);
-        });
+    /// Blocks of `class` that stayed untouched since the last idle tick:
+    /// they lie below the low-water mark.
+    pub(crate) fn idle(&self, class: usize) -> usize {
+        self.classes[class].low as usize
     }
 
-    #[test]
-    fn idle_tick_races_with_the_owner() {
-        loom::model(|| {
-            let pool = tiny_pool();
-            let inner = pool.inner_arc().clone();
-            let p = pool.clone();
-            let owner = thread::spawn(move || {
-                drop(use_buffer(&p, 1));
-                drop(use_buffer(&p, 2));
-                p.flush_thread_cache();
-            });
-            // Two ticks: the second frees whatever the first saw idle,
-            // possibly while the owner takes it back.
-            crate::pool::PoolInner::tick(&inner);
-            crate::pool::PoolInner::tick(&inner);
-            owner.join().unwrap();
-            drop(inner);
-            check_quiescent(&pool);
-        });
+    /// Starts a new idle interval: the low-water marks go to the tops, so a
+    /// block counts as idle only if it stays below them a whole interval.
+    pub(crate) fn mark_tick(&mut self) {
+        for c in self.classes.iter_mut() {
+            c.low = c.top;
+        }
+        self.ops_at_tick = self.ops();
     }
 
-    #[test]
-    fn thread_exit_flush_races_with_trim() {
-        loom::model(|| {
-            let pool = tiny_pool();
-            let p = pool.clone();
-            let worker = thread::spawn(move || drop(use_buffer(&p, 4)));
-            pool.trim();
-            worker.join().unwrap();
-            // No explicit flush: the thread-local destructor flushes, and
-            // may still run after `join` under loom. Whatever the order, the
-            // counts balance, and loom's leak check at the end of the model
-            // proves the pool and every block were freed.
-            let stats = pool.stats();
-            assert_eq!(stats.in_use_bytes, 0, "{stats}");
-            assert!(stats.retained_buffers <= 1);
-        });
+    /// Hits plus returns of all classes.
+    pub(crate) fn ops(&self) -> u64 {
+        self.classes.iter().map(|c| c.hits + c.returns).sum()
     }
+
+    /// The classes' figures, for statistics.
+    pub(crate) fn classes(&self) -> &[ClassCache] {
+        &self.classes
+    }
+}
+
+impl ClassCache {
+    /// Idle blocks held.
+    pub(crate) fn len(&self) -> usize {
+        self.top as usize
+    }
+
+    /// Idle bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.top as usize * self.capacity
+    }
+}
+
+// === the per-thread table ===
+
+/// This thread's caches, indexed by pool slot number.
+struct Table {
+    entries: std::cell::UnsafeCell<Vec<Option<Arc<ThreadCache>>>>,
+}
+
+impl Drop for Table {
+    /// Thread exit: hand every open cache back to its pool.
+    fn drop(&mut self) {
+        for cache in self.entries.get_mut().drain(..).flatten() {
+            flush_exiting(&cache);
+        }
+    }
+}
+
+#[cfg(not(tierpool_loom))]
+thread_local! {
+    static TABLE: Table = const {
+        Table { entries: std::cell::UnsafeCell::new(Vec::new()) }
+    };
+}
+
+#[cfg(tierpool_loom)]
+thread_local! {
+    static TABLE: Table = Table { entries: std::cell::UnsafeCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's cache for the pool in `slot` with id
+/// `pool_id`, holding the cache's flag.
+///
+/// `None` when there is no such cache (never registered, or the thread-local
+/// is being destroyed: a buffer dropped from another thread-local's
+/// destructor) or another thread holds its flag. `f` must not call user code
+/// or reach this table again.
+#[inline]
+pub(crate) fn with_cache<R>(
+    slot: usize,
+    pool_id: u64,
+    f: impl FnOnce(&mut CacheState) -> R,
+) -> Option<R> {
+    TABLE
+        .try_with(|table| {
+            // SAFETY: only this module reaches `entries`, and none of its
+            // functions runs code that reaches it again while this shared
+            // reference lives (`f` promises not to).
+            let entries = unsafe { &*table.entries.get() };
+            let cache = entries.get(slot)?.as_deref()?;
+            if cache.pool_id != pool_id {
+                return None;
+            }
+            let mut guard = cache.try_lock()?;
+            Some(guard.with(f))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Whether this thread has a cache for the pool (`slot`, `pool_id`).
+pub(crate) fn has_cache(slot: usize, pool_id: u64) -> bool {
+    TABLE
+        .try_with(|table| {
+            // SAFETY: as in `with_cache`; nothing runs while it lives.
+            let entries = unsafe { &*table.entries.get() };
+            entries
+                .get(slot)
+                .and_then(|e| e.as_deref())
+                .is_some_and(|c| c.pool_id == pool_id)
+        })
+        .unwrap_or(false)
+}
+
+/// Makes `cache` this thread's cache for the pool in `slot`. `false` when the
+/// thread-local is being destroyed. A cache of an earlier pool that held the
+/// same slot (closed: its pool is gone) is dropped.
+pub(crate) fn install(slot: usize, cache: Arc<ThreadCache>) -> bool {
+    let replaced = TABLE.try_with(|table| {
+        // SAFETY: as in `with_cache`; the only code run while this unique
+        // reference lives is `Vec`'s own.
+        let entries = unsafe { &mut *table.entries.get() };
+        if entries.len() <= slot {
+            entries.resize_with(slot + 1, || None);
+        }
+        entries[slot].replace(cache)
+    });
+    // Dropped outside the table: a cache's drop runs no code of ours, but
+    // keep the rule simple.
+    replaced.is_ok()
+}
+
+/// Removes and returns this thread's cache for the pool (`slot`, `pool_id`).
+pub(crate) fn uninstall(slot: usize, pool_id: u64) -> Option<Arc<ThreadCache>> {
+    TABLE
+        .try_with(|table| {
+            // SAFETY: as in `install`.
+            let entries = unsafe { &mut *table.entries.get() };
+            let entry = entries.get_mut(slot)?;
+            if entry.as_ref().is_some_and(|c| c.pool_id == pool_id) {
+                entry.take()
+            } else {
+                None
+            }
+        })
+        .ok()
+        .flatten()
+}
+
+/// Hands an exiting thread's cache back to its pool, unless it is closed.
+fn flush_exiting(cache: &ThreadCache) {
+    // Unbounded patience would be wrong only for a cache whose flag is held
+    // by a thread that no longer exists; the owner is this thread.
+    let Some(mut guard) = cache.lock(u32::MAX) else {
+        return;
+    };
+    let exit = &cache.exit;
+    guard.with(|state| {
+        if !state.closed {
+            // SAFETY: locked and not closed, as `run` requires.
+            unsafe { (exit.run)(exit.pool, cache, state) };
+            state.closed = true;
+        }
+    });
 }

@@ -40,6 +40,8 @@ pub struct Chunks {
     len: usize,
     /// The cursor; may be past the end, like `io::Cursor`'s.
     pos: u64,
+    /// Bytes of spare capacity whose pages went back to the OS.
+    discarded: usize,
 }
 
 // === impl Chunks ===
@@ -59,7 +61,14 @@ impl Chunks {
             starts,
             len,
             pos: 0,
+            discarded: 0,
         }
+    }
+
+    /// Records that `bytes` of the spare capacity hold no pages.
+    pub(crate) fn with_discarded(mut self, bytes: usize) -> Chunks {
+        self.discarded = bytes;
+        self
     }
 
     /// The number of bytes held (whatever the cursor).
@@ -72,10 +81,18 @@ impl Chunks {
         self.len == 0
     }
 
-    /// The memory held: the capacity of all chunks (the data plus the
-    /// unused tail of the last chunk).
+    /// The pooled capacity behind the data: the capacity of all chunks (the
+    /// data plus the unused tail of the last chunk).
     pub fn capacity(&self) -> usize {
         self.chunks.iter().map(|c| c.capacity()).sum()
+    }
+
+    /// The memory the chunks hold resident: [`capacity`](Self::capacity)
+    /// less the pages of a mostly empty last chunk that a read handed back
+    /// to the OS (the chunk keeps its class, so the next read of the same
+    /// size reuses it).
+    pub fn resident_capacity(&self) -> usize {
+        self.capacity() - self.discarded
     }
 
     /// The cursor's position, as `io::Cursor::position`.

@@ -2,18 +2,21 @@
 //! chunks, with no doubling and no copying.
 
 use std::io::{self, Read};
-use std::path::Path;
 
 use std::time::Instant;
 
-use crate::label::Activity;
+use crate::io::label::Activity;
 use crate::{Chunks, Pool, PooledBuf};
 
 /// The first chunk of a read with no size hint.
-pub const FIRST_CHUNK: usize = 16 << 10;
+pub(crate) const FIRST_CHUNK: usize = 16 << 10;
 /// Chunks double up to this size, then stay at it, so the unused tail of
 /// the last chunk is at most this and at most the bytes read before it.
-pub const MAX_CHUNK: usize = 4 << 20;
+pub(crate) const MAX_CHUNK: usize = 4 << 20;
+/// The largest first chunk a hint may ask for: a hint (say, a
+/// Content-Length from a client) is trusted only this far, and the chunks
+/// after it grow with the data actually read.
+pub(crate) const MAX_HINTED_CHUNK: usize = 64 << 20;
 /// The most bytes handed to one `read` call, and zeroed before it (a `Read`
 /// implementation may look at the buffer, so it must be initialised; a
 /// pooled chunk may hold a previous user's bytes, which it must not see).
@@ -67,24 +70,15 @@ impl Pool {
 
     /// Like [`read_to_end`](Self::read_to_end), starting with one chunk of
     /// the class that holds `hint` bytes: with a correct hint the data lands
-    /// in one buffer. A wrong hint costs nothing but more chunks.
+    /// in one buffer. A wrong hint costs nothing but more chunks, and an
+    /// absurd one (an untrusted Content-Length) is trusted only up to
+    /// 64 MiB: past that, chunks grow with the data actually read.
     ///
     /// # Errors
     ///
     /// As `read_to_end`.
     pub fn read_to_end_with_hint<R: Read>(&self, reader: R, hint: usize) -> io::Result<Chunks> {
         self.read_recorded(reader, Some(hint), usize::MAX)
-    }
-
-    /// Reads a file, using its length as the hint.
-    ///
-    /// # Errors
-    ///
-    /// Opening or reading the file, as `read_to_end`.
-    pub fn read_file<P: AsRef<Path>>(&self, path: P) -> io::Result<Chunks> {
-        let file = std::fs::File::open(path)?;
-        let hint = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-        self.read_to_end_with_hint(file, hint)
     }
 
     /// An unlabelled read, recorded in the pool's adapter statistics.
@@ -127,7 +121,7 @@ impl Pool {
         let mut chunks: Vec<PooledBuf> = Vec::new();
         let mut total = 0usize;
         let mut next = match hint {
-            Some(h) if h > 0 => h.min(budget),
+            Some(h) if h > 0 => h.min(budget).min(MAX_HINTED_CHUNK),
             _ => FIRST_CHUNK.min(budget),
         };
         loop {
@@ -162,47 +156,69 @@ impl Pool {
                     break;
                 }
                 total += n;
-                let mut tail = self.try_get(FIRST_CHUNK)?;
-                activity.chunks += 1;
                 activity.bytes = total;
+                if total > max_len {
+                    return Err(too_long(max_len));
+                }
+                // The probe's bytes start the next chunk, which then fills
+                // from the reader, so every chunk but the last stays full.
+                let grown = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
+                let mut tail = self.try_get(n + grown)?;
+                activity.chunks += 1;
                 tail.extend_from_slice(&probe[..n]);
+                let eof = fill(
+                    &mut tail,
+                    &mut reader,
+                    budget - total,
+                    &mut activity.read_calls,
+                )?;
+                total += tail.len() - n;
+                activity.bytes = total;
                 chunks.push(tail);
                 if total > max_len {
                     return Err(too_long(max_len));
+                }
+                if eof {
+                    break;
                 }
             }
             // Double (the next chunk as large as all before it) up to the
             // cap, and never past the limit.
             next = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
         }
-        self.shrink_last(&mut chunks)?;
-        Ok(Chunks::from_bufs(self.clone(), chunks))
+        let discarded = self.shrink_last(&mut chunks)?;
+        Ok(Chunks::from_bufs(self.clone(), chunks).with_discarded(discarded))
     }
 
-    /// Keeps the memory held near the data: when more than 1/20 of what is
-    /// held is the unused tail of the last chunk, that chunk is shrunk in
-    /// place to the class of its contents (mapped blocks, Linux), or its
-    /// contents (under 128 KiB, or off Linux: at most one chunk) are copied
-    /// into a chunk of their own class.
-    pub(crate) fn shrink_last(&self, chunks: &mut [PooledBuf]) -> io::Result<()> {
+    /// Keeps the memory held near the data without creating buffers of
+    /// classes nobody asks for: when more than 1/20 of what is held is the
+    /// unused tail of the last chunk, a small tail (under 128 KiB) is copied
+    /// into a chunk of its own class, and a mapped chunk hands the pages of
+    /// its unused tail back to the OS while it keeps its class, so the next
+    /// read of the same size reuses it. Returns the bytes handed back.
+    pub(crate) fn shrink_last(&self, chunks: &mut [PooledBuf]) -> io::Result<usize> {
         let held: usize = chunks.iter().map(|c| c.capacity()).sum();
         let Some(last) = chunks.last_mut() else {
-            return Ok(());
+            return Ok(0);
         };
         let unused = last.capacity() - last.len();
         if last.is_empty() || unused * 20 <= held {
-            return Ok(());
+            return Ok(0);
+        }
+        let discarded = last.discard_spare();
+        if discarded > 0 {
+            return Ok(discarded);
         }
         let Some(class) = self.size_classes().index_for(last.len()) else {
-            return Ok(());
+            return Ok(0);
         };
-        if self.size_classes().sizes()[class] >= last.capacity() || last.shrink_to_class(class) {
-            return Ok(());
+        if self.size_classes().sizes()[class] >= last.capacity() {
+            return Ok(0);
         }
         let mut small = self.try_get(last.len())?;
         small.extend_from_slice(last);
         *last = small; // the large chunk goes back to the pool
-        Ok(())
+        Ok(0)
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::{self, IoSlice, Write};
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
-use crate::read::{FIRST_CHUNK, MAX_CHUNK};
+use crate::io::read::{FIRST_CHUNK, MAX_CHUNK};
 use crate::{Chunks, Pool, PooledBuf};
 
 /// A writer into pooled chunks, from [`Pool::writer`]: `io::Write` (with
@@ -61,7 +61,7 @@ impl PooledWriter {
         self.pool
             .inner_arc()
             .adapters
-            .record(&crate::label::Activity {
+            .record(&crate::io::label::Activity {
                 bytes: self.written,
                 read_calls: self.calls,
                 chunks: self.chunks.len() as u64,

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite, ReadBuf};
 
-use crate::label::Activity;
-use crate::read::{FIRST_CHUNK, MAX_CHUNK, ReadWindow};
+use crate::io::label::Activity;
+use crate::io::read::{FIRST_CHUNK, MAX_CHUNK, ReadWindow};
 use crate::{Chunks, Pool, PooledBuf, PooledWriter};
 
 impl Pool {
@@ -82,12 +82,12 @@ impl Pool {
             }
             chunks.push(chunk);
             if total > max_len {
-                return Err(crate::read::too_long(max_len));
+                return Err(crate::io::read::too_long(max_len));
             }
             next = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
         }
-        self.shrink_last(&mut chunks)?;
-        Ok(Chunks::from_bufs(self.clone(), chunks))
+        let discarded = self.shrink_last(&mut chunks)?;
+        Ok(Chunks::from_bufs(self.clone(), chunks).with_discarded(discarded))
     }
 }
 

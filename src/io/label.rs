@@ -93,7 +93,7 @@ pub struct AdapterStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LabelStats {
-    /// The label given to [`Pool::reader`].
+    /// The label given to [`Pool::label`].
     pub label: String,
     /// Reads, bytes, calls, chunks, time.
     pub activity: AdapterStats,
@@ -108,9 +108,62 @@ pub struct LabelStats {
     pub first_chunk: usize,
 }
 
+/// The most distinct labels a pool tracks; reads under further labels are
+/// counted under [`OTHER_LABEL`]. Labels often come from input (a route, a
+/// tenant), and must not grow without bound.
+pub const MAX_LABELS: usize = 64;
+/// The label that reads past [`MAX_LABELS`] distinct labels are counted under.
+pub const OTHER_LABEL: &str = "other";
+
+/// A pool's labels: found by name in O(1), listed in order of first use,
+/// at most [`MAX_LABELS`] of them plus [`OTHER_LABEL`].
+#[derive(Debug, Default)]
+pub(crate) struct Labels {
+    inner: crate::sync::Mutex<LabelTable>,
+}
+
+#[derive(Debug, Default)]
+struct LabelTable {
+    by_name: std::collections::HashMap<String, crate::sync::Arc<LabelState>>,
+    in_order: Vec<crate::sync::Arc<LabelState>>,
+}
+
+impl Labels {
+    /// The label named `name`, created on first use; [`OTHER_LABEL`] once
+    /// [`MAX_LABELS`] exist.
+    pub(crate) fn get(&self, name: &str, classes: usize) -> crate::sync::Arc<LabelState> {
+        let mut table = self.inner.lock();
+        if let Some(label) = table.by_name.get(name) {
+            return label.clone();
+        }
+        let name = if table.in_order.len() >= MAX_LABELS {
+            if let Some(other) = table.by_name.get(OTHER_LABEL) {
+                return other.clone();
+            }
+            OTHER_LABEL
+        } else {
+            name
+        };
+        let label = crate::sync::Arc::new(LabelState::new(name.to_string(), classes));
+        table.by_name.insert(name.to_string(), label.clone());
+        table.in_order.push(label.clone());
+        label
+    }
+
+    /// Every label's snapshot, in order of first use.
+    pub(crate) fn stats(&self, sizes: &[usize]) -> Vec<LabelStats> {
+        self.inner
+            .lock()
+            .in_order
+            .iter()
+            .map(|l| label_stats(l, sizes))
+            .collect()
+    }
+}
+
 /// A label's live state in the pool.
 #[derive(Debug)]
-pub(crate) struct Label {
+pub(crate) struct LabelState {
     pub(crate) name: String,
     pub(crate) counters: AdapterCounters,
     max: AtomicU64,
@@ -124,9 +177,9 @@ struct Histogram {
     samples: u64,
 }
 
-impl Label {
-    pub(crate) fn new(name: String, classes: usize) -> Label {
-        Label {
+impl LabelState {
+    fn new(name: String, classes: usize) -> LabelState {
+        LabelState {
             name,
             counters: AdapterCounters::default(),
             max: AtomicU64::new(0),
@@ -167,7 +220,7 @@ impl Label {
     }
 }
 
-/// A labelled entry point for reads: [`Pool::reader`].
+/// A labelled entry point for reads: [`Pool::label`].
 ///
 /// Each label learns the distribution of its final sizes. After a few reads,
 /// its reads start with a chunk of the class that held 90% of its recent
@@ -178,7 +231,7 @@ impl Label {
 ///
 /// ```
 /// let pool = tierpool::Pool::new();
-/// let thumbnails = pool.reader("thumbnail.decode");
+/// let thumbnails = pool.label("thumbnail.decode");
 /// for _ in 0..20 {
 ///     let body = thumbnails.read_to_end(&[0u8; 150_000][..])?;
 ///     assert_eq!(body.len(), 150_000);
@@ -191,25 +244,27 @@ impl Label {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct Reader {
+pub struct Label {
     pool: Pool,
-    label: crate::sync::Arc<Label>,
+    label: crate::sync::Arc<LabelState>,
 }
 
 impl Pool {
-    /// A reader for the pipeline `label`: its reads are counted under that
-    /// label in [`Stats::labels`](crate::Stats::labels) and start at its
-    /// learned size. Labels are few and long-lived (one per pipeline);
-    /// asking again for the same label returns the same one.
-    pub fn reader(&self, label: &str) -> Reader {
-        Reader {
+    /// The reads of the pipeline `label`: counted under that label in
+    /// [`Stats::labels`](crate::Stats::labels), and started at its learned
+    /// size. Labels are few and long-lived (one per pipeline); asking again
+    /// for the same label returns the same one. At most [`MAX_LABELS`]
+    /// distinct labels are kept; further ones share [`OTHER_LABEL`].
+    pub fn label(&self, label: &str) -> Label {
+        let inner = self.inner_arc();
+        Label {
             pool: self.clone(),
-            label: self.inner_arc().label(label),
+            label: inner.labels.get(label, inner.classes.len()),
         }
     }
 }
 
-impl Reader {
+impl Label {
     /// The label.
     pub fn label(&self) -> &str {
         &self.label.name
@@ -261,7 +316,7 @@ impl Reader {
 }
 
 /// The snapshot of a label for `Stats`.
-pub(crate) fn label_stats(label: &Label, sizes: &[usize]) -> LabelStats {
+fn label_stats(label: &LabelState, sizes: &[usize]) -> LabelStats {
     let max = label.max.load(Ordering::Relaxed) as usize;
     // A bucket's size: its class, or the largest size seen for oversize.
     let size = |bucket: Option<usize>| bucket.map_or(0, |b| sizes.get(b).copied().unwrap_or(max));

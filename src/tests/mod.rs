@@ -463,31 +463,6 @@ fn borrows_an_idle_buffer_from_a_larger_class() {
 }
 
 #[test]
-fn a_miss_turns_idle_memory_of_other_classes_into_the_class_in_demand() {
-    let (pool, events) = recording_pool(
-        Pool::builder()
-            .size_classes(SizeClasses::from_sizes(&[100, 200, 300, 1000]).unwrap())
-            .thread_cache_bytes(0)
-            .trim_interval(std::time::Duration::ZERO),
-    );
-    let held = pool.get(100);
-    drop(pool.get(1000)); // 1000 idle, 100 in use: more idle than half the use
-    let big = pool.get(100); // a miss: class 100 is empty, 1000 is too far up
-    let stats = pool.stats();
-    assert_eq!(
-        stats.retained_bytes, 0,
-        "the idle 1000 went before the allocation"
-    );
-    assert_eq!(stats.classes[3].trimmed, 1);
-    assert!(events.lock().unwrap().contains(&Event::Trimmed {
-        buffers: 1,
-        bytes: 1000,
-        reason: TrimReason::Demand
-    }));
-    drop((held, big));
-}
-
-#[test]
 fn dropping_from_a_thread_local_destructor() {
     struct DropsLate(Option<PooledBuf>);
     impl Drop for DropsLate {
@@ -768,38 +743,6 @@ fn the_trimmer_thread_ticks_on_its_own() {
 }
 
 #[cfg(all(target_os = "linux", not(miri)))]
-#[test]
-fn a_miss_reshapes_an_idle_mapped_buffer_of_another_class() {
-    const K: usize = 1 << 10;
-    let pool = Pool::builder()
-        .size_classes(
-            SizeClasses::from_sizes(&[128 * K, 256 * K, 512 * K, 768 * K, 1024 * K]).unwrap(),
-        )
-        .thread_cache_bytes(0)
-        .trim_interval(std::time::Duration::ZERO)
-        .build();
-    let held = pool.get(128 * K);
-    let mut idle = pool.get(1024 * K);
-    idle.resize(1024 * K, 0xAB);
-    drop(idle); // 1 MiB idle, 128 KiB in use
-    let mut buf = pool.get(100 * K); // class 128 KiB: none idle within reach
-    assert_eq!(buf.capacity(), 128 * K);
-    assert!(
-        buf.is_empty(),
-        "a reshaped buffer starts empty like any other"
-    );
-    buf.resize(128 * K, 1);
-    assert!(buf.iter().all(|&b| b == 1));
-    let stats = pool.stats();
-    assert_eq!(stats.classes[4].trimmed, 1, "{stats}");
-    assert_eq!(stats.retained_bytes, 0, "{stats}");
-    assert_eq!(stats.classes[0].misses, 2);
-    drop((held, buf));
-    assert_eq!(pool.stats().in_use_bytes, 0);
-}
-
-// === adapters: the unsafe read window, under miri too ===
-
 #[test]
 fn read_to_end_through_short_reads_and_a_liar() {
     struct Short<'a>(&'a [u8]);

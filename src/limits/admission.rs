@@ -1,0 +1,249 @@
+//! Admission control: requests that wait for memory, in arrival order.
+//!
+//! A refusable request (`try_get`) is refused at once; `get_timeout` and
+//! `acquire` join a FIFO queue instead and are served in arrival order: only
+//! the head of the queue tries again, so a large request is not starved by
+//! a stream of small ones, and a new request never overtakes the queue. The
+//! head is woken when the pool frees or queues memory (a return that leaves
+//! a thread cache, a free, a trim) and after every memory sample; a
+//! blocking waiter also re-checks every [`RECHECK`] in case memory came back
+//! in a way the pool cannot see (another process, a thread cache return).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::{Error, Pool, PooledBuf};
+
+/// The longest a blocking waiter sleeps before looking again.
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// Requests waiting for memory, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    /// `queue.len()`, readable without the lock (the return path checks it).
+    len: AtomicUsize,
+    queue: Mutex<VecDeque<Waiter>>,
+    next_ticket: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    ticket: usize,
+    wake: Wake,
+}
+
+#[derive(Debug)]
+enum Wake {
+    Thread(std::thread::Thread),
+    Task(Waker),
+}
+
+impl Wake {
+    fn wake(&self) {
+        match self {
+            Wake::Thread(t) => t.unpark(),
+            Wake::Task(w) => w.wake_by_ref(),
+        }
+    }
+}
+
+impl Waiters {
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    fn enqueue(&self, wake: Wake) -> usize {
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let mut queue = self.queue.lock();
+        queue.push_back(Waiter { ticket, wake });
+        self.len.store(queue.len(), Ordering::Release);
+        ticket
+    }
+
+    fn is_head(&self, ticket: usize) -> bool {
+        self.queue
+            .lock()
+            .front()
+            .is_some_and(|w| w.ticket == ticket)
+    }
+
+    fn set_waker(&self, ticket: usize, waker: &Waker) {
+        let mut queue = self.queue.lock();
+        if let Some(w) = queue.iter_mut().find(|w| w.ticket == ticket) {
+            match &mut w.wake {
+                Wake::Task(old) if old.will_wake(waker) => {}
+                other => *other = Wake::Task(waker.clone()),
+            }
+        }
+    }
+
+    /// Leaves the queue; the new head (if any) is woken to try.
+    fn remove(&self, ticket: usize) {
+        let mut queue = self.queue.lock();
+        let was_head = queue.front().is_some_and(|w| w.ticket == ticket);
+        queue.retain(|w| w.ticket != ticket);
+        self.len.store(queue.len(), Ordering::Release);
+        if was_head {
+            if let Some(head) = queue.front() {
+                head.wake.wake();
+            }
+        }
+    }
+
+    /// Wakes the head of the queue to try again.
+    pub(crate) fn wake_head(&self) {
+        if let Some(head) = self.queue.lock().front() {
+            head.wake.wake();
+        }
+    }
+}
+
+/// Leaves the queue when dropped, on every path out (a panic included).
+struct Ticket<'a> {
+    waiters: &'a Waiters,
+    ticket: usize,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.waiters.remove(self.ticket);
+    }
+}
+
+// === impl Pool (admission) ===
+
+impl Pool {
+    /// Like [`try_get`](Self::try_get), but a request that admission
+    /// refuses (over [`max_in_use_bytes`](crate::PoolBuilder::max_in_use_bytes),
+    /// or critical memory pressure) waits up to `timeout` for memory to come
+    /// back, in arrival order with other waiters, and is then refused with
+    /// [`Error::TimedOut`]. Woken by returns and memory samples, not by
+    /// polling in a loop.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = tierpool::Pool::builder().max_in_use_bytes(1 << 20).build();
+    /// let held = pool.try_get(1 << 20)?;
+    /// let err = pool.get_timeout(4096, Duration::from_millis(10)).unwrap_err();
+    /// assert!(err.is_refused());
+    /// drop(held);
+    /// assert!(pool.get_timeout(4096, Duration::from_millis(10)).is_ok());
+    /// # Ok::<(), tierpool::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TimedOut`] after `timeout`; the allocation errors of
+    /// `try_get` at once.
+    pub fn get_timeout(&self, min_capacity: usize, timeout: Duration) -> Result<PooledBuf, Error> {
+        let limits = &self.inner_arc().limits;
+        let waiters = &limits.waiters;
+        if waiters.is_empty() {
+            match self.try_get(min_capacity) {
+                Err(e) if e.is_refused() => {}
+                other => return other,
+            }
+        }
+        let start = Instant::now();
+        let deadline = start.checked_add(timeout);
+        limits.count_wait();
+        let ticket = Ticket {
+            waiters,
+            ticket: waiters.enqueue(Wake::Thread(std::thread::current())),
+        };
+        loop {
+            if waiters.is_head(ticket.ticket) {
+                match self.try_get(min_capacity) {
+                    Err(e) if e.is_refused() => {}
+                    other => return other,
+                }
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::TimedOut {
+                    requested: min_capacity,
+                    waited: now - start,
+                });
+            }
+            let left = deadline.map_or(RECHECK, |d| d - now);
+            std::thread::park_timeout(left.min(RECHECK));
+        }
+    }
+
+    /// [`get_timeout`](Self::get_timeout) as a future, for any async
+    /// runtime: resolves when admission lets the request through, in arrival
+    /// order with other waiters. It never times out by itself; wrap it in the
+    /// runtime's timeout. Dropping it leaves the queue.
+    ///
+    /// # Errors
+    ///
+    /// The allocation errors of `try_get`; refusals wait instead.
+    pub fn acquire(&self, min_capacity: usize) -> Acquire {
+        Acquire {
+            pool: self.clone(),
+            min_capacity,
+            ticket: None,
+        }
+    }
+}
+
+/// The future of [`Pool::acquire`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Acquire {
+    pool: Pool,
+    min_capacity: usize,
+    ticket: Option<usize>,
+}
+
+impl Future for Acquire {
+    type Output = Result<PooledBuf, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let limits = &this.pool.inner_arc().limits;
+        let waiters = &limits.waiters;
+        let ticket = match this.ticket {
+            Some(ticket) => {
+                waiters.set_waker(ticket, cx.waker());
+                ticket
+            }
+            None => {
+                if waiters.is_empty() {
+                    match this.pool.try_get(this.min_capacity) {
+                        Err(e) if e.is_refused() => {}
+                        other => return Poll::Ready(other),
+                    }
+                }
+                limits.count_wait();
+                let ticket = waiters.enqueue(Wake::Task(cx.waker().clone()));
+                this.ticket = Some(ticket);
+                ticket
+            }
+        };
+        if waiters.is_head(ticket) {
+            match this.pool.try_get(this.min_capacity) {
+                Err(e) if e.is_refused() => {}
+                other => {
+                    this.ticket = None;
+                    waiters.remove(ticket);
+                    return Poll::Ready(other);
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Acquire {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.pool.inner_arc().limits.waiters.remove(ticket);
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Trimming: the idle tick, the full trim, shrinking to a lowered limit,
+//! and the one background thread that drives the ticks of every pool.
+//!
+//! # The trimmer thread
+//!
+//! Started on the first pool that needs it, named `tierpool-trimmer`. It
+//! holds pools weakly, so a dropped pool simply leaves its schedule; it
+//! sleeps until the next pool is due (trim tick or memory sample) and never
+//! keeps the process alive. It cannot be stopped by a pool: every tick runs
+//! under `catch_unwind`, and event callbacks are caught where they are
+//! called. After a `fork`, the child has no trimmer thread; the first slow
+//! path of any pool in the child starts a new one, and the schedule's lock
+//! is never held across a fork (`pthread_atfork`), so the child cannot find
+//! it locked by a thread that does not exist there.
+
+use crate::event::{Event, TrimReason};
+use crate::pool::{LOCK_PATIENCE, PoolInner};
+use crate::sync::{Arc, Ordering};
+
+// === impl PoolInner (trimming) ===
+
+impl PoolInner {
+    /// Frees every idle block in every tier and every thread cache's credit.
+    pub(crate) fn trim(this: &Arc<PoolInner>, reason: TrimReason) {
+        let caches = this.registry.lock().clone();
+        let mut buffers = 0;
+        let mut bytes = 0;
+        for cache in &caches {
+            let Some(mut guard) = cache.lock(LOCK_PATIENCE) else {
+                continue;
+            };
+            guard.with(|state| {
+                if !state.closed {
+                    let (n, b) = this.empty_cache(state);
+                    buffers += n;
+                    bytes += b;
+                }
+            });
+        }
+        drop(caches);
+        let (n, b) = this.empty_shared();
+        buffers += n;
+        bytes += b;
+        this.counters.trimmed(bytes, reason);
+        this.events.emit(Event::Trimmed {
+            buffers,
+            bytes,
+            reason,
+        });
+    }
+
+    /// One idle tick: frees every block that stayed idle since the last
+    /// tick, in the shared tier and in every thread cache, down to
+    /// `min_retained`, and takes back the credit of caches that saw no
+    /// traffic all interval. Driven by the trimmer thread every
+    /// `trim_interval`, and directly by tests (the tick is the clock).
+    pub(crate) fn tick(this: &Arc<PoolInner>) {
+        let caches = this.registry.lock().clone();
+        // What may be freed before the floor: the idle bytes held now.
+        let mut idle: usize = this
+            .shared
+            .iter()
+            .zip(this.info.iter())
+            .map(|(tier, info)| tier.len() * info.capacity)
+            .sum();
+        for cache in &caches {
+            if let Some(mut guard) = cache.try_lock() {
+                guard.with(|state| {
+                    if !state.closed {
+                        idle += state.classes().iter().map(|c| c.bytes()).sum::<usize>();
+                    }
+                });
+            }
+        }
+        let mut budget = idle.saturating_sub(this.min_retained);
+        let mut buffers = 0;
+        let mut bytes = 0;
+        for (class, tier) in this.shared.iter().enumerate() {
+            let capacity = this.info[class].capacity;
+            for _ in 0..tier.idle_since_tick() {
+                if budget < capacity {
+                    break;
+                }
+                let Some(block) = tier.pop() else { break };
+                // SAFETY: just popped from the shared tier.
+                unsafe { this.free_idle(block, class) };
+                this.counters.class[class]
+                    .trimmed
+                    .fetch_add(1, Ordering::Relaxed);
+                budget -= capacity;
+                buffers += 1;
+                bytes += capacity;
+            }
+            tier.mark_tick();
+        }
+        for cache in &caches {
+            // A cache whose owner holds it right now is in use, not idle.
+            let Some(mut guard) = cache.try_lock() else {
+                continue;
+            };
+            guard.with(|state| {
+                if state.closed {
+                    return;
+                }
+                let mut counts = 0;
+                for class in 0..this.info.len() {
+                    let capacity = this.info[class].capacity;
+                    let n = state.idle(class).min(budget / capacity);
+                    state.take_oldest(class, n, |block| {
+                        // SAFETY: just taken out of the cache; its count is
+                        // released below.
+                        unsafe { this.free_idle(block, class) };
+                        counts += 1;
+                    });
+                    this.counters.class[class]
+                        .trimmed
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    budget -= n * capacity;
+                    buffers += n;
+                    bytes += n * capacity;
+                }
+                if state.ops() == state.ops_at_tick {
+                    // No traffic all interval: the credit goes back too.
+                    this.retention.release(std::mem::take(&mut state.credit));
+                }
+                state.mark_tick();
+                // SAFETY: the freed blocks' counts; `this` is another.
+                unsafe { this.release_counts(counts) };
+            });
+        }
+        drop(caches);
+        this.counters.trimmed(bytes, TrimReason::Idle);
+        this.events.emit(Event::Trimmed {
+            buffers,
+            bytes,
+            reason: TrimReason::Idle,
+        });
+    }
+
+    /// Frees idle blocks (the largest classes first) and thread caches'
+    /// credit until no more is reserved than the retention limit in force:
+    /// what memory pressure asks for.
+    pub(crate) fn shrink_to_limit(this: &Arc<PoolInner>) {
+        let limit = this.retention.limit();
+        let over = |pool: &PoolInner| pool.retention.reserved() > limit;
+        if !over(this) {
+            return;
+        }
+        let mut buffers = 0;
+        let mut bytes = 0;
+        // Credit first: it holds no memory, but it holds budget.
+        let caches = this.registry.lock().clone();
+        for cache in &caches {
+            if let Some(mut guard) = cache.lock(LOCK_PATIENCE) {
+                guard.with(|state| {
+                    if !state.closed {
+                        this.retention.release(std::mem::take(&mut state.credit));
+                    }
+                });
+            }
+        }
+        'shared: for (class, tier) in this.shared.iter().enumerate().rev() {
+            while over(this) {
+                let Some(block) = tier.pop() else {
+                    continue 'shared;
+                };
+                // SAFETY: just popped from the shared tier.
+                unsafe { this.free_idle(block, class) };
+                this.counters.class[class]
+                    .trimmed
+                    .fetch_add(1, Ordering::Relaxed);
+                buffers += 1;
+                bytes += this.info[class].capacity;
+            }
+        }
+        for cache in &caches {
+            if !over(this) {
+                break;
+            }
+            if let Some(mut guard) = cache.lock(LOCK_PATIENCE) {
+                guard.with(|state| {
+                    if !state.closed {
+                        let (n, b) = this.empty_cache(state);
+                        buffers += n;
+                        bytes += b;
+                    }
+                });
+            }
+        }
+        drop(caches);
+        this.counters.trimmed(bytes, TrimReason::Pressure);
+        this.events.emit(Event::Trimmed {
+            buffers,
+            bytes,
+            reason: TrimReason::Pressure,
+        });
+    }
+}
+
+/// Puts a pool on the trimmer's schedule (if it has a trim interval or a
+/// memory limit to sample). Nothing under loom or miri: their tests drive
+/// the ticks themselves, and a thread would outlive miri's main thread.
+pub(crate) fn schedule(pool: &Arc<PoolInner>) {
+    #[cfg(not(any(tierpool_loom, miri)))]
+    thread::schedule(pool);
+    #[cfg(any(tierpool_loom, miri))]
+    let _ = pool;
+}
+
+/// Restarts the trimmer thread if this process has none although pools
+/// are scheduled (a forked child). One atomic load when it runs.
+#[inline]
+pub(crate) fn ensure_running() {
+    #[cfg(not(any(tierpool_loom, miri)))]
+    thread::ensure_running();
+}
+
+#[cfg(not(any(tierpool_loom, miri)))]
+mod thread {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Condvar, Mutex, MutexGuard, Weak};
+    use std::time::{Duration, Instant};
+
+    use crate::pool::PoolInner;
+    use crate::sync::Arc;
+
+    /// A pool on the schedule.
+    struct Entry {
+        pool: Weak<PoolInner>,
+        interval: Duration,
+        next_tick: Option<Instant>,
+        next_sample: Option<Instant>,
+    }
+
+    static SCHEDULE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    static WAKE: Condvar = Condvar::new();
+    /// Whether this process has a trimmer thread (cleared in a fork child).
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    static ATFORK: std::sync::Once = std::sync::Once::new();
+
+    fn lock() -> MutexGuard<'static, Vec<Entry>> {
+        // A tick never runs under this lock, so poisoning can only come
+        // from a bug in this file; the data stays consistent either way.
+        SCHEDULE.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn schedule(pool: &Arc<PoolInner>) {
+        let sample = pool.limits.sample_interval();
+        if pool.trim_interval.is_zero() && sample.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let interval = pool.trim_interval;
+        lock().push(Entry {
+            pool: Arc::downgrade(pool),
+            interval,
+            next_tick: (!interval.is_zero())
+                .then(|| now.checked_add(interval))
+                .flatten(),
+            next_sample: sample.and_then(|s| now.checked_add(s)),
+        });
+        WAKE.notify_one();
+        ensure_running();
+    }
+
+    #[inline]
+    pub(super) fn ensure_running() {
+        if !RUNNING.load(Ordering::Acquire) {
+            start();
+        }
+    }
+
+    #[cold]
+    fn start() {
+        ATFORK.call_once(register_atfork);
+        if RUNNING.swap(true, Ordering::AcqRel) {
+            return; // another thread just started it
+        }
+        let spawned = std::thread::Builder::new()
+            .name("tierpool-trimmer".into())
+            .spawn(run);
+        if let Err(e) = spawned {
+            RUNNING.store(false, Ordering::Release);
+            // Without the thread the pools still work; they just do not
+            // shrink on their own (`Pool::trim` still does). The next slow
+            // path tries again.
+            eprintln!("tierpool: could not start the trimmer thread: {e}");
+        }
+    }
+
+    fn run() {
+        let mut due: Vec<(Arc<PoolInner>, bool, bool)> = Vec::new();
+        let mut schedule = lock();
+        loop {
+            let now = Instant::now();
+            schedule.retain(|e| e.pool.strong_count() > 0);
+            let mut earliest: Option<Instant> = None;
+            for entry in schedule.iter_mut() {
+                let tick = entry.next_tick.is_some_and(|t| t <= now);
+                let sample = entry.next_sample.is_some_and(|t| t <= now);
+                if tick || sample {
+                    if let Some(pool) = entry.pool.upgrade() {
+                        due.push((pool, tick, sample));
+                    }
+                }
+                // Late? Skip the missed ticks: the next one is an interval
+                // from now, never a catch-up loop.
+                if tick {
+                    entry.next_tick = now.checked_add(entry.interval);
+                }
+                if sample {
+                    entry.next_sample = entry
+                        .pool
+                        .upgrade()
+                        .and_then(|p| p.limits.sample_interval())
+                        .and_then(|s| now.checked_add(s));
+                }
+                for t in [entry.next_tick, entry.next_sample].into_iter().flatten() {
+                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                }
+            }
+            if !due.is_empty() {
+                drop(schedule);
+                for (pool, tick, sample) in due.drain(..) {
+                    // Nothing a pool does may stop the thread: callbacks
+                    // are caught where they are called, and this catches
+                    // the rest.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if sample {
+                            pool.limits.sample(&pool);
+                        }
+                        if tick {
+                            PoolInner::tick(&pool);
+                        }
+                    }));
+                }
+                schedule = lock();
+                continue;
+            }
+            schedule = match earliest {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    WAKE.wait_timeout(schedule, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => WAKE.wait(schedule).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+
+    // --- fork ---
+
+    std::thread_local! {
+        /// The schedule's guard, held by the forking thread from the
+        /// prepare handler to the parent's and the child's handlers.
+        static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, Vec<Entry>>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    extern "C" fn before_fork() {
+        let guard = lock();
+        FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+    }
+
+    extern "C" fn after_fork_parent() {
+        FORK_GUARD.with(|g| drop(g.borrow_mut().take()));
+    }
+
+    extern "C" fn after_fork_child() {
+        // The trimmer thread did not come along; the next slow path starts
+        // a new one, which finds the schedule as the parent had it.
+        RUNNING.store(false, Ordering::Release);
+        FORK_GUARD.with(|g| drop(g.borrow_mut().take()));
+    }
+
+    fn register_atfork() {
+        #[cfg(unix)]
+        {
+            // SAFETY: three `extern "C"` functions with no arguments, valid
+            // for the life of the process; `pthread_atfork` only records them.
+            let rc = unsafe {
+                libc::pthread_atfork(
+                    Some(before_fork),
+                    Some(after_fork_parent),
+                    Some(after_fork_child),
+                )
+            };
+            debug_assert_eq!(rc, 0);
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Memory under a limit: reading cgroups (fixture trees of both versions
+//! and the real one), pressure, admission, and files that leave no page
+//! cache behind.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tierpool::{ContainerMemory, Error, MemoryLimit, PageCache, Pool, Pressure};
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("tierpool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, path: &str, text: &str) {
+        let path = self.0.join(path.trim_start_matches('/'));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+const V2_STAT: &str =
+    "anon 52428800\nfile 31457280\nactive_file 10485760\ninactive_file 20971520\n";
+
+fn v2_tree(name: &str, cgroup: &str, mount_root: &str) -> Scratch {
+    let s = Scratch::new(name);
+    s.write("/proc/self/cgroup", &format!("0::{cgroup}\n"));
+    s.write(
+        "/proc/self/mountinfo",
+        &format!(
+            "22 1 0:20 / / rw - ext4 /dev/vda rw\n\
+             30 22 0:26 {mount_root} /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+        ),
+    );
+    s
+}
+
+#[test]
+fn reads_a_nested_v2_cgroup_with_the_smallest_ancestor_limit() {
+    let s = v2_tree("v2", "/kubepods/pod1/c1", "/");
+    s.write("/sys/fs/cgroup/kubepods/memory.max", "max\n");
+    s.write("/sys/fs/cgroup/kubepods/pod1/memory.max", "209715200\n");
+    s.write("/sys/fs/cgroup/kubepods/pod1/c1/memory.max", "268435456\n");
+    s.write(
+        "/sys/fs/cgroup/kubepods/pod1/c1/memory.current",
+        "94371840\n",
+    );
+    s.write("/sys/fs/cgroup/kubepods/pod1/c1/memory.stat", V2_STAT);
+    let mem = ContainerMemory::read_under(&s.0).unwrap();
+    assert_eq!(mem.cgroup_version, 2);
+    assert_eq!(mem.limit, Some(209_715_200), "the pod's limit is smaller");
+    assert_eq!(mem.usage, 94_371_840);
+    assert_eq!(mem.inactive_file, 20_971_520);
+    assert_eq!(mem.active_file, 10_485_760);
+    assert_eq!(mem.anon, 52_428_800);
+    assert_eq!(
+        mem.working_set,
+        94_371_840 - 20_971_520,
+        "usage - inactive_file"
+    );
+    assert!(mem.path.ends_with("kubepods/pod1/c1"));
+}
+
+#[test]
+fn reads_a_v2_cgroup_namespace_and_no_limit() {
+    // Inside a cgroup namespace the process sees "/" for its own cgroup,
+    // mounted from the hierarchy's "/kubepods/pod1/c1".
+    let s = v2_tree("v2ns", "/", "/kubepods/pod1/c1");
+    s.write("/sys/fs/cgroup/memory.max", "max\n");
+    s.write("/sys/fs/cgroup/memory.current", "1000\n");
+    s.write(
+        "/sys/fs/cgroup/memory.stat",
+        "anon 10\ninactive_file 5000\n",
+    );
+    let mem = ContainerMemory::read_under(&s.0).unwrap();
+    assert_eq!(mem.limit, None);
+    assert_eq!(mem.working_set, 0, "never below zero");
+}
+
+fn v1_tree(name: &str) -> Scratch {
+    let s = Scratch::new(name);
+    s.write(
+        "/proc/self/cgroup",
+        "11:cpu,cpuacct:/kubepods/pod1/c1\n4:memory:/kubepods/pod1/c1\n0::/\n",
+    );
+    s.write(
+        "/proc/self/mountinfo",
+        "22 1 0:20 / / rw - ext4 /dev/vda rw\n\
+         31 22 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n\
+         35 31 0:32 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n\
+         36 31 0:33 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n",
+    );
+    s
+}
+
+#[test]
+fn reads_a_v1_cgroup_with_total_fields_and_the_hierarchical_limit() {
+    let s = v1_tree("v1");
+    let dir = "/sys/fs/cgroup/memory/kubepods/pod1/c1";
+    s.write(
+        &format!("{dir}/memory.limit_in_bytes"),
+        "9223372036854771712\n",
+    );
+    s.write(&format!("{dir}/memory.usage_in_bytes"), "73400320\n");
+    s.write(
+        &format!("{dir}/memory.stat"),
+        "cache 1\nrss 2\ninactive_file 3\nhierarchical_memory_limit 134217728\n\
+         total_rss 41943040\ntotal_active_file 8388608\ntotal_inactive_file 16777216\n",
+    );
+    let mem = ContainerMemory::read_under(&s.0).unwrap();
+    assert_eq!(mem.cgroup_version, 1);
+    assert_eq!(mem.limit, Some(134_217_728), "the ancestor's limit applies");
+    assert_eq!(mem.anon, 41_943_040);
+    assert_eq!(mem.inactive_file, 16_777_216, "total_ fields win");
+    assert_eq!(mem.working_set, 73_400_320 - 16_777_216);
+}
+
+#[test]
+fn v1_sentinel_means_no_limit() {
+    let s = v1_tree("v1-unlimited");
+    let dir = "/sys/fs/cgroup/memory/kubepods/pod1/c1";
+    s.write(
+        &format!("{dir}/memory.limit_in_bytes"),
+        "9223372036854771712\n",
+    );
+    s.write(&format!("{dir}/memory.usage_in_bytes"), "100\n");
+    s.write(&format!("{dir}/memory.stat"), "total_inactive_file 40\n");
+    let mem = ContainerMemory::read_under(&s.0).unwrap();
+    assert_eq!(mem.limit, None);
+    assert_eq!(mem.working_set, 60);
+}
+
+#[test]
+fn missing_and_broken_cgroups_are_clear_errors() {
+    let s = Scratch::new("nocgroup");
+    s.write("/proc/self/cgroup", "");
+    s.write(
+        "/proc/self/mountinfo",
+        "22 1 0:20 / / rw - ext4 /dev/vda rw\n",
+    );
+    let err = ContainerMemory::read_under(&s.0).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert!(err.to_string().contains("no memory cgroup"), "{err}");
+
+    let s = v2_tree("broken", "/c", "/");
+    s.write("/sys/fs/cgroup/c/memory.max", "lots\n");
+    s.write("/sys/fs/cgroup/c/memory.current", "1\n");
+    s.write("/sys/fs/cgroup/c/memory.stat", "");
+    let err = ContainerMemory::read_under(&s.0).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("lots"), "{err}");
+
+    let s = v2_tree("unreadable", "/c", "/");
+    let err = ContainerMemory::read_under(&s.0).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(ContainerMemory::read_under(Path::new("/nonexistent-root")).is_err());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn reads_the_real_cgroup_when_there_is_one() {
+    match ContainerMemory::read() {
+        Ok(mem) => {
+            assert!(mem.usage > 0, "{mem:?}");
+            assert!(mem.working_set <= mem.usage);
+            assert!(mem.path.exists(), "{mem:?}");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}"),
+    }
+}
+
+#[test]
+fn the_in_use_budget_refuses_and_get_ignores_it() {
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Unlimited)
+        .max_in_use_bytes(1 << 20)
+        .build();
+    let a = pool.try_get(512 << 10).unwrap();
+    let b = pool.try_get(512 << 10).unwrap();
+    match pool.try_get(4096) {
+        Err(Error::OverBudget { budget, .. }) => assert_eq!(budget, 1 << 20),
+        other => panic!("expected OverBudget, got {other:?}"),
+    }
+    let forced = pool.get(4096); // `get` keeps `Vec`'s meaning
+    assert_eq!(forced.capacity(), 4096);
+    drop((a, b, forced));
+    pool.trim();
+    assert!(pool.try_get(512 << 10).is_ok());
+    let stats = pool.stats();
+    assert_eq!(stats.refused, 1);
+    assert_eq!(stats.in_use_bytes, 0);
+}
+
+#[test]
+fn a_waiter_is_woken_by_a_return_on_another_thread() {
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Unlimited)
+        .max_in_use_bytes(1 << 20)
+        .thread_cache_bytes(0)
+        .build();
+    let held = pool.try_get(1 << 20).unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        drop(held);
+    });
+    let buf = pool
+        .get_timeout(1 << 20, Duration::from_secs(30))
+        .expect("served once the other thread returned its buffer");
+    assert_eq!(buf.capacity(), 1 << 20);
+    releaser.join().unwrap();
+    assert_eq!(pool.stats().waited, 1);
+}
+
+#[test]
+fn a_waiter_times_out_with_a_typed_error() {
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Unlimited)
+        .max_in_use_bytes(1 << 20)
+        .build();
+    let _held = pool.try_get(1 << 20).unwrap();
+    match pool.get_timeout(1 << 20, Duration::from_millis(20)) {
+        Err(e @ Error::TimedOut { .. }) => {
+            assert!(e.is_refused());
+            assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::TimedOut);
+        }
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+}
+
+/// A minimal executor: polls on this thread, parks between wakes.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park_timeout(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn acquire_waits_in_arrival_order_and_is_woken_by_returns() {
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Unlimited)
+        .max_in_use_bytes(2 << 20)
+        .thread_cache_bytes(0)
+        .build();
+    let held = pool.try_get(2 << 20).unwrap();
+    let p = pool.clone();
+    let large = std::thread::spawn(move || block_on(p.acquire(2 << 20)).map(|b| b.capacity()));
+    // Let the large request queue first.
+    while pool.stats().waited == 0 {
+        std::thread::yield_now();
+    }
+    let p = pool.clone();
+    let small = std::thread::spawn(move || block_on(p.acquire(4096)).map(|b| b.capacity()));
+    drop(held);
+    assert_eq!(
+        large.join().unwrap().unwrap(),
+        2 << 20,
+        "first in, first served"
+    );
+    assert_eq!(small.join().unwrap().unwrap(), 4096);
+}
+
+#[test]
+fn critical_pressure_refuses_and_keeps_nothing() {
+    // A limit far below what this test process already uses.
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Bytes(1 << 20))
+        .build();
+    let warm = pool.get(4096);
+    assert_eq!(pool.sample_memory(), Pressure::Critical);
+    assert_eq!(pool.pressure(), Pressure::Critical);
+    match pool.try_get(8 << 20) {
+        Err(e @ Error::MemoryPressure { .. }) => assert!(e.is_refused()),
+        other => panic!("expected MemoryPressure, got {other:?}"),
+    }
+    drop(pool.get(8 << 20)); // `get` still serves; the return is freed
+    drop(warm);
+    let stats = pool.stats();
+    assert_eq!(stats.pressure, Pressure::Critical);
+    assert_eq!(stats.retention_limit_bytes, 0);
+    assert_eq!(
+        stats
+            .classes
+            .iter()
+            .map(|c| c.retained_buffers)
+            .sum::<usize>(),
+        0
+    );
+    assert!(stats.refused >= 1);
+}
+
+#[test]
+fn no_limit_means_normal_pressure() {
+    let pool = Pool::builder().memory_limit(MemoryLimit::Unlimited).build();
+    assert_eq!(pool.sample_memory(), Pressure::Normal);
+    assert_eq!(pool.stats().memory_limit_bytes, None);
+}
+
+/// Pages of `path` resident in the page cache, by `mincore` over a mapping
+/// (a test helper outside the crate's OS layer).
+#[allow(clippy::disallowed_methods)]
+#[cfg(target_os = "linux")]
+fn cached_pages(path: &Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of a file we just opened; unmapped
+    // below; `mincore` writes one byte per page into `vec`.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        let pages = len.div_ceil(4096);
+        let mut vec = vec![0u8; pages];
+        assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+        vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn files_leave_no_page_cache_behind() {
+    let s = Scratch::new("pagecache");
+    let pool = Pool::new();
+    let data: Vec<u8> = (0..(8 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    let path = s.0.join("upload.bin");
+    pool.write_file(&path, &data[..]).unwrap();
+    let after_write = cached_pages(&path);
+    let chunks = pool.read_file(&path).unwrap();
+    assert_eq!(chunks.to_vec(), data);
+    let after_read = cached_pages(&path);
+    let total = data.len() / 4096;
+    // tmpfs keeps every page (it has no backing store): the advice is a
+    // no-op there, so only judge real file systems.
+    let keep = Pool::builder().page_cache(PageCache::Keep).build();
+    let kept_path = s.0.join("kept.bin");
+    keep.write_file(&kept_path, &data[..]).unwrap();
+    drop(keep.read_file(&kept_path).unwrap());
+    if cached_pages(&kept_path) == total && after_write == total {
+        eprintln!("the temp dir is on tmpfs: page cache advice cannot be judged here");
+        return;
+    }
+    assert!(
+        after_write * 20 <= total,
+        "{after_write} of {total} pages cached after write"
+    );
+    assert!(
+        after_read * 20 <= total,
+        "{after_read} of {total} pages cached after read"
+    );
+}

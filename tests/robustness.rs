@@ -1,0 +1,328 @@
+//! Failure behaviour: panicking hooks, pools dropped while threads live,
+//! absurd settings, untrusted labels and hints, idle threads' credit, fork.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, mpsc};
+use std::time::{Duration, Instant};
+
+use tierpool::{Event, MemoryLimit, Pool, SizeClasses};
+
+fn base() -> tierpool::PoolBuilder {
+    Pool::builder().memory_limit(MemoryLimit::Unlimited)
+}
+
+/// Waits up to 20 s for `cond` (the trimmer runs on its own schedule).
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_panicking_hook_loses_the_event_and_nothing_else() {
+    let pool = base()
+        .size_classes(SizeClasses::from_sizes(&[100]).unwrap())
+        .on_event(|e| {
+            if matches!(e, Event::Allocated { .. } | Event::Dropped { .. }) {
+                panic!("hook bug");
+            }
+        })
+        .build();
+    let buf = pool.get(100); // Allocated: the hook panics, caught
+    let big = pool.get(1000); // oversize: Allocated again
+    drop(big); // Dropped (oversize) inside `PooledBuf::drop`: caught
+    drop(buf);
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0, "{stats}");
+    assert_eq!(stats.hook_panics, 3);
+    assert_eq!(stats.retained_buffers, 1);
+}
+
+#[test]
+fn a_hook_is_not_called_while_unwinding() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let pool = base()
+        .on_event(move |_| {
+            seen.fetch_add(1, Ordering::Relaxed);
+            panic!("would abort if called during unwinding");
+        })
+        .build();
+    let p = pool.clone();
+    let result = std::thread::spawn(move || {
+        let _oversize = p.get(1 << 30 >> 2 << 3); // above the largest class
+        panic!("the request failed");
+    })
+    .join();
+    assert!(result.is_err(), "the thread's own panic, not an abort");
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0);
+    assert_eq!(stats.events_suppressed, 1, "the drop during unwinding");
+}
+
+/// A value whose drop tells the test that the pool (which owns the hook
+/// holding it) was freed.
+struct Sentinel(mpsc::Sender<()>);
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[test]
+fn a_dropped_pool_is_freed_while_a_thread_that_used_it_lives() {
+    let (tx, rx) = mpsc::channel();
+    let sentinel = Sentinel(tx);
+    let pool = base()
+        .on_event(move |_| {
+            let _ = &sentinel;
+        })
+        .build();
+    let start = Arc::new(Barrier::new(2));
+    let done = Arc::new(Barrier::new(2));
+    let (s, d) = (start.clone(), done.clone());
+    let p = pool.clone();
+    let worker = std::thread::spawn(move || {
+        drop(p.get(4096)); // this thread now caches a block of the pool
+        drop(p);
+        s.wait();
+        d.wait(); // alive, idle, registering no other pool
+    });
+    start.wait();
+    drop(pool);
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the pool and its hook were freed while the worker lives");
+    done.wait();
+    worker.join().unwrap();
+}
+
+#[test]
+fn many_dropped_pools_do_not_accumulate() {
+    for _ in 0..500 {
+        let pool = base().build();
+        drop(pool.get(4096));
+        drop(pool);
+    }
+    // Slots are reused: a new pool's cache lookup stays O(1) and correct.
+    let pool = base().build();
+    drop(pool.get(4096));
+    assert_eq!(pool.stats().retained_buffers, 1);
+}
+
+#[test]
+fn absurd_trim_intervals_are_clamped_and_do_not_wedge_other_pools() {
+    let huge = base().trim_interval(Duration::MAX).build();
+    let tiny = base().trim_interval(Duration::from_nanos(1)).build();
+    let normal = base().trim_interval(Duration::from_millis(20)).build();
+    drop(huge.get(4096));
+    drop(tiny.get(4096));
+    drop(normal.get(4096));
+    eventually("the 20 ms pool trims", || {
+        normal.stats().retained_bytes == 0
+    });
+    eventually("the 1 ns pool trims at the minimum interval", || {
+        tiny.stats().retained_bytes == 0
+    });
+    assert_eq!(huge.stats().retained_buffers, 1, "a day has not passed");
+}
+
+#[test]
+fn a_hook_panicking_on_the_trimmer_thread_does_not_stop_trimming() {
+    let bad = base()
+        .trim_interval(Duration::from_millis(10))
+        .on_event(|e| {
+            if matches!(e, Event::Trimmed { .. }) {
+                panic!("hook bug on the trimmer thread");
+            }
+        })
+        .build();
+    drop(bad.get(4096));
+    eventually("the bad pool's hook panicked", || {
+        bad.stats().hook_panics > 0
+    });
+    let good = base().trim_interval(Duration::from_millis(10)).build();
+    drop(good.get(4096));
+    eventually("a pool built later still trims", || {
+        good.stats().retained_bytes == 0
+    });
+    eventually("the bad pool itself still trims", || {
+        bad.stats().retained_bytes == 0
+    });
+}
+
+#[test]
+fn idle_threads_credit_goes_back_on_trim() {
+    let pool = base()
+        .size_classes(SizeClasses::geometric(4096, 256 << 10, 4).unwrap())
+        .max_retained_bytes(32 << 20)
+        .build();
+    let sizes = pool.size_classes().sizes().to_vec();
+    let go = Arc::new(Barrier::new(33));
+    let end = Arc::new(Barrier::new(33));
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let (p, go, end, sizes) = (pool.clone(), go.clone(), end.clone(), sizes.clone());
+            std::thread::spawn(move || {
+                for &size in &sizes {
+                    drop(p.get(size));
+                }
+                go.wait();
+                end.wait(); // idle, alive
+            })
+        })
+        .collect();
+    go.wait();
+    pool.trim();
+    let stats = pool.stats();
+    assert_eq!(
+        stats.reserved_bytes, 0,
+        "no credit left with idle threads: {stats}"
+    );
+    // The whole cap is usable again.
+    let held: Vec<_> = (0..128).map(|_| pool.get(256 << 10)).collect();
+    drop(held);
+    assert_eq!(pool.stats().retained_bytes, 32 << 20);
+    end.wait();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+#[test]
+fn untrusted_labels_are_bounded() {
+    let pool = base().build();
+    for i in 0..2000 {
+        drop(
+            pool.label(&format!("tenant-{i}"))
+                .read_to_end(&b"x"[..])
+                .unwrap(),
+        );
+    }
+    let labels = pool.stats().labels;
+    assert_eq!(labels.len(), tierpool::io::MAX_LABELS + 1);
+    let other = labels
+        .iter()
+        .find(|l| l.label == tierpool::io::OTHER_LABEL)
+        .unwrap();
+    assert_eq!(other.activity.reads, 2000 - tierpool::io::MAX_LABELS as u64);
+}
+
+#[test]
+fn a_huge_hint_costs_nothing() {
+    let pool = base().build();
+    for hint in [usize::MAX, 1 << 45, 1 << 40] {
+        let body = pool.read_to_end_with_hint(&b"tiny body"[..], hint).unwrap();
+        assert_eq!(body.to_vec(), b"tiny body");
+    }
+}
+
+#[test]
+fn after_an_exact_hint_every_chunk_but_the_last_is_full() {
+    let pool = base().build();
+    // 96 KiB is a class: the hint fills one chunk exactly, then a probe
+    // finds more.
+    let data = vec![9u8; (96 << 10) + 5000];
+    let body = pool.read_to_end_with_hint(&data[..], 96 << 10).unwrap();
+    assert_eq!(body.to_vec(), data);
+    let chunks: Vec<&[u8]> = body.iter().collect();
+    assert!(chunks.len() >= 2);
+    for c in &chunks[..chunks.len() - 1] {
+        assert!(c.len() >= 16 << 10, "a middle chunk of {} bytes", c.len());
+    }
+}
+
+#[test]
+fn trimmed_events_and_stats_agree() {
+    let trimmed = Arc::new(AtomicUsize::new(0));
+    let t = trimmed.clone();
+    let pool = base()
+        .trim_interval(Duration::ZERO)
+        .on_event(move |e| {
+            if let Event::Trimmed { bytes, .. } = e {
+                t.fetch_add(*bytes, Ordering::Relaxed);
+            }
+        })
+        .build();
+    let bufs: Vec<_> = [4096, 1 << 20, 3 << 20]
+        .iter()
+        .map(|&n| pool.get(n))
+        .collect();
+    drop(bufs);
+    pool.trim();
+    assert_eq!(
+        trimmed.load(Ordering::Relaxed) as u64,
+        pool.stats().trimmed_bytes
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_forked_child_builds_pools_and_trims() {
+    // Threads that keep building and dropping pools, so the fork lands while
+    // one of them may hold the trimmer's schedule.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let p = base().trim_interval(Duration::from_millis(10)).build();
+                    drop(p.get(4096));
+                }
+            })
+        })
+        .collect();
+    let before = base().trim_interval(Duration::from_millis(10)).build();
+    for _ in 0..20 {
+        // SAFETY: the child only uses this crate and exits with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(|| {
+                let pool = base().trim_interval(Duration::from_millis(10)).build();
+                drop(pool.get(4096));
+                drop(before.get(4096));
+                let start = Instant::now();
+                while pool.stats().retained_bytes + before.stats().retained_bytes > 0 {
+                    if start.elapsed() > Duration::from_secs(10) {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                true
+            });
+            // SAFETY: ends the child without running the parent's
+            // destructors or test harness.
+            unsafe { libc::_exit(if matches!(ok, Ok(true)) { 0 } else { 1 }) };
+        }
+        let start = Instant::now();
+        let status = loop {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if rc == pid {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                // SAFETY: killing our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the forked child hung");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child did not trim (status {status})"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in churn {
+        t.join().unwrap();
+    }
+}
