@@ -136,6 +136,8 @@ pub(crate) struct PoolInner {
     pub(crate) footprint: AtomicUsize,
     /// Idle capacity that trimming on idle leaves pooled.
     pub(crate) min_retained: usize,
+    /// Read by the trimmer thread, which loom and miri builds do not have.
+    #[cfg_attr(any(tierpool_loom, miri), allow(dead_code))]
     pub(crate) trim_interval: Duration,
     /// Set when the last handle drops: returns free from then on.
     pub(crate) closed: AtomicBool,

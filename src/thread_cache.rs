@@ -196,7 +196,14 @@ impl Drop for CacheGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         // Release: pairs with the Acquire swap of the next holder.
+        #[cfg(not(tierpool_loom))]
         self.cache.busy.store(false, Ordering::Release);
+        // loom may order a plain store before another thread's earlier
+        // swap, which the memory model forbids (tokio-rs/loom#282), and the
+        // flag then looks held for ever. A swap, equivalent here (only the
+        // holder writes `false`), is modelled correctly.
+        #[cfg(tierpool_loom)]
+        self.cache.busy.swap(false, Ordering::Release);
     }
 }
 

@@ -10,15 +10,6 @@ use crate::{Pool, SizeClasses};
 
 /// One class, one slot per thread cache, two in the shared tier: every
 /// return beyond the first spills, every second get refills.
-/// `loom::model` with room for the pool's many atomic steps per
-/// operation (counters, the shared tier's length, the retention budget);
-/// the preemption bound still comes from `LOOM_MAX_PREEMPTIONS`.
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.max_branches = 100_000;
-    builder.check(f);
-}
-
 fn tiny_pool() -> Pool {
     Pool::builder()
         .size_classes(SizeClasses::from_sizes(&[64]).unwrap())
@@ -50,7 +41,7 @@ fn check_quiescent(pool: &Pool) {
 
 #[test]
 fn thread_cache_spills_to_and_refills_from_the_shared_tier() {
-    model(|| {
+    loom::model(|| {
         let pool = tiny_pool();
         let p = pool.clone();
         let spiller = thread::spawn(move || {
@@ -70,7 +61,7 @@ fn thread_cache_spills_to_and_refills_from_the_shared_tier() {
 
 #[test]
 fn buffer_returned_on_another_thread() {
-    model(|| {
+    loom::model(|| {
         let pool = tiny_pool();
         let buf = use_buffer(&pool, 7);
         let p = pool.clone();
@@ -88,7 +79,7 @@ fn buffer_returned_on_another_thread() {
 
 #[test]
 fn trim_races_with_get_and_return() {
-    model(|| {
+    loom::model(|| {
         let pool = tiny_pool();
         drop(use_buffer(&pool, 1));
         let p = pool.clone();
@@ -105,7 +96,7 @@ fn trim_races_with_get_and_return() {
 
 #[test]
 fn idle_tick_races_with_the_owner() {
-    model(|| {
+    loom::model(|| {
         let pool = tiny_pool();
         let inner = pool.inner_arc().clone();
         let p = pool.clone();
@@ -126,7 +117,7 @@ fn idle_tick_races_with_the_owner() {
 
 #[test]
 fn last_handle_drops_while_another_thread_returns() {
-    model(|| {
+    loom::model(|| {
         let pool = tiny_pool();
         let buf = use_buffer(&pool, 5);
         let worker = thread::spawn(move || {
@@ -142,7 +133,7 @@ fn last_handle_drops_while_another_thread_returns() {
 
 #[test]
 fn thread_exit_flush_races_with_trim() {
-    model(|| {
+    loom::model(|| {
         let pool = tiny_pool();
         let p = pool.clone();
         let worker = thread::spawn(move || drop(use_buffer(&p, 4)));
