@@ -830,14 +830,16 @@ impl PoolInner {
                 return true;
             }
             // Full: the oldest batch goes where every thread can use it.
-            cache.take_oldest(class, info.batch, |old| {
-                spilled += 1;
-                if let Err(old) = self.shared[class].push(old) {
-                    // SAFETY: handed back by the queue: ours.
-                    unsafe { self.free_idle(old, class) };
-                    *freed_full += 1;
-                }
-            });
+            if cache.is_full(class) {
+                cache.take_oldest(class, info.batch, |old| {
+                    spilled += 1;
+                    if let Err(old) = self.shared[class].push(old) {
+                        // SAFETY: handed back by the queue: ours.
+                        unsafe { self.free_idle(old, class) };
+                        *freed_full += 1;
+                    }
+                });
+            }
             // Short of credit: reserve a batch's worth, or one buffer's.
             if cache.credit < info.capacity {
                 let batch = info.capacity.saturating_mul(info.batch);

@@ -258,6 +258,13 @@ impl CacheState {
         Ok(())
     }
 
+    /// Whether `class` has no free slot (always, for a class that bypasses
+    /// thread caches).
+    pub(crate) fn is_full(&self, class: usize) -> bool {
+        let c = &self.classes[class];
+        c.top == c.depth
+    }
+
     /// Takes up to `n` of the oldest blocks of `class` (the bottom of the
     /// LIFO, the coldest), handing each to `f`.
     pub(crate) fn take_oldest(&mut self, class: usize, n: usize, mut f: impl FnMut(NonNull<u8>)) {

@@ -782,3 +782,20 @@ fn read_to_end_through_short_reads_and_a_liar() {
     drop(bytes);
     assert_eq!(pool.stats().in_use_bytes, 0);
 }
+
+#[test]
+fn a_return_short_of_credit_does_not_spill_a_cache_with_room() {
+    // Class 100 keeps four per thread, refilled and reserved one batch
+    // (two) at a time: the third return is short of credit, not of room.
+    let pool = small_pool();
+    let bufs: Vec<_> = (0..3).map(|_| pool.get(100)).collect();
+    drop(bufs);
+    let again: Vec<_> = (0..3).map(|_| pool.get(100)).collect();
+    let class = &pool.stats().classes[0];
+    assert_eq!(
+        class.thread_cache_hits, 3,
+        "all three stayed in this thread's cache"
+    );
+    assert_eq!(class.shared_hits, 0);
+    drop(again);
+}
