@@ -24,6 +24,7 @@ use crate::shared_tier::SharedTier;
 use crate::stats::PoolCounters;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::thread_cache::{self, CacheState, ClassLayout, ExitFlush, ThreadCache};
+use crate::trim::Freed;
 use crate::{Error, SizeClasses};
 
 /// How many classes above the requested one a miss may borrow an idle
@@ -954,75 +955,61 @@ impl PoolInner {
     fn close(this: &Arc<PoolInner>) {
         this.closed.store(true, Ordering::SeqCst);
         let caches = std::mem::take(&mut *this.registry.lock());
-        let mut buffers = 0;
-        let mut bytes = 0;
-        for cache in &caches {
-            let Some(mut guard) = cache.lock(LOCK_PATIENCE) else {
-                // Held by a thread that no longer exists (a fork child): its
-                // blocks keep the pool alive; nothing else can be done.
-                continue;
-            };
-            guard.with(|state| {
-                if state.closed {
-                    return;
-                }
-                let (n, b) = this.empty_cache(state);
-                this.counters.absorb(state);
-                buffers += n;
-                bytes += b;
-                state.closed = true;
-            });
-        }
-        drop(caches);
-        let (n, b) = this.empty_shared();
-        buffers += n;
-        bytes += b;
-        this.counters.trimmed(bytes, TrimReason::PoolClosed);
-        this.events.emit(Event::Trimmed {
-            buffers,
-            bytes,
-            reason: TrimReason::PoolClosed,
+        let mut freed = Freed::default();
+        // A cache whose flag cannot be had is held by a thread that no
+        // longer exists (a fork child): its blocks keep the pool alive, and
+        // nothing else can be done.
+        PoolInner::for_each_open_cache(&caches, |state| {
+            this.empty_cache(state, &mut freed);
+            this.counters.absorb(state);
+            state.closed = true;
         });
+        drop(caches);
+        this.empty_shared(&mut freed);
+        this.finish_pass(freed, TrimReason::PoolClosed);
     }
 
-    /// Frees every block of a locked cache and gives its credit back.
-    /// Returns buffers and bytes freed.
-    pub(crate) fn empty_cache(&self, state: &mut CacheState) -> (usize, usize) {
-        let mut buffers = 0;
-        let mut bytes = 0;
+    /// Runs `f` on every open cache of `caches`, each locked in turn. A
+    /// cache whose flag cannot be had within [`LOCK_PATIENCE`] (held by a
+    /// thread lost in a `fork`) is skipped.
+    pub(crate) fn for_each_open_cache(
+        caches: &[Arc<ThreadCache>],
+        mut f: impl FnMut(&mut CacheState),
+    ) {
+        for cache in caches {
+            if let Some(mut guard) = cache.lock(LOCK_PATIENCE) {
+                guard.with(|state| {
+                    if !state.closed {
+                        f(state);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Frees every block of a locked cache as trimmed and gives its credit
+    /// back.
+    pub(crate) fn empty_cache(&self, state: &mut CacheState, freed: &mut Freed) {
+        let before = freed.buffers;
         state.drain(|class, block| {
             // SAFETY: just taken out of the cache; it owned a count, which
             // `release_counts` below gives up.
-            unsafe { self.free_idle(block, class) };
-            self.counters.class[class]
-                .trimmed
-                .fetch_add(1, Ordering::Relaxed);
-            buffers += 1;
-            bytes += self.info[class].capacity;
+            unsafe { self.trim_block(block, class, freed) };
         });
         self.retention.release(std::mem::take(&mut state.credit));
         // SAFETY: the freed blocks' counts; the caller holds another (a
         // handle, or the closing handle's `Arc`).
-        unsafe { self.release_counts(buffers) };
-        (buffers, bytes)
+        unsafe { self.release_counts(freed.buffers - before) };
     }
 
-    /// Frees every block queued in the shared tier.
-    pub(crate) fn empty_shared(&self) -> (usize, usize) {
-        let mut buffers = 0;
-        let mut bytes = 0;
+    /// Frees every block queued in the shared tier as trimmed.
+    pub(crate) fn empty_shared(&self, freed: &mut Freed) {
         for (class, tier) in self.shared.iter().enumerate() {
             while let Some(block) = tier.pop() {
                 // SAFETY: popped from the queue, so it is ours.
-                unsafe { self.free_idle(block, class) };
-                self.counters.class[class]
-                    .trimmed
-                    .fetch_add(1, Ordering::Relaxed);
-                buffers += 1;
-                bytes += self.info[class].capacity;
+                unsafe { self.trim_block(block, class, freed) };
             }
         }
-        (buffers, bytes)
     }
 
     /// Flushes this thread's cache into the shared tier and forgets it.

@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::event::TrimReason;
 use crate::io::label::{AdapterStats, LabelStats};
-use crate::pool::{LOCK_PATIENCE, PoolInner};
+use crate::pool::PoolInner;
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering};
 use crate::thread_cache::{CacheState, ThreadCache};
 
@@ -326,23 +326,16 @@ impl PoolInner {
         let caches: Vec<Arc<ThreadCache>> = self.registry.lock().clone();
         let mut thread_caches = 0;
         let mut credit = 0;
-        for cache in &caches {
-            let Some(mut guard) = cache.lock(LOCK_PATIENCE) else {
-                continue;
-            };
-            guard.with(|state| {
-                if state.closed {
-                    return; // folded into the pool's counters already
-                }
-                thread_caches += 1;
-                credit += state.credit;
-                for (c, out) in state.classes().iter().zip(classes.iter_mut()) {
-                    out.thread_cache_hits += c.hits;
-                    out.returns += c.returns;
-                    out.retained_buffers += c.len();
-                }
-            });
-        }
+        // Closed caches were folded into the pool's counters already.
+        PoolInner::for_each_open_cache(&caches, |state| {
+            thread_caches += 1;
+            credit += state.credit;
+            for (c, out) in state.classes().iter().zip(classes.iter_mut()) {
+                out.thread_cache_hits += c.hits;
+                out.returns += c.returns;
+                out.retained_buffers += c.len();
+            }
+        });
         drop(caches);
         for (counters, out) in self.counters.class.iter().zip(classes.iter_mut()) {
             counters.add_to(out);

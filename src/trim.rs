@@ -13,40 +13,58 @@
 //! is never held across a fork (`pthread_atfork`), so the child cannot find
 //! it locked by a thread that does not exist there.
 
+use std::ptr::NonNull;
+
 use crate::event::{Event, TrimReason};
-use crate::pool::{LOCK_PATIENCE, PoolInner};
+use crate::pool::PoolInner;
 use crate::sync::{Arc, Ordering};
+
+/// What one trim pass freed.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Freed {
+    pub(crate) buffers: usize,
+    pub(crate) bytes: usize,
+}
 
 // === impl PoolInner (trimming) ===
 
 impl PoolInner {
-    /// Frees every idle block in every tier and every thread cache's credit.
-    pub(crate) fn trim(this: &Arc<PoolInner>, reason: TrimReason) {
-        let caches = this.registry.lock().clone();
-        let mut buffers = 0;
-        let mut bytes = 0;
-        for cache in &caches {
-            let Some(mut guard) = cache.lock(LOCK_PATIENCE) else {
-                continue;
-            };
-            guard.with(|state| {
-                if !state.closed {
-                    let (n, b) = this.empty_cache(state);
-                    buffers += n;
-                    bytes += b;
-                }
-            });
-        }
-        drop(caches);
-        let (n, b) = this.empty_shared();
-        buffers += n;
-        bytes += b;
-        this.counters.trimmed(bytes, reason);
-        this.events.emit(Event::Trimmed {
-            buffers,
-            bytes,
+    /// Frees an idle block as trimmed: its memory, its reservation, and one
+    /// count in its class's figures and in `freed`. A cached block's pool
+    /// count is the caller's to release.
+    ///
+    /// # Safety
+    ///
+    /// As [`PoolInner::free_idle`].
+    pub(crate) unsafe fn trim_block(&self, block: NonNull<u8>, class: usize, freed: &mut Freed) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_idle(block, class) };
+        self.counters.class[class]
+            .trimmed
+            .fetch_add(1, Ordering::Relaxed);
+        freed.buffers += 1;
+        freed.bytes += self.info[class].capacity;
+    }
+
+    /// Ends a trim pass: counts it and emits its event, so statistics and
+    /// events always agree.
+    pub(crate) fn finish_pass(&self, freed: Freed, reason: TrimReason) {
+        self.counters.trimmed(freed.bytes, reason);
+        self.events.emit(Event::Trimmed {
+            buffers: freed.buffers,
+            bytes: freed.bytes,
             reason,
         });
+    }
+
+    /// Frees every idle block in every tier and every thread cache's credit.
+    pub(crate) fn trim(this: &Arc<PoolInner>, reason: TrimReason) {
+        let mut freed = Freed::default();
+        let caches = this.registry.lock().clone();
+        PoolInner::for_each_open_cache(&caches, |state| this.empty_cache(state, &mut freed));
+        drop(caches);
+        this.empty_shared(&mut freed);
+        this.finish_pass(freed, reason);
     }
 
     /// One idle tick: frees every block that stayed idle since the last
@@ -72,24 +90,17 @@ impl PoolInner {
                 });
             }
         }
-        let mut budget = idle.saturating_sub(this.min_retained);
-        let mut buffers = 0;
-        let mut bytes = 0;
+        let budget = idle.saturating_sub(this.min_retained);
+        let mut freed = Freed::default();
         for (class, tier) in this.shared.iter().enumerate() {
             let capacity = this.info[class].capacity;
             for _ in 0..tier.idle_since_tick() {
-                if budget < capacity {
+                if budget < freed.bytes + capacity {
                     break;
                 }
                 let Some(block) = tier.pop() else { break };
                 // SAFETY: just popped from the shared tier.
-                unsafe { this.free_idle(block, class) };
-                this.counters.class[class]
-                    .trimmed
-                    .fetch_add(1, Ordering::Relaxed);
-                budget -= capacity;
-                buffers += 1;
-                bytes += capacity;
+                unsafe { this.trim_block(block, class, &mut freed) };
             }
             tier.mark_tick();
         }
@@ -102,22 +113,15 @@ impl PoolInner {
                 if state.closed {
                     return;
                 }
-                let mut counts = 0;
+                let before = freed.buffers;
                 for class in 0..this.info.len() {
                     let capacity = this.info[class].capacity;
-                    let n = state.idle(class).min(budget / capacity);
+                    let n = state.idle(class).min((budget - freed.bytes) / capacity);
                     state.take_oldest(class, n, |block| {
                         // SAFETY: just taken out of the cache; its count is
                         // released below.
-                        unsafe { this.free_idle(block, class) };
-                        counts += 1;
+                        unsafe { this.trim_block(block, class, &mut freed) };
                     });
-                    this.counters.class[class]
-                        .trimmed
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    budget -= n * capacity;
-                    buffers += n;
-                    bytes += n * capacity;
                 }
                 if state.ops() == state.ops_at_tick {
                     // No traffic all interval: the credit goes back too.
@@ -125,16 +129,11 @@ impl PoolInner {
                 }
                 state.mark_tick();
                 // SAFETY: the freed blocks' counts; `this` is another.
-                unsafe { this.release_counts(counts) };
+                unsafe { this.release_counts(freed.buffers - before) };
             });
         }
         drop(caches);
-        this.counters.trimmed(bytes, TrimReason::Idle);
-        this.events.emit(Event::Trimmed {
-            buffers,
-            bytes,
-            reason: TrimReason::Idle,
-        });
+        this.finish_pass(freed, TrimReason::Idle);
     }
 
     /// Frees idle blocks (the largest classes first) and thread caches'
@@ -142,58 +141,30 @@ impl PoolInner {
     /// what memory pressure asks for.
     pub(crate) fn shrink_to_limit(this: &Arc<PoolInner>) {
         let limit = this.retention.limit();
-        let over = |pool: &PoolInner| pool.retention.reserved() > limit;
-        if !over(this) {
+        let over = || this.retention.reserved() > limit;
+        if !over() {
             return;
         }
-        let mut buffers = 0;
-        let mut bytes = 0;
-        // Credit first: it holds no memory, but it holds budget.
+        let mut freed = Freed::default();
         let caches = this.registry.lock().clone();
-        for cache in &caches {
-            if let Some(mut guard) = cache.lock(LOCK_PATIENCE) {
-                guard.with(|state| {
-                    if !state.closed {
-                        this.retention.release(std::mem::take(&mut state.credit));
-                    }
-                });
-            }
-        }
-        'shared: for (class, tier) in this.shared.iter().enumerate().rev() {
-            while over(this) {
-                let Some(block) = tier.pop() else {
-                    continue 'shared;
-                };
-                // SAFETY: just popped from the shared tier.
-                unsafe { this.free_idle(block, class) };
-                this.counters.class[class]
-                    .trimmed
-                    .fetch_add(1, Ordering::Relaxed);
-                buffers += 1;
-                bytes += this.info[class].capacity;
-            }
-        }
-        for cache in &caches {
-            if !over(this) {
-                break;
-            }
-            if let Some(mut guard) = cache.lock(LOCK_PATIENCE) {
-                guard.with(|state| {
-                    if !state.closed {
-                        let (n, b) = this.empty_cache(state);
-                        buffers += n;
-                        bytes += b;
-                    }
-                });
-            }
-        }
-        drop(caches);
-        this.counters.trimmed(bytes, TrimReason::Pressure);
-        this.events.emit(Event::Trimmed {
-            buffers,
-            bytes,
-            reason: TrimReason::Pressure,
+        // Credit first: it holds no memory, but it holds budget.
+        PoolInner::for_each_open_cache(&caches, |state| {
+            this.retention.release(std::mem::take(&mut state.credit));
         });
+        for (class, tier) in this.shared.iter().enumerate().rev() {
+            while over() {
+                let Some(block) = tier.pop() else { break };
+                // SAFETY: just popped from the shared tier.
+                unsafe { this.trim_block(block, class, &mut freed) };
+            }
+        }
+        PoolInner::for_each_open_cache(&caches, |state| {
+            if over() {
+                this.empty_cache(state, &mut freed);
+            }
+        });
+        drop(caches);
+        this.finish_pass(freed, TrimReason::Pressure);
     }
 }
 

@@ -238,6 +238,8 @@ impl Limits {
     }
 
     /// How often the trimmer should sample for this pool (`None`: no limit).
+    /// Read by the trimmer thread, which loom and miri builds do not have.
+    #[cfg_attr(any(tierpool_loom, miri), allow(dead_code))]
     pub(crate) fn sample_interval(&self) -> Option<Duration> {
         (self.limit > 0).then_some(SAMPLE_INTERVAL)
     }
