@@ -116,75 +116,50 @@ impl Pool {
         max_len: usize,
         activity: &mut Activity,
     ) -> io::Result<Chunks> {
-        // Never ask for more than one byte past the limit in all.
-        let budget = max_len.saturating_add(1);
+        let plan = ChunkPlan::new(max_len);
         let mut chunks: Vec<PooledBuf> = Vec::new();
         let mut total = 0usize;
-        let mut next = match hint {
-            Some(h) if h > 0 => h.min(budget).min(MAX_HINTED_CHUNK),
-            _ => FIRST_CHUNK.min(budget),
-        };
+        let mut size = plan.first(hint);
+        // Bytes a probe read past an exact hint: they start the next chunk.
+        let mut carry = ([0u8; PROBE], 0usize);
         loop {
-            let mut chunk = self.try_get(next.max(1))?;
+            let mut chunk = self.try_get(size + carry.1)?;
             activity.chunks += 1;
+            chunk.extend_from_slice(&carry.0[..carry.1]);
+            carry.1 = 0;
+            let before = chunk.len();
             let eof = fill(
                 &mut chunk,
                 &mut reader,
-                budget - total,
+                plan.remaining(total),
                 &mut activity.read_calls,
             )?;
-            total += chunk.len();
+            total += chunk.len() - before;
             activity.bytes = total;
-            if total > max_len {
-                return Err(too_long(max_len));
-            }
+            plan.check(total)?;
             let full = chunk.len() == chunk.capacity();
             chunks.push(chunk);
             if eof {
                 break;
             }
-            if full && hint.is_some() && total == hint.unwrap_or(0) {
+            if full && hint == Some(total) {
                 // The hint was exact so far: check for the end with a probe
                 // instead of a whole new chunk.
-                let mut probe = [0u8; 64];
+                let window = plan.remaining(total).min(PROBE);
                 let n = read_retrying(
                     &mut reader,
-                    &mut probe[..(budget - total).min(64)],
+                    &mut carry.0[..window],
                     &mut activity.read_calls,
                 )?;
                 if n == 0 {
                     break;
                 }
+                carry.1 = n;
                 total += n;
                 activity.bytes = total;
-                if total > max_len {
-                    return Err(too_long(max_len));
-                }
-                // The probe's bytes start the next chunk, which then fills
-                // from the reader, so every chunk but the last stays full.
-                let grown = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
-                let mut tail = self.try_get(n + grown)?;
-                activity.chunks += 1;
-                tail.extend_from_slice(&probe[..n]);
-                let eof = fill(
-                    &mut tail,
-                    &mut reader,
-                    budget - total,
-                    &mut activity.read_calls,
-                )?;
-                total += tail.len() - n;
-                activity.bytes = total;
-                chunks.push(tail);
-                if total > max_len {
-                    return Err(too_long(max_len));
-                }
-                if eof {
-                    break;
-                }
+                plan.check(total)?;
             }
-            // Double (the next chunk as large as all before it) up to the
-            // cap, and never past the limit.
-            next = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
+            size = plan.next(total);
         }
         let discarded = self.shrink_last(&mut chunks)?;
         Ok(Chunks::from_bufs(self.clone(), chunks).with_discarded(discarded))
@@ -222,10 +197,70 @@ impl Pool {
     }
 }
 
-pub(crate) fn too_long(max_len: usize) -> io::Error {
+/// The bytes a read reads past an exact hint to learn whether the stream
+/// ended.
+const PROBE: usize = 64;
+
+/// How a read sizes its chunks, for the blocking and the async reads alike:
+/// the first from the hint (trusted up to [`MAX_HINTED_CHUNK`]) or
+/// [`FIRST_CHUNK`], then each as large as all before it up to
+/// [`MAX_CHUNK`], and never more than one byte past the limit in all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkPlan {
+    max_len: usize,
+    /// `max_len + 1`: reading one byte past the limit tells it was passed.
+    budget: usize,
+}
+
+impl ChunkPlan {
+    pub(crate) fn new(max_len: usize) -> ChunkPlan {
+        ChunkPlan {
+            max_len,
+            budget: max_len.saturating_add(1),
+        }
+    }
+
+    /// The first chunk's size.
+    pub(crate) fn first(&self, hint: Option<usize>) -> usize {
+        match hint {
+            Some(h) if h > 0 => h.min(self.budget).min(MAX_HINTED_CHUNK),
+            _ => FIRST_CHUNK.min(self.budget),
+        }
+    }
+
+    /// The next chunk's size once `total` bytes are read (at least one).
+    pub(crate) fn next(&self, total: usize) -> usize {
+        total
+            .clamp(FIRST_CHUNK, MAX_CHUNK)
+            .min(self.remaining(total))
+            .max(1)
+    }
+
+    /// Bytes that may still be read after `total`.
+    pub(crate) fn remaining(&self, total: usize) -> usize {
+        self.budget - total
+    }
+
+    /// `FileTooLarge` once `total` passes the limit.
+    pub(crate) fn check(&self, total: usize) -> io::Result<()> {
+        if total > self.max_len {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "the stream is longer than the limit of {} bytes",
+                    self.max_len
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The error of a reader that reports more bytes than it was given.
+pub(crate) fn lying_reader(n: usize, len: usize) -> io::Error {
     io::Error::new(
-        io::ErrorKind::FileTooLarge,
-        format!("the stream is longer than the limit of {max_len} bytes"),
+        io::ErrorKind::InvalidData,
+        format!("the reader reported {n} bytes read into a {len}-byte buffer"),
     )
 }
 
@@ -306,15 +341,7 @@ fn read_retrying<R: Read>(reader: &mut R, buf: &mut [u8], calls: &mut u64) -> io
     loop {
         *calls += 1;
         match reader.read(buf) {
-            Ok(n) if n > buf.len() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "the reader reported {n} bytes read into a {}-byte buffer",
-                        buf.len()
-                    ),
-                ));
-            }
+            Ok(n) if n > buf.len() => return Err(lying_reader(n, buf.len())),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite, ReadBuf};
 
 use crate::io::label::Activity;
-use crate::io::read::{FIRST_CHUNK, MAX_CHUNK, ReadWindow};
+use crate::io::read::{ChunkPlan, ReadWindow, lying_reader};
 use crate::{Chunks, Pool, PooledBuf, PooledWriter};
 
 impl Pool {
@@ -49,16 +49,16 @@ impl Pool {
         max_len: usize,
         activity: &mut Activity,
     ) -> io::Result<Chunks> {
-        let budget = max_len.saturating_add(1);
+        let plan = ChunkPlan::new(max_len);
         let mut chunks: Vec<PooledBuf> = Vec::new();
         let mut total = 0usize;
-        let mut next = FIRST_CHUNK.min(budget);
+        let mut size = plan.first(None);
         'chunks: loop {
-            let mut chunk = self.try_get(next.max(1))?;
+            let mut chunk = self.try_get(size)?;
             activity.chunks += 1;
             let mut window = ReadWindow::default();
-            while chunk.len() < chunk.capacity() && total < budget {
-                let bytes = window.next(&mut chunk, budget - total);
+            while chunk.len() < chunk.capacity() && plan.remaining(total) > 0 {
+                let bytes = window.next(&mut chunk, plan.remaining(total));
                 let len = bytes.len();
                 activity.read_calls += 1;
                 let n = match reader.read(bytes).await {
@@ -67,10 +67,7 @@ impl Pool {
                     Err(e) => return Err(e),
                 };
                 if n > len {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("the reader reported {n} bytes read into a {len}-byte buffer"),
-                    ));
+                    return Err(lying_reader(n, len));
                 }
                 if n == 0 {
                     chunks.push(chunk);
@@ -81,10 +78,8 @@ impl Pool {
                 activity.bytes = total;
             }
             chunks.push(chunk);
-            if total > max_len {
-                return Err(crate::io::read::too_long(max_len));
-            }
-            next = total.clamp(FIRST_CHUNK, MAX_CHUNK).min(budget - total);
+            plan.check(total)?;
+            size = plan.next(total);
         }
         let discarded = self.shrink_last(&mut chunks)?;
         Ok(Chunks::from_bufs(self.clone(), chunks).with_discarded(discarded))
