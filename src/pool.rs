@@ -568,6 +568,8 @@ impl PoolInner {
         min_capacity: usize,
         admission: Admission,
     ) -> Result<PooledBuf, Error> {
+        // A forked child has no trimmer thread yet: start one.
+        crate::trim::ensure_running();
         let Some(class) = this.classes.index_for(min_capacity) else {
             return PoolInner::get_oversize(this, min_capacity, admission);
         };
@@ -770,7 +772,7 @@ impl PoolInner {
             if self.retention.try_reserve(capacity) {
                 match self.shared[class].push(block) {
                     Ok(()) => {
-                        self.limits.note_return(capacity);
+                        self.limits.note_return();
                         self.report_freed_full(capacity, freed_full);
                         return Returned::Released;
                     }
@@ -893,9 +895,9 @@ impl PoolInner {
     /// Counts a block that leaves the pool through `into_vec`.
     pub(crate) fn detach(&self, class: u32, size: usize) {
         self.footprint.fetch_sub(size, Ordering::Relaxed);
-        self.limits.note_return(size);
+        self.limits.note_return();
         if class == OVERSIZE {
-            self.counters.oversize_detached(size);
+            self.counters.oversize_returned(size);
         } else {
             self.counters.class[class as usize]
                 .detached
@@ -930,7 +932,7 @@ impl PoolInner {
                 .released_bytes
                 .fetch_add(size as u64, Ordering::Relaxed);
         }
-        self.limits.note_return(size);
+        self.limits.note_return();
     }
 
     /// Frees an idle block that held a reservation (and no pool count: a

@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use crate::event::TrimReason;
 use crate::io::label::{AdapterStats, LabelStats};
 use crate::pool::PoolInner;
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering};
@@ -287,12 +286,8 @@ impl PoolCounters {
         self.oversize_in_use_buffers.fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn oversize_detached(&self, size: usize) {
-        self.oversize_returned(size);
-    }
-
     /// Counts one trim pass that freed `bytes`.
-    pub(crate) fn trimmed(&self, bytes: usize, _reason: TrimReason) {
+    pub(crate) fn trimmed(&self, bytes: usize) {
         self.trim_passes.fetch_add(1, Ordering::Relaxed);
         self.trimmed_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);

@@ -49,7 +49,7 @@ impl PoolInner {
     /// Ends a trim pass: counts it and emits its event, so statistics and
     /// events always agree.
     pub(crate) fn finish_pass(&self, freed: Freed, reason: TrimReason) {
-        self.counters.trimmed(freed.bytes, reason);
+        self.counters.trimmed(freed.bytes);
         self.events.emit(Event::Trimmed {
             buffers: freed.buffers,
             bytes: freed.bytes,

@@ -302,7 +302,6 @@ impl Limits {
     /// sample; every miss raises the level if the estimate passes a
     /// threshold.
     pub(crate) fn note_allocation(&self, pool: &Arc<PoolInner>, bytes: usize) {
-        crate::trim::ensure_running();
         if self.limit == 0 {
             return;
         }
@@ -326,7 +325,7 @@ impl Limits {
     /// Called when the pool frees or queues memory: wakes the first
     /// admission waiter, if any.
     #[inline]
-    pub(crate) fn note_return(&self, _bytes: usize) {
+    pub(crate) fn note_return(&self) {
         if !self.waiters.is_empty() {
             self.waiters.wake_head();
         }
