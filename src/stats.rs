@@ -69,7 +69,7 @@ pub struct Stats {
     pub classes: Vec<ClassStats>,
     /// What the adapters (`read_to_end`, writers) did, all labels included.
     pub adapters: AdapterStats,
-    /// Per label of [`Pool::reader`](crate::Pool::reader): activity and the
+    /// Per label of [`Pool::label`](crate::Pool::label): activity and the
     /// final-size distribution, so a dashboard shows which pipeline grows.
     pub labels: Vec<LabelStats>,
 }
