@@ -1113,12 +1113,16 @@ mod slots {
     /// A slot number no live pool uses, the lowest free ones first so the
     /// tables stay small.
     pub(super) fn acquire() -> usize {
+        // Inside the fork gate: a push or pop cut short by a fork would
+        // leave the queue waiting for a thread the child does not have.
+        let _gate = crate::sync::fork_gate();
         FREE.pop()
             .unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Gives a freed pool's slot back.
     pub(super) fn release(slot: usize) {
+        let _gate = crate::sync::fork_gate();
         FREE.push(slot);
     }
 }

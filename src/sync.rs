@@ -48,9 +48,14 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// Takes the lock, inside the fork gate (see [`fork_gate`]).
     #[cfg(not(any(tierpool_loom, miri)))]
-    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, T> {
-        self.inner.lock()
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        let gate = fork_gate();
+        MutexGuard {
+            inner: self.inner.lock(),
+            _gate: gate,
+        }
     }
 
     /// A poisoned lock only means another thread panicked while holding
@@ -65,6 +70,60 @@ impl<T> Mutex<T> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// A held [`Mutex`]: the lock, then its share of the fork gate (fields drop
+/// in this order).
+#[cfg(not(any(tierpool_loom, miri)))]
+pub(crate) struct MutexGuard<'a, T> {
+    inner: parking_lot::MutexGuard<'a, T>,
+    _gate: ForkGate,
+}
+
+#[cfg(not(any(tierpool_loom, miri)))]
+impl<T> std::ops::Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+#[cfg(not(any(tierpool_loom, miri)))]
+impl<T> std::ops::DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+/// The fork gate: every lock of this crate, and every multi-step change of
+/// its process-wide state, holds a shared (recursive) share of it; the
+/// `pthread_atfork` prepare handler takes it exclusively. So no lock of the
+/// crate is held across a `fork`, and a forked child never waits for a
+/// thread that did not come along. One uncontended atomic per slow-path
+/// lock; the get and return fast paths take none.
+#[cfg(not(any(tierpool_loom, miri)))]
+static FORK_GATE: parking_lot::RwLock<()> = parking_lot::const_rwlock(());
+
+/// A shared share of the fork gate.
+#[cfg(not(any(tierpool_loom, miri)))]
+pub(crate) type ForkGate = parking_lot::RwLockReadGuard<'static, ()>;
+
+/// Takes a shared share of the fork gate (recursive: a holder may take
+/// another while the prepare handler waits).
+#[cfg(not(any(tierpool_loom, miri)))]
+pub(crate) fn fork_gate() -> ForkGate {
+    FORK_GATE.read_recursive()
+}
+
+/// Takes the fork gate exclusively: no lock of the crate is held, and none
+/// can be taken, until the guard drops (the prepare handler of a `fork`).
+#[cfg(not(any(tierpool_loom, miri)))]
+pub(crate) fn close_fork_gate() -> parking_lot::RwLockWriteGuard<'static, ()> {
+    FORK_GATE.write()
+}
+
+/// No `fork` under loom or miri: the gate is nothing.
+#[cfg(any(tierpool_loom, miri))]
+pub(crate) fn fork_gate() {}
 
 /// `UnsafeCell` with loom's closure API, so that under loom every access to
 /// a cell is checked for races, and in normal builds it is std's at no cost.

@@ -199,6 +199,8 @@ mod thread {
     struct Entry {
         pool: Weak<PoolInner>,
         interval: Duration,
+        /// How often to sample the pool's memory (fixed when it is built).
+        sample: Option<Duration>,
         next_tick: Option<Instant>,
         next_sample: Option<Instant>,
     }
@@ -216,6 +218,8 @@ mod thread {
     }
 
     pub(super) fn schedule(pool: &Arc<PoolInner>) {
+        // Every process with a pool gets the fork handlers, trimmer or not.
+        ATFORK.call_once(register_atfork);
         let sample = pool.limits.sample_interval();
         if pool.trim_interval.is_zero() && sample.is_none() {
             return;
@@ -225,6 +229,7 @@ mod thread {
         lock().push(Entry {
             pool: Arc::downgrade(pool),
             interval,
+            sample,
             next_tick: (!interval.is_zero())
                 .then(|| now.checked_add(interval))
                 .flatten(),
@@ -243,7 +248,6 @@ mod thread {
 
     #[cold]
     fn start() {
-        ATFORK.call_once(register_atfork);
         if RUNNING.swap(true, Ordering::AcqRel) {
             return; // another thread just started it
         }
@@ -280,11 +284,10 @@ mod thread {
                     entry.next_tick = now.checked_add(entry.interval);
                 }
                 if sample {
-                    entry.next_sample = entry
-                        .pool
-                        .upgrade()
-                        .and_then(|p| p.limits.sample_interval())
-                        .and_then(|s| now.checked_add(s));
+                    // Never a temporary upgrade here: dropping the last
+                    // count of a pool under this lock would take the fork
+                    // gate inside it.
+                    entry.next_sample = entry.sample.and_then(|s| now.checked_add(s));
                 }
                 for t in [entry.next_tick, entry.next_sample].into_iter().flatten() {
                     earliest = Some(earliest.map_or(t, |e| e.min(t)));
@@ -296,6 +299,9 @@ mod thread {
                     // Nothing a pool does may stop the thread: callbacks
                     // are caught where they are called, and this catches
                     // the rest.
+                    // Inside the fork gate: a fork waits for the tick to end,
+                    // so no cache flag is held across it.
+                    let _gate = crate::sync::fork_gate();
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         if sample {
                             pool.limits.sample(&pool);
@@ -323,15 +329,31 @@ mod thread {
     // --- fork ---
 
     std::thread_local! {
-        /// The schedule's guard, held by the forking thread from the
-        /// prepare handler to the parent's and the child's handlers.
-        static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, Vec<Entry>>>> =
+        /// The fork gate and the schedule's guard, held by the forking
+        /// thread from the prepare handler to the parent's and the child's
+        /// handlers.
+        static FORK_GUARD: std::cell::RefCell<Option<ForkGuards>> =
             const { std::cell::RefCell::new(None) };
     }
 
+    /// What the forking thread holds across the fork; the schedule drops
+    /// before the gate.
+    struct ForkGuards {
+        _schedule: MutexGuard<'static, Vec<Entry>>,
+        _gate: parking_lot::RwLockWriteGuard<'static, ()>,
+    }
+
     extern "C" fn before_fork() {
-        let guard = lock();
-        FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+        // The gate first: it waits for every lock of the crate to be let go
+        // (a tick holds a share of it), then nothing can take one.
+        let gate = crate::sync::close_fork_gate();
+        let schedule = lock();
+        FORK_GUARD.with(|g| {
+            *g.borrow_mut() = Some(ForkGuards {
+                _schedule: schedule,
+                _gate: gate,
+            })
+        });
     }
 
     extern "C" fn after_fork_parent() {
