@@ -625,7 +625,7 @@ impl PoolInner {
                     // for its return.
                     cache.credit += capacity;
                     if c == class {
-                        this.refill(cache, class);
+                        PoolInner::refill(this, cache, class);
                     }
                     true
                 })
@@ -641,21 +641,21 @@ impl PoolInner {
     /// Moves up to a batch less one of idle blocks from the shared tier
     /// into a thread cache (one was just taken for the caller). Refilled
     /// blocks keep their reservation and take a pool count each.
-    fn refill(self: &PoolInner, cache: &mut CacheState, class: usize) {
-        for _ in 1..self.info[class].batch {
-            let Some(block) = self.shared[class].pop() else {
+    fn refill(this: &Arc<PoolInner>, cache: &mut CacheState, class: usize) {
+        for _ in 1..this.info[class].batch {
+            let Some(block) = this.shared[class].pop() else {
                 break;
             };
             match cache.stock(class, block) {
                 Ok(()) => {
                     // SAFETY: the caller holds a strong count (a handle);
                     // the cached block owns this new one.
-                    unsafe { Arc::increment_strong_count(self as *const PoolInner) };
+                    unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
                 }
                 Err(block) => {
-                    if let Err(block) = self.shared[class].push(block) {
+                    if let Err(block) = this.shared[class].push(block) {
                         // SAFETY: handed back by the queue: still ours.
-                        unsafe { self.free_idle(block, class) };
+                        unsafe { this.free_idle(block, class) };
                     }
                     break;
                 }
@@ -701,7 +701,7 @@ impl PoolInner {
             this.id,
             &this.layouts,
             ExitFlush {
-                pool: NonNull::from(&**this).cast(),
+                pool: arc_ptr(this).cast(),
                 run: flush_exiting,
             },
         ));
@@ -745,87 +745,112 @@ impl PoolInner {
         let pool = unsafe { this.as_ref() };
         match thread_cache::with_cache(pool.slot, pool.id, |cache| cache.put(class, block)) {
             Some(Ok(())) => Returned::Cached,
-            _ => pool.give_back_slow(block, class),
+            _ => {
+                // SAFETY: forwarded from the caller.
+                let returned = unsafe { PoolInner::give_back_slow(this, block, class) };
+                // Memory came back (queued or freed): wake a waiter, out of
+                // every thread cache's flag.
+                pool.limits.note_return();
+                returned
+            }
         }
     }
 
     /// A return that the thread cache did not take as it stood: spill or
     /// reserve and retry, else the shared tier, else free.
+    ///
+    /// # Safety
+    ///
+    /// As [`give_back`](Self::give_back).
     #[cold]
-    fn give_back_slow(&self, block: NonNull<u8>, class: usize) -> Returned {
-        let capacity = self.info[class].capacity;
+    unsafe fn give_back_slow(
+        this: NonNull<PoolInner>,
+        block: NonNull<u8>,
+        class: usize,
+    ) -> Returned {
+        // SAFETY: the caller's count keeps the pool alive.
+        let pool = unsafe { this.as_ref() };
+        let capacity = pool.info[class].capacity;
         let mut freed_full = 0;
-        let reason = if self.closed.load(Ordering::Relaxed) {
+        let reason = if pool.closed.load(Ordering::Relaxed) {
             DropReason::PoolClosed
-        } else if self.limits.is_critical() {
+        } else if pool.limits.is_critical() {
             DropReason::Pressure
         } else {
-            if self.info[class].depth > 0 {
-                if let Some(kept) = self.put_with_room(block, class, &mut freed_full) {
-                    self.report_freed_full(capacity, freed_full);
+            if pool.info[class].depth > 0 {
+                // SAFETY: forwarded from the caller.
+                let kept = unsafe { PoolInner::put_with_room(this, block, class, &mut freed_full) };
+                if let Some(kept) = kept {
+                    pool.report_freed_full(capacity, freed_full);
                     return kept;
                 }
             }
-            self.counters.class[class]
+            pool.counters.class[class]
                 .returns
                 .fetch_add(1, Ordering::Relaxed);
-            if self.retention.try_reserve(capacity) {
-                match self.shared[class].push(block) {
+            if pool.retention.try_reserve(capacity) {
+                match pool.shared[class].push(block) {
                     Ok(()) => {
-                        self.limits.note_return();
-                        self.report_freed_full(capacity, freed_full);
+                        pool.report_freed_full(capacity, freed_full);
                         return Returned::Released;
                     }
-                    Err(_) => self.retention.release(capacity),
+                    Err(_) => pool.retention.release(capacity),
                 }
             }
-            self.counters.class[class]
+            pool.counters.class[class]
                 .dropped_full
                 .fetch_add(1, Ordering::Relaxed);
             // SAFETY: the caller gave this block up.
-            unsafe { self.free_memory(block, capacity) };
-            self.report_freed_full(capacity, freed_full);
-            self.events.emit(Event::Dropped {
+            unsafe { pool.free_memory(block, capacity) };
+            pool.report_freed_full(capacity, freed_full);
+            pool.events.emit(Event::Dropped {
                 capacity,
                 reason: DropReason::PoolFull,
             });
             return Returned::Released;
         };
-        self.counters.class[class]
+        pool.counters.class[class]
             .returns
             .fetch_add(1, Ordering::Relaxed);
         // SAFETY: the caller gave this block up.
-        unsafe { self.free_memory(block, capacity) };
-        self.events.emit(Event::Dropped { capacity, reason });
+        unsafe { pool.free_memory(block, capacity) };
+        pool.events.emit(Event::Dropped { capacity, reason });
         Returned::Released
     }
 
     /// Puts a block into this thread's cache after making room: spilling
     /// the oldest batch to the shared tier when full, reserving credit when
     /// short. `None` when there is no cache to use or the budget is spent.
-    fn put_with_room(
-        &self,
+    ///
+    /// # Safety
+    ///
+    /// As [`give_back`](Self::give_back).
+    unsafe fn put_with_room(
+        this: NonNull<PoolInner>,
         block: NonNull<u8>,
         class: usize,
         freed_full: &mut usize,
     ) -> Option<Returned> {
+        // SAFETY: the caller's count keeps the pool alive.
+        let pool = unsafe { this.as_ref() };
         // Without a handle at hand, a cache is made through the block's
-        // count (`&self` is kept alive by it, and lives in an `Arc`).
-        if !thread_cache::has_cache(self.slot, self.id) {
-            // SAFETY: every `PoolInner` lives in an `Arc` and the caller's
-            // block holds a count of it, so taking one more is sound; it is
-            // released when `this` drops at the end of this scope.
-            let this = unsafe {
-                Arc::increment_strong_count(self as *const PoolInner);
-                Arc::from_raw(self as *const PoolInner)
+        // count.
+        if !thread_cache::has_cache(pool.slot, pool.id) {
+            // SAFETY: `this` carries the provenance of the pool's `Arc` and
+            // the caller's block holds a count of it, so taking one more is
+            // sound; it is released when `handle` drops at the end of this
+            // scope.
+            let handle = unsafe {
+                Arc::increment_strong_count(this.as_ptr().cast_const());
+                Arc::from_raw(this.as_ptr().cast_const())
             };
-            if !PoolInner::ensure_cache(&this) {
+            if !PoolInner::ensure_cache(&handle) {
                 return None;
             }
         }
-        let info = self.info[class];
+        let info = pool.info[class];
         let mut spilled = 0usize;
-        let put = thread_cache::with_cache(self.slot, self.id, |cache| {
+        let put = thread_cache::with_cache(pool.slot, pool.id, |cache| {
             if cache.closed {
                 return false;
             }
@@ -836,9 +861,9 @@ impl PoolInner {
             if cache.is_full(class) {
                 cache.take_oldest(class, info.batch, |old| {
                     spilled += 1;
-                    if let Err(old) = self.shared[class].push(old) {
+                    if let Err(old) = pool.shared[class].push(old) {
                         // SAFETY: handed back by the queue: ours.
-                        unsafe { self.free_idle(old, class) };
+                        unsafe { pool.free_idle(old, class) };
                         *freed_full += 1;
                     }
                 });
@@ -846,15 +871,15 @@ impl PoolInner {
             // Short of credit: reserve a batch's worth, or one buffer's.
             if cache.credit < info.capacity {
                 let batch = info.capacity.saturating_mul(info.batch);
-                if self.retention.try_reserve(batch) {
+                if pool.retention.try_reserve(batch) {
                     cache.credit += batch;
-                } else if self.retention.try_reserve(info.capacity) {
+                } else if pool.retention.try_reserve(info.capacity) {
                     cache.credit += info.capacity;
                 }
             }
-            if cache.credit > self.credit_limit {
-                let keep = self.credit_limit / 2;
-                self.retention.release(cache.credit - keep);
+            if cache.credit > pool.credit_limit {
+                let keep = pool.credit_limit / 2;
+                pool.retention.release(cache.credit - keep);
                 cache.credit = keep;
             }
             cache.put(class, block).is_ok()
@@ -864,7 +889,7 @@ impl PoolInner {
         // it moved into the cache, or stays with the caller.
         // SAFETY: `spilled` counts owned by blocks that no longer hold them,
         // and at least one other count (the returned block's) is alive.
-        unsafe { self.release_counts(spilled) };
+        unsafe { PoolInner::release_counts(this, spilled) };
         if put { Some(Returned::Cached) } else { None }
     }
 
@@ -886,6 +911,7 @@ impl PoolInner {
         // SAFETY: the caller owned this block of `size` bytes and gives it up.
         unsafe { self.free_memory(block, size) };
         self.counters.oversize_returned(size);
+        self.limits.note_return();
         self.events.emit(Event::Dropped {
             capacity: size,
             reason: DropReason::Oversize,
@@ -905,21 +931,24 @@ impl PoolInner {
         }
     }
 
-    /// Releases `n` strong counts of this pool that blocks owned.
+    /// Releases `n` strong counts of the pool at `this` that blocks owned.
     ///
     /// # Safety
     ///
-    /// The counts were owned by blocks that gave them up, and another count
+    /// `this` carries the provenance of the pool's `Arc` ([`arc_ptr`]); the
+    /// counts were owned by blocks that gave them up, and another count
     /// stays alive across the call (so none of these is the last).
-    pub(crate) unsafe fn release_counts(&self, n: usize) {
+    pub(crate) unsafe fn release_counts(this: NonNull<PoolInner>, n: usize) {
         for _ in 0..n {
             // SAFETY: forwarded from the caller.
-            unsafe { Arc::decrement_strong_count(self as *const PoolInner) };
+            unsafe { Arc::decrement_strong_count(this.as_ptr().cast_const()) };
         }
     }
 
     /// Frees a block's memory, counting the bytes whose pages went straight
-    /// back to the OS, and wakes admission waiters.
+    /// back to the OS. It wakes no admission waiter: it may run under a
+    /// thread cache's flag, where no outside code may run; the callers wake
+    /// them once out ([`Limits::note_return`]).
     ///
     /// # Safety
     ///
@@ -932,7 +961,6 @@ impl PoolInner {
                 .released_bytes
                 .fetch_add(size as u64, Ordering::Relaxed);
         }
-        self.limits.note_return();
     }
 
     /// Frees an idle block that held a reservation (and no pool count: a
@@ -962,7 +990,7 @@ impl PoolInner {
         // longer exists (a fork child): its blocks keep the pool alive, and
         // nothing else can be done.
         PoolInner::for_each_open_cache(&caches, |state| {
-            this.empty_cache(state, &mut freed);
+            PoolInner::empty_cache(this, state, &mut freed);
             this.counters.absorb(state);
             state.closed = true;
         });
@@ -991,17 +1019,16 @@ impl PoolInner {
 
     /// Frees every block of a locked cache as trimmed and gives its credit
     /// back.
-    pub(crate) fn empty_cache(&self, state: &mut CacheState, freed: &mut Freed) {
+    pub(crate) fn empty_cache(this: &Arc<PoolInner>, state: &mut CacheState, freed: &mut Freed) {
         let before = freed.buffers;
         state.drain(|class, block| {
             // SAFETY: just taken out of the cache; it owned a count, which
             // `release_counts` below gives up.
-            unsafe { self.trim_block(block, class, freed) };
+            unsafe { this.trim_block(block, class, freed) };
         });
-        self.retention.release(std::mem::take(&mut state.credit));
-        // SAFETY: the freed blocks' counts; the caller holds another (a
-        // handle, or the closing handle's `Arc`).
-        unsafe { self.release_counts(freed.buffers - before) };
+        this.retention.release(std::mem::take(&mut state.credit));
+        // SAFETY: the freed blocks' counts; `this` is another.
+        unsafe { PoolInner::release_counts(arc_ptr(this), freed.buffers - before) };
     }
 
     /// Frees every block queued in the shared tier as trimmed.
@@ -1022,7 +1049,8 @@ impl PoolInner {
         if let Some(mut guard) = cache.lock(u32::MAX) {
             guard.with(|state| {
                 if !state.closed {
-                    this.flush_into_shared(state);
+                    // SAFETY: `this` is a handle's `Arc`, not a block's count.
+                    unsafe { PoolInner::flush_into_shared(arc_ptr(this), state) };
                     state.closed = true;
                 }
             });
@@ -1033,24 +1061,31 @@ impl PoolInner {
     /// Moves a locked, open cache's blocks into the shared tier (freeing
     /// what does not fit), gives back its credit and folds its counters.
     /// Runs no user code (it may run in a thread-local destructor).
-    fn flush_into_shared(&self, state: &mut CacheState) {
+    ///
+    /// # Safety
+    ///
+    /// `this` is a live pool with the provenance of its `Arc`, kept alive
+    /// by a count that is not one of the cached blocks'.
+    unsafe fn flush_into_shared(this: NonNull<PoolInner>, state: &mut CacheState) {
+        // SAFETY: alive, by the caller's promise.
+        let pool = unsafe { this.as_ref() };
         let mut counts = 0;
         state.drain(|class, block| {
             counts += 1;
-            if let Err(block) = self.shared[class].push(block) {
+            if let Err(block) = pool.shared[class].push(block) {
                 // SAFETY: handed back by the queue: ours.
-                unsafe { self.free_idle(block, class) };
-                self.counters.class[class]
+                unsafe { pool.free_idle(block, class) };
+                pool.counters.class[class]
                     .dropped_full
                     .fetch_add(1, Ordering::Relaxed);
             }
         });
-        self.retention.release(std::mem::take(&mut state.credit));
-        self.counters.absorb(state);
+        pool.retention.release(std::mem::take(&mut state.credit));
+        pool.counters.absorb(state);
         // SAFETY: the moved blocks' counts; the cache is open, so the pool
         // is alive through a handle or a closer's `Arc` (see
         // `CacheState::closed`), which is not among these.
-        unsafe { self.release_counts(counts) };
+        unsafe { PoolInner::release_counts(this, counts) };
     }
 }
 
@@ -1061,9 +1096,13 @@ impl PoolInner {
 /// `pool` is the `PoolInner` the cache belongs to, and the cache is locked
 /// and not closed, so the pool is alive.
 unsafe fn flush_exiting(pool: NonNull<()>, cache: *const ThreadCache, state: &mut CacheState) {
-    // SAFETY: by the contract, a live pool.
-    let pool = unsafe { pool.cast::<PoolInner>().as_ref() };
-    pool.flush_into_shared(state);
+    let this = pool.cast::<PoolInner>();
+    // SAFETY: by the contract, a live pool with the provenance of its `Arc`
+    // (`ensure_cache` installs `arc_ptr`), kept alive by a handle or a
+    // closer while the cache is open.
+    let pool = unsafe { this.as_ref() };
+    // SAFETY: as above.
+    unsafe { PoolInner::flush_into_shared(this, state) };
     // Leave the registry (lock order: a cache, then the registry; nothing
     // takes them the other way round).
     pool.registry

@@ -359,7 +359,7 @@ thread_local! {
 /// `None` when there is no such cache (never registered, or the thread-local
 /// is being destroyed: a buffer dropped from another thread-local's
 /// destructor) or another thread holds its flag. `f` must not call user code
-/// or reach this table again.
+/// (event callbacks, wakers) or reach this table again.
 #[inline]
 pub(crate) fn with_cache<R>(
     slot: usize,

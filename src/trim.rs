@@ -16,7 +16,7 @@
 use std::ptr::NonNull;
 
 use crate::event::{Event, TrimReason};
-use crate::pool::PoolInner;
+use crate::pool::{PoolInner, arc_ptr};
 use crate::sync::{Arc, Ordering};
 
 /// What one trim pass freed.
@@ -46,10 +46,14 @@ impl PoolInner {
         freed.bytes += self.info[class].capacity;
     }
 
-    /// Ends a trim pass: counts it and emits its event, so statistics and
-    /// events always agree.
+    /// Ends a trim pass, out of every thread cache's flag: counts it, wakes
+    /// an admission waiter if memory was freed, and emits its event, so
+    /// statistics and events always agree.
     pub(crate) fn finish_pass(&self, freed: Freed, reason: TrimReason) {
         self.counters.trimmed(freed.bytes);
+        if freed.buffers > 0 {
+            self.limits.note_return();
+        }
         self.events.emit(Event::Trimmed {
             buffers: freed.buffers,
             bytes: freed.bytes,
@@ -61,7 +65,9 @@ impl PoolInner {
     pub(crate) fn trim(this: &Arc<PoolInner>, reason: TrimReason) {
         let mut freed = Freed::default();
         let caches = this.registry.lock().clone();
-        PoolInner::for_each_open_cache(&caches, |state| this.empty_cache(state, &mut freed));
+        PoolInner::for_each_open_cache(&caches, |state| {
+            PoolInner::empty_cache(this, state, &mut freed);
+        });
         drop(caches);
         this.empty_shared(&mut freed);
         this.finish_pass(freed, reason);
@@ -129,7 +135,7 @@ impl PoolInner {
                 }
                 state.mark_tick();
                 // SAFETY: the freed blocks' counts; `this` is another.
-                unsafe { this.release_counts(freed.buffers - before) };
+                unsafe { PoolInner::release_counts(arc_ptr(this), freed.buffers - before) };
             });
         }
         drop(caches);
@@ -160,7 +166,7 @@ impl PoolInner {
         }
         PoolInner::for_each_open_cache(&caches, |state| {
             if over() {
-                this.empty_cache(state, &mut freed);
+                PoolInner::empty_cache(this, state, &mut freed);
             }
         });
         drop(caches);

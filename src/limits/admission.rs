@@ -36,7 +36,7 @@ struct Waiter {
     wake: Wake,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Wake {
     Thread(std::thread::Thread),
     Task(Waker),
@@ -84,21 +84,28 @@ impl Waiters {
 
     /// Leaves the queue; the new head (if any) is woken to try.
     fn remove(&self, ticket: usize) {
-        let mut queue = self.queue.lock();
-        let was_head = queue.front().is_some_and(|w| w.ticket == ticket);
-        queue.retain(|w| w.ticket != ticket);
-        self.len.store(queue.len(), Ordering::Release);
-        if was_head {
-            if let Some(head) = queue.front() {
-                head.wake.wake();
-            }
+        let next = {
+            let mut queue = self.queue.lock();
+            let was_head = queue.front().is_some_and(|w| w.ticket == ticket);
+            queue.retain(|w| w.ticket != ticket);
+            self.len.store(queue.len(), Ordering::Release);
+            was_head
+                .then(|| queue.front().map(|w| w.wake.clone()))
+                .flatten()
+        };
+        // Woken outside the lock: an executor may poll the woken future
+        // right here, and it takes the lock again.
+        if let Some(wake) = next {
+            wake.wake();
         }
     }
 
     /// Wakes the head of the queue to try again.
     pub(crate) fn wake_head(&self) {
-        if let Some(head) = self.queue.lock().front() {
-            head.wake.wake();
+        let head = self.queue.lock().front().map(|w| w.wake.clone());
+        // Outside the lock, as in `remove`.
+        if let Some(wake) = head {
+            wake.wake();
         }
     }
 }
