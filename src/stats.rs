@@ -65,6 +65,9 @@ pub struct Stats {
     pub refused: u64,
     /// Requests that had to wait for memory before being served or refused.
     pub waited: u64,
+    /// Bytes set aside for admitted requests ([`Permit`](crate::Permit)s)
+    /// and not taken yet.
+    pub set_aside_bytes: usize,
     /// One entry per class, smallest first.
     pub classes: Vec<ClassStats>,
     /// What the adapters (`read_to_end`, writers) did, all labels included.

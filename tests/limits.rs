@@ -382,3 +382,103 @@ fn files_leave_no_page_cache_behind() {
         "{after_read} of {total} pages cached after read"
     );
 }
+
+#[test]
+fn a_permit_sets_a_whole_request_aside() {
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Unlimited)
+        .max_in_use_bytes(16 << 20)
+        .build();
+    let first = pool.admit(10 << 20, Duration::from_secs(1)).unwrap();
+    assert_eq!(pool.stats().set_aside_bytes, 10 << 20);
+    // 10 MiB more do not fit beside the first request's 10 MiB.
+    match pool.admit(10 << 20, Duration::from_millis(20)) {
+        Err(Error::TimedOut { requested, .. }) => assert_eq!(requested, 10 << 20),
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    let body = first.get(2 << 20);
+    let frame = first.get(6 << 20);
+    assert_eq!(first.remaining(), 2 << 20);
+    assert_eq!(pool.stats().set_aside_bytes, 2 << 20);
+    let extra = first.get(8 << 20); // past what was admitted: served anyway
+    assert_eq!(first.remaining(), 0);
+    drop((body, frame, extra, first));
+    assert_eq!(pool.stats().set_aside_bytes, 0);
+    pool.trim();
+    assert!(pool.admit(10 << 20, Duration::from_secs(1)).is_ok());
+}
+
+#[test]
+fn a_request_larger_than_the_budget_is_refused_at_once() {
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Unlimited)
+        .max_in_use_bytes(1 << 20)
+        .build();
+    let start = std::time::Instant::now();
+    match pool.admit(2 << 20, Duration::from_secs(30)) {
+        Err(Error::OverBudget {
+            requested, budget, ..
+        }) => {
+            assert_eq!((requested, budget), (2 << 20, 1 << 20));
+        }
+        other => panic!("expected OverBudget, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(30), "did not wait");
+}
+
+#[test]
+fn more_threads_than_the_budget_fits_all_complete_without_deadlock() {
+    // Each request holds a body, a frame (3x) and an output at once; the
+    // budget fits two requests, eight threads ask.
+    const BODY: usize = 1 << 20;
+    const REQUESTS: usize = 10;
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Unlimited)
+        .max_in_use_bytes(2 * 5 * BODY + BODY)
+        .thread_cache_bytes(0)
+        .build();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for r in 0..REQUESTS {
+                    let permit = pool.admit(5 * BODY, Duration::from_secs(60)).unwrap();
+                    let mut body = permit.get(BODY);
+                    body.resize(BODY, t as u8);
+                    let mut frame = permit.get(3 * BODY);
+                    frame.resize(3 * BODY, r as u8);
+                    let mut out = permit.get(BODY);
+                    out.extend_from_slice(&body[..16]);
+                    assert!(body.iter().all(|&b| b == t as u8));
+                    drop((body, frame, out, permit));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0);
+    assert_eq!(stats.set_aside_bytes, 0);
+    assert!(stats.waited > 0, "the budget made requests wait: {stats}");
+}
+
+#[test]
+fn admit_async_resolves_when_memory_comes_back() {
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Unlimited)
+        .max_in_use_bytes(4 << 20)
+        .thread_cache_bytes(0)
+        .build();
+    let held = pool.try_get(4 << 20).unwrap();
+    let p = pool.clone();
+    let waiter =
+        std::thread::spawn(move || block_on(p.admit_async(2 << 20)).map(|p| p.remaining()));
+    while pool.stats().waited == 0 {
+        std::thread::yield_now();
+    }
+    drop(held);
+    pool.trim();
+    assert_eq!(waiter.join().unwrap().unwrap(), 2 << 20);
+}

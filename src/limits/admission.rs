@@ -122,6 +122,87 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// Waits in the queue, as the head, until `attempt` stops being refused
+/// or `timeout` passes.
+fn wait_blocking<T>(
+    limits: &super::Limits,
+    requested: usize,
+    timeout: Duration,
+    mut attempt: impl FnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let waiters = &limits.waiters;
+    if waiters.is_empty() {
+        match attempt() {
+            Err(e) if e.is_refused() => {}
+            other => return other,
+        }
+    }
+    let start = Instant::now();
+    let deadline = start.checked_add(timeout);
+    limits.count_wait();
+    let ticket = Ticket {
+        waiters,
+        ticket: waiters.enqueue(Wake::Thread(std::thread::current())),
+    };
+    loop {
+        if waiters.is_head(ticket.ticket) {
+            match attempt() {
+                Err(e) if e.is_refused() => {}
+                other => return other,
+            }
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(Error::TimedOut {
+                requested,
+                waited: now - start,
+            });
+        }
+        let left = deadline.map_or(RECHECK, |d| d - now);
+        std::thread::park_timeout(left.min(RECHECK));
+    }
+}
+
+/// One poll of a waiting future: joins the queue on the first refusal,
+/// tries again as the head, leaves the queue when done.
+fn poll_waiting<T>(
+    limits: &super::Limits,
+    ticket: &mut Option<usize>,
+    cx: &mut Context<'_>,
+    mut attempt: impl FnMut() -> Result<T, Error>,
+) -> Poll<Result<T, Error>> {
+    let waiters = &limits.waiters;
+    let mine = match *ticket {
+        Some(mine) => {
+            waiters.set_waker(mine, cx.waker());
+            mine
+        }
+        None => {
+            if waiters.is_empty() {
+                match attempt() {
+                    Err(e) if e.is_refused() => {}
+                    other => return Poll::Ready(other),
+                }
+            }
+            limits.count_wait();
+            let mine = waiters.enqueue(Wake::Task(cx.waker().clone()));
+            *ticket = Some(mine);
+            mine
+        }
+    };
+    if waiters.is_head(mine) {
+        match attempt() {
+            Err(e) if e.is_refused() => {}
+            other => {
+                *ticket = None;
+                waiters.remove(mine);
+                return Poll::Ready(other);
+            }
+        }
+    }
+    Poll::Pending
+}
+
 // === impl Pool (admission) ===
 
 impl Pool {
@@ -131,6 +212,11 @@ impl Pool {
     /// back, in arrival order with other waiters, and is then refused with
     /// [`Error::TimedOut`]. Woken by returns and memory samples, not by
     /// polling in a loop.
+    ///
+    /// A request that needs several buffers at once (a body, then a frame,
+    /// then an output) should ask for all of them with [`admit`](Self::admit)
+    /// instead: waiting for each in turn while holding the earlier ones can
+    /// leave every thread holding part of a request and waiting for the rest.
     ///
     /// ```
     /// use std::time::Duration;
@@ -148,38 +234,9 @@ impl Pool {
     /// [`Error::TimedOut`] after `timeout`; the allocation errors of
     /// `try_get` at once.
     pub fn get_timeout(&self, min_capacity: usize, timeout: Duration) -> Result<PooledBuf, Error> {
-        let limits = &self.inner_arc().limits;
-        let waiters = &limits.waiters;
-        if waiters.is_empty() {
-            match self.try_get(min_capacity) {
-                Err(e) if e.is_refused() => {}
-                other => return other,
-            }
-        }
-        let start = Instant::now();
-        let deadline = start.checked_add(timeout);
-        limits.count_wait();
-        let ticket = Ticket {
-            waiters,
-            ticket: waiters.enqueue(Wake::Thread(std::thread::current())),
-        };
-        loop {
-            if waiters.is_head(ticket.ticket) {
-                match self.try_get(min_capacity) {
-                    Err(e) if e.is_refused() => {}
-                    other => return other,
-                }
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return Err(Error::TimedOut {
-                    requested: min_capacity,
-                    waited: now - start,
-                });
-            }
-            let left = deadline.map_or(RECHECK, |d| d - now);
-            std::thread::park_timeout(left.min(RECHECK));
-        }
+        wait_blocking(&self.inner_arc().limits, min_capacity, timeout, || {
+            self.try_get(min_capacity)
+        })
     }
 
     /// [`get_timeout`](Self::get_timeout) as a future, for any async
@@ -195,6 +252,148 @@ impl Pool {
             pool: self.clone(),
             min_capacity,
             ticket: None,
+        }
+    }
+
+    /// Admits a whole request at once: waits (in arrival order, up to
+    /// `timeout`) until `bytes` more fit under the in-use budget and below
+    /// critical memory pressure, then sets them aside for the [`Permit`].
+    /// Buffers taken through the permit are never refused, so a request
+    /// admitted this way always completes, and requests that wait hold
+    /// nothing: with more threads than the limit fits, they queue instead of
+    /// each holding part of a request and waiting for the rest.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = tierpool::Pool::builder().max_in_use_bytes(16 << 20).build();
+    /// let body_len = 1 << 20;
+    /// // body + decoded frame (3x) + output, admitted together
+    /// let permit = pool.admit(5 * body_len, Duration::from_secs(1))?;
+    /// let body = permit.get(body_len);
+    /// let frame = permit.get(3 * body_len);
+    /// let output = permit.get(body_len);
+    /// # drop((body, frame, output));
+    /// # Ok::<(), tierpool::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TimedOut`] after `timeout`; [`Error::OverBudget`] at once if
+    /// `bytes` alone is over the budget (it could never fit).
+    pub fn admit(&self, bytes: usize, timeout: Duration) -> Result<Permit, Error> {
+        let inner = self.inner_arc();
+        inner.limits.check_fits(bytes)?;
+        wait_blocking(&inner.limits, bytes, timeout, || self.try_admit(bytes))
+    }
+
+    /// [`admit`](Self::admit) as a future, for any async runtime. It never
+    /// times out by itself; dropping it leaves the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OverBudget`] if `bytes` alone is over the budget.
+    pub fn admit_async(&self, bytes: usize) -> AdmitFuture {
+        AdmitFuture {
+            pool: self.clone(),
+            bytes,
+            ticket: None,
+        }
+    }
+
+    /// One admission attempt for a permit of `bytes`.
+    fn try_admit(&self, bytes: usize) -> Result<Permit, Error> {
+        let inner = self.inner_arc();
+        inner.limits.admit_aside(inner, bytes)?;
+        Ok(Permit {
+            pool: self.clone(),
+            remaining: AtomicUsize::new(bytes),
+        })
+    }
+}
+
+/// Memory set aside for one request by [`Pool::admit`]: buffers taken
+/// through it are never refused. What is not used goes back when it drops.
+#[derive(Debug)]
+pub struct Permit {
+    pool: Pool,
+    /// Bytes still set aside.
+    remaining: AtomicUsize,
+}
+
+impl Permit {
+    /// A buffer for the admitted request, like [`Pool::get`]: never refused.
+    /// Its capacity comes out of what the permit set aside (a request that
+    /// takes more than it was admitted for is served all the same).
+    ///
+    /// # Panics
+    ///
+    /// As [`Pool::get`].
+    pub fn get(&self, min_capacity: usize) -> PooledBuf {
+        let buf = self.pool.get(min_capacity);
+        // Drawn after the allocation, so the memory is never counted as
+        // neither set aside nor allocated (only, briefly, as both).
+        let mut left = self.remaining.load(Ordering::Relaxed);
+        loop {
+            let take = left.min(buf.capacity());
+            match self.remaining.compare_exchange_weak(
+                left,
+                left - take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.pool.inner_arc().limits.release_aside(take);
+                    return buf;
+                }
+                Err(seen) => left = seen,
+            }
+        }
+    }
+
+    /// Bytes still set aside for this request.
+    pub fn remaining(&self) -> usize {
+        self.remaining.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let left = std::mem::take(self.remaining.get_mut());
+        let limits = &self.pool.inner_arc().limits;
+        limits.release_aside(left);
+        limits.note_return();
+    }
+}
+
+/// The future of [`Pool::admit_async`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct AdmitFuture {
+    pool: Pool,
+    bytes: usize,
+    ticket: Option<usize>,
+}
+
+impl Future for AdmitFuture {
+    type Output = Result<Permit, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let limits = &this.pool.inner_arc().limits;
+        if this.ticket.is_none() {
+            if let Err(e) = limits.check_fits(this.bytes) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        let (pool, bytes) = (&this.pool, this.bytes);
+        poll_waiting(limits, &mut this.ticket, cx, || pool.try_admit(bytes))
+    }
+}
+
+impl Drop for AdmitFuture {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.pool.inner_arc().limits.waiters.remove(ticket);
         }
     }
 }
@@ -213,37 +412,10 @@ impl Future for Acquire {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let limits = &this.pool.inner_arc().limits;
-        let waiters = &limits.waiters;
-        let ticket = match this.ticket {
-            Some(ticket) => {
-                waiters.set_waker(ticket, cx.waker());
-                ticket
-            }
-            None => {
-                if waiters.is_empty() {
-                    match this.pool.try_get(this.min_capacity) {
-                        Err(e) if e.is_refused() => {}
-                        other => return Poll::Ready(other),
-                    }
-                }
-                limits.count_wait();
-                let ticket = waiters.enqueue(Wake::Task(cx.waker().clone()));
-                this.ticket = Some(ticket);
-                ticket
-            }
-        };
-        if waiters.is_head(ticket) {
-            match this.pool.try_get(this.min_capacity) {
-                Err(e) if e.is_refused() => {}
-                other => {
-                    this.ticket = None;
-                    waiters.remove(ticket);
-                    return Poll::Ready(other);
-                }
-            }
-        }
-        Poll::Pending
+        let (pool, n) = (&this.pool, this.min_capacity);
+        poll_waiting(&pool.inner_arc().limits, &mut this.ticket, cx, || {
+            pool.try_get(n)
+        })
     }
 }
 

@@ -22,8 +22,8 @@ use crate::pool::PoolInner;
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::{Error, Stats};
 
-pub use admission::Acquire;
 pub(crate) use admission::Waiters;
+pub use admission::{Acquire, AdmitFuture, Permit};
 
 /// How often the trimmer thread samples the container's memory for a pool
 /// with a memory limit.
@@ -209,6 +209,11 @@ pub(crate) struct Limits {
     last: Mutex<Option<ContainerMemory>>,
     refused: AtomicU64,
     waited: AtomicU64,
+    /// Bytes set aside for admitted requests ([`Permit`]s) and not yet
+    /// taken: counted as if allocated.
+    aside: AtomicUsize,
+    /// Serialises an admission's check with its setting aside.
+    admitting: Mutex<()>,
     pub(crate) waiters: Waiters,
 }
 
@@ -232,6 +237,8 @@ impl Limits {
             last: Mutex::new(last),
             refused: AtomicU64::new(0),
             waited: AtomicU64::new(0),
+            aside: AtomicUsize::new(0),
+            admitting: Mutex::new(()),
             waiters: Waiters::default(),
             config,
         }
@@ -285,17 +292,19 @@ impl Limits {
         }
     }
 
-    /// The working set now, estimated: the last sample plus what the pool
+    /// The working set now, estimated: the last sample, plus what the pool
     /// allocated since (frees since are not subtracted: the allocator may
-    /// not have given them back).
+    /// not have given them back), plus what admitted requests may still
+    /// take.
     fn estimate(&self, pool: &PoolInner, extra: usize) -> u64 {
         let grown = pool
             .footprint
             .load(Ordering::Relaxed)
             .saturating_sub(self.footprint_at_sample.load(Ordering::Relaxed));
+        let aside = self.aside.load(Ordering::Relaxed);
         self.ws_at_sample
             .load(Ordering::Relaxed)
-            .saturating_add((grown + extra) as u64)
+            .saturating_add(grown.saturating_add(aside).saturating_add(extra) as u64)
     }
 
     /// Called before the pool allocates `bytes`: a large miss may take a
@@ -366,7 +375,11 @@ impl Limits {
             }
         }
         if let Some(budget) = self.config.max_in_use {
-            let held = || pool.footprint.load(Ordering::Relaxed);
+            let held = || {
+                pool.footprint
+                    .load(Ordering::Relaxed)
+                    .saturating_add(self.aside.load(Ordering::Relaxed))
+            };
             if held().saturating_add(bytes) > budget {
                 // Idle memory counts against the budget only until it is
                 // needed: free it before refusing.
@@ -385,6 +398,38 @@ impl Limits {
         Ok(())
     }
 
+    /// Refuses at once a request that could never be admitted: more than
+    /// the in-use budget by itself.
+    pub(crate) fn check_fits(&self, bytes: usize) -> Result<(), Error> {
+        match self.config.max_in_use {
+            Some(budget) if bytes > budget => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(Error::OverBudget {
+                    requested: bytes,
+                    in_use: 0,
+                    budget,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Admission for a whole request: checks and sets `bytes` aside as one
+    /// step, so two requests cannot both take the last room.
+    pub(crate) fn admit_aside(&self, pool: &Arc<PoolInner>, bytes: usize) -> Result<(), Error> {
+        let _one_at_a_time = self.admitting.lock();
+        self.admit(pool, bytes)?;
+        self.aside.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives back `bytes` an admitted request set aside.
+    pub(crate) fn release_aside(&self, bytes: usize) {
+        if bytes > 0 {
+            self.aside.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn count_wait(&self) {
         self.waited.fetch_add(1, Ordering::Relaxed);
     }
@@ -395,6 +440,7 @@ impl Limits {
         stats.memory_limit_bytes = (self.limit > 0).then_some(self.limit);
         stats.refused = self.refused.load(Ordering::Relaxed);
         stats.waited = self.waited.load(Ordering::Relaxed);
+        stats.set_aside_bytes = self.aside.load(Ordering::Relaxed);
     }
 }
 
