@@ -239,6 +239,17 @@ impl SizeClasses {
         false
     }
 
+    /// The most a request can grow by rounding up to its class, as a
+    /// factor: the largest ratio of one class to the one below it (1.25 for
+    /// the default 4 per doubling). Requests at or below the smallest class
+    /// can grow more, but by at most the smallest class's size.
+    pub fn max_rounding(&self) -> f64 {
+        self.sizes
+            .windows(2)
+            .map(|w| w[1] as f64 / w[0] as f64)
+            .fold(1.0, f64::max)
+    }
+
     /// The largest class; requests above it are served exactly and not
     /// pooled.
     #[inline]
@@ -282,6 +293,24 @@ impl fmt::Debug for SizeClasses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_rounding_is_the_largest_step_between_classes() {
+        assert_eq!(SizeClasses::default().max_rounding(), 1.25);
+        assert_eq!(
+            SizeClasses::from_sizes(&[100, 200, 300])
+                .unwrap()
+                .max_rounding(),
+            2.0
+        );
+        assert_eq!(SizeClasses::from_sizes(&[100]).unwrap().max_rounding(), 1.0);
+        assert_eq!(
+            SizeClasses::powers_of_two(4096, 1 << 20)
+                .unwrap()
+                .max_rounding(),
+            2.0
+        );
+    }
 
     #[test]
     fn list_rounds_up() {

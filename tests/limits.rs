@@ -389,10 +389,13 @@ fn a_permit_sets_a_whole_request_aside() {
         .memory_limit(MemoryLimit::Unlimited)
         .max_in_use_bytes(16 << 20)
         .build();
-    let first = pool.admit(10 << 20, Duration::from_secs(1)).unwrap();
+    // The default classes round a buffer up by at most 25%: a request of
+    // 8 MiB sets 10 MiB aside.
+    assert_eq!(pool.size_classes().max_rounding(), 1.25);
+    let first = pool.admit(8 << 20, Duration::from_secs(1)).unwrap();
     assert_eq!(pool.stats().set_aside_bytes, 10 << 20);
     // 10 MiB more do not fit beside the first request's 10 MiB.
-    match pool.admit(10 << 20, Duration::from_millis(20)) {
+    match pool.admit(8 << 20, Duration::from_millis(20)) {
         Err(Error::TimedOut { requested, .. }) => assert_eq!(requested, 10 << 20),
         other => panic!("expected TimedOut, got {other:?}"),
     }
@@ -405,7 +408,7 @@ fn a_permit_sets_a_whole_request_aside() {
     drop((body, frame, extra, first));
     assert_eq!(pool.stats().set_aside_bytes, 0);
     pool.trim();
-    assert!(pool.admit(10 << 20, Duration::from_secs(1)).is_ok());
+    assert!(pool.admit(8 << 20, Duration::from_secs(1)).is_ok());
 }
 
 #[test]
@@ -419,7 +422,11 @@ fn a_request_larger_than_the_budget_is_refused_at_once() {
         Err(Error::OverBudget {
             requested, budget, ..
         }) => {
-            assert_eq!((requested, budget), (2 << 20, 1 << 20));
+            assert_eq!(
+                (requested, budget),
+                (5 << 19, 1 << 20),
+                "2 MiB and its rounding"
+            );
         }
         other => panic!("expected OverBudget, got {other:?}"),
     }
@@ -434,7 +441,7 @@ fn more_threads_than_the_budget_fits_all_complete_without_deadlock() {
     const REQUESTS: usize = 10;
     let pool = Pool::builder()
         .memory_limit(MemoryLimit::Unlimited)
-        .max_in_use_bytes(2 * 5 * BODY + BODY)
+        .max_in_use_bytes(2 * 5 * BODY * 5 / 4 + BODY)
         .thread_cache_bytes(0)
         .build();
     let threads: Vec<_> = (0..8)
@@ -480,5 +487,9 @@ fn admit_async_resolves_when_memory_comes_back() {
     }
     drop(held);
     pool.trim();
-    assert_eq!(waiter.join().unwrap().unwrap(), 2 << 20);
+    assert_eq!(
+        waiter.join().unwrap().unwrap(),
+        5 << 19,
+        "2 MiB and its rounding"
+    );
 }

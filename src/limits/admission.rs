@@ -258,6 +258,10 @@ impl Pool {
     /// Admits a whole request at once: waits (in arrival order, up to
     /// `timeout`) until `bytes` more fit under the in-use budget and below
     /// critical memory pressure, then sets them aside for the [`Permit`].
+    /// What is set aside is `bytes` rounded up as the size classes may round
+    /// its buffers ([`SizeClasses::max_rounding`](crate::SizeClasses::max_rounding):
+    /// at most 25% more with the default classes), so that admitted requests
+    /// never take more than was counted for them.
     /// Buffers taken through the permit are never refused, so a request
     /// admitted this way always completes, and requests that wait hold
     /// nothing: with more threads than the limit fits, they queue instead of
@@ -282,8 +286,19 @@ impl Pool {
     /// `bytes` alone is over the budget (it could never fit).
     pub fn admit(&self, bytes: usize, timeout: Duration) -> Result<Permit, Error> {
         let inner = self.inner_arc();
-        inner.limits.check_fits(bytes)?;
-        wait_blocking(&inner.limits, bytes, timeout, || self.try_admit(bytes))
+        let aside = self.with_rounding(bytes);
+        inner.limits.check_fits(aside)?;
+        wait_blocking(&inner.limits, aside, timeout, || self.try_admit(aside))
+    }
+
+    /// `bytes` as the size classes may round a request's buffers up.
+    fn with_rounding(&self, bytes: usize) -> usize {
+        let rounded = (bytes as f64 * self.size_classes().max_rounding()).ceil();
+        if rounded >= usize::MAX as f64 {
+            usize::MAX
+        } else {
+            rounded as usize
+        }
     }
 
     /// [`admit`](Self::admit) as a future, for any async runtime. It never
@@ -295,7 +310,7 @@ impl Pool {
     pub fn admit_async(&self, bytes: usize) -> AdmitFuture {
         AdmitFuture {
             pool: self.clone(),
-            bytes,
+            bytes: self.with_rounding(bytes),
             ticket: None,
         }
     }

@@ -362,14 +362,17 @@ impl Limits {
     /// Admission: may the pool allocate `bytes` more for a refusable
     /// request?
     pub(crate) fn admit(&self, pool: &Arc<PoolInner>, bytes: usize) -> Result<(), Error> {
-        if self.limit > 0 {
-            let estimate = self.estimate(pool, bytes);
-            let critical = (self.limit as f64 * self.config.thresholds.critical) as u64;
-            if self.is_critical() || estimate >= critical {
+        if self.limit > 0 && self.would_pass_critical(pool, bytes) {
+            // The pool's own idle memory counts in the working set: free it
+            // and look again (a fresh sample, not the estimate, which does
+            // not see frees) before refusing.
+            PoolInner::trim(pool, crate::TrimReason::Pressure);
+            self.sample(pool);
+            if self.would_pass_critical(pool, bytes) {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(Error::MemoryPressure {
                     requested: bytes,
-                    working_set: estimate,
+                    working_set: self.estimate(pool, 0),
                     limit: self.limit,
                 });
             }
@@ -428,6 +431,13 @@ impl Limits {
         if bytes > 0 {
             self.aside.fetch_sub(bytes, Ordering::Relaxed);
         }
+    }
+
+    /// Whether allocating `bytes` more would take the estimated working set
+    /// to the critical threshold (or pressure is critical already).
+    fn would_pass_critical(&self, pool: &PoolInner, bytes: usize) -> bool {
+        let critical = (self.limit as f64 * self.config.thresholds.critical) as u64;
+        self.is_critical() || self.estimate(pool, bytes) >= critical
     }
 
     pub(crate) fn count_wait(&self) {
