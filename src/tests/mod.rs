@@ -659,6 +659,36 @@ fn min_retained_bytes_is_a_floor_for_idle_trimming() {
 }
 
 #[test]
+fn the_floor_counts_idle_buffers_not_thread_credit() {
+    // Three idle 100s in this thread's cache, and credit reserved beside
+    // them: the floor of 300 keeps all three, whatever the credit.
+    let (pool, inner) = idle_pool(small_pool_builder().min_retained_bytes(300));
+    let bufs: Vec<_> = (0..3).map(|_| pool.get(100)).collect();
+    drop(bufs);
+    let before = pool.stats();
+    assert!(before.credit_bytes > 0, "{before}");
+    for _ in 0..3 {
+        tick(&inner);
+    }
+    let after = pool.stats();
+    assert_eq!(after.retained_bytes, 300, "{after}");
+    assert_eq!(after.retained_buffers, 3);
+}
+
+#[test]
+fn a_class_that_only_received_returns_is_not_drained_at_the_next_tick() {
+    let (pool, inner) = idle_pool(small_pool_builder());
+    tick(&inner);
+    // Returned just before the tick: idle for no whole interval yet.
+    let bufs: Vec<_> = (0..2).map(|_| pool.get(100)).collect();
+    drop(bufs);
+    tick(&inner);
+    assert_eq!(pool.stats().retained_buffers, 2, "kept through their first tick");
+    tick(&inner);
+    assert_eq!(pool.stats().retained_buffers, 0, "idle a whole interval: freed");
+}
+
+#[test]
 fn idle_ticks_emit_events() {
     let (pool, events) =
         recording_pool(small_pool_builder().trim_interval(std::time::Duration::ZERO));
