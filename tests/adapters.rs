@@ -2,7 +2,7 @@
 //! class boundaries, misbehaving readers, and `Chunks` against
 //! `io::Cursor<Vec<u8>>` step by step.
 
-use std::io::{self, BufRead, Cursor, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Cursor, IoSlice, Read, Seek, SeekFrom, Write};
 
 use bytes::{Buf, BufMut};
 use proptest::prelude::*;
@@ -402,4 +402,26 @@ fn memory_held_stays_near_the_data() {
         drop(chunks);
         assert_eq!(pool.stats().in_use_bytes, 0);
     }
+}
+
+#[test]
+fn write_vectored_reports_a_partial_write_instead_of_an_error() {
+    // The budget fits 16 + 16 + 32 KiB of chunks; the next one is refused.
+    let pool = Pool::builder()
+        .memory_limit(tierpool::MemoryLimit::Unlimited)
+        .max_in_use_bytes(64 << 10)
+        .build();
+    let mut w = pool.writer();
+    let a = vec![1u8; 40 << 10];
+    let b = vec![2u8; 40 << 10];
+    let n = w
+        .write_vectored(&[IoSlice::new(&a), IoSlice::new(&b)])
+        .expect("what was written is reported, not lost behind an error");
+    assert_eq!(n, 64 << 10);
+    assert_eq!(w.len(), n);
+    // Nothing written yet in this call: now the refusal is the answer.
+    assert!(w.write_vectored(&[IoSlice::new(&b)]).is_err());
+    let out = w.into_chunks().to_vec();
+    assert_eq!(&out[..40 << 10], &a[..]);
+    assert_eq!(&out[40 << 10..], &b[..24 << 10]);
 }

@@ -2,7 +2,7 @@
 //! `AsyncRead + AsyncBufRead + AsyncSeek` for `Chunks`, `AsyncWrite` for
 //! `PooledWriter`.
 
-use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Seek, SeekFrom, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -12,6 +12,7 @@ use crate::io::label::Activity;
 use crate::io::read::{ChunkPlan, ReadWindow, lying_reader};
 use crate::{Chunks, Pool, PooledBuf, PooledWriter};
 
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl Pool {
     /// [`read_to_end`](Pool::read_to_end) for an [`AsyncRead`]: the same
     /// chunks, errors and statistics.
@@ -86,18 +87,24 @@ impl Pool {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl AsyncRead for Chunks {
     fn poll_read(
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let n = Read::read(&mut *self, buf.initialize_unfilled())?;
-        buf.advance(n);
+        // Copied straight from the chunk: the caller's buffer is neither
+        // zeroed nor initialised first.
+        let src = BufRead::fill_buf(&mut *self)?;
+        let n = src.len().min(buf.remaining());
+        buf.put_slice(&src[..n]);
+        BufRead::consume(&mut *self, n);
         Poll::Ready(Ok(()))
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl AsyncBufRead for Chunks {
     fn poll_fill_buf(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         Poll::Ready(BufRead::fill_buf(self.get_mut()))
@@ -108,6 +115,7 @@ impl AsyncBufRead for Chunks {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl AsyncSeek for Chunks {
     fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
         Seek::seek(&mut *self, position).map(|_| ())
@@ -118,6 +126,7 @@ impl AsyncSeek for Chunks {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl AsyncWrite for PooledWriter {
     fn poll_write(
         mut self: Pin<&mut Self>,

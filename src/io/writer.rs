@@ -104,11 +104,24 @@ impl Write for PooledWriter {
         Ok(n)
     }
 
+    /// Writes the slices in order. If a chunk cannot be had part way
+    /// (the allocator or admission refuses), the bytes already written are
+    /// reported as a short write, and only a call that wrote nothing
+    /// returns the error, as `io::Write` requires.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let mut total = 0;
         for buf in bufs {
-            self.write_all(buf)?;
-            total += buf.len();
+            let mut data = &buf[..];
+            while !data.is_empty() {
+                match self.write(data) {
+                    Ok(n) => {
+                        total += n;
+                        data = &data[n..];
+                    }
+                    Err(e) if total == 0 => return Err(e),
+                    Err(_) => return Ok(total),
+                }
+            }
         }
         Ok(total)
     }

@@ -683,9 +683,17 @@ fn a_class_that_only_received_returns_is_not_drained_at_the_next_tick() {
     let bufs: Vec<_> = (0..2).map(|_| pool.get(100)).collect();
     drop(bufs);
     tick(&inner);
-    assert_eq!(pool.stats().retained_buffers, 2, "kept through their first tick");
+    assert_eq!(
+        pool.stats().retained_buffers,
+        2,
+        "kept through their first tick"
+    );
     tick(&inner);
-    assert_eq!(pool.stats().retained_buffers, 0, "idle a whole interval: freed");
+    assert_eq!(
+        pool.stats().retained_buffers,
+        0,
+        "idle a whole interval: freed"
+    );
 }
 
 #[test]
