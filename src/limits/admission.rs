@@ -19,6 +19,7 @@ use crate::sync::{AtomicUsize, Mutex, Ordering};
 use crate::{Error, Pool, PooledBuf};
 
 /// The longest a blocking waiter sleeps before looking again.
+#[cfg_attr(tierpool_loom, allow(dead_code))]
 const RECHECK: Duration = Duration::from_millis(50);
 
 /// Requests waiting for memory, oldest first.
@@ -137,8 +138,7 @@ fn wait_blocking<T>(
             other => return other,
         }
     }
-    let start = Instant::now();
-    let deadline = start.checked_add(timeout);
+    let mut clock = Clock::start(timeout);
     limits.count_wait();
     let ticket = Ticket {
         waiters,
@@ -151,15 +151,63 @@ fn wait_blocking<T>(
                 other => return other,
             }
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
+        if clock.expired() {
             return Err(Error::TimedOut {
                 requested,
-                waited: now - start,
+                waited: clock.waited(),
             });
         }
-        let left = deadline.map_or(RECHECK, |d| d - now);
-        std::thread::park_timeout(left.min(RECHECK));
+        clock.sleep();
+    }
+}
+
+/// A blocking waiter's sense of time: the wall clock, parked between
+/// checks; under loom, which cannot model time, a few rounds of yielding
+/// (the timeout then races the wake-ups in every order loom explores).
+struct Clock {
+    start: Instant,
+    #[cfg_attr(tierpool_loom, allow(dead_code))]
+    deadline: Option<Instant>,
+    #[cfg(tierpool_loom)]
+    rounds: u32,
+}
+
+impl Clock {
+    fn start(timeout: Duration) -> Clock {
+        let start = Instant::now();
+        Clock {
+            start,
+            deadline: start.checked_add(timeout),
+            #[cfg(tierpool_loom)]
+            rounds: 0,
+        }
+    }
+
+    fn expired(&mut self) -> bool {
+        #[cfg(tierpool_loom)]
+        {
+            self.rounds += 1;
+            self.rounds > 2
+        }
+        #[cfg(not(tierpool_loom))]
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    fn waited(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Until woken, or [`RECHECK`], or the deadline, whichever is first.
+    fn sleep(&self) {
+        #[cfg(tierpool_loom)]
+        crate::sync::yield_now();
+        #[cfg(not(tierpool_loom))]
+        {
+            let left = self
+                .deadline
+                .map_or(RECHECK, |d| d.saturating_duration_since(Instant::now()));
+            std::thread::park_timeout(left.min(RECHECK));
+        }
     }
 }
 
@@ -373,7 +421,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let left = std::mem::take(self.remaining.get_mut());
+        let left = self.remaining.swap(0, Ordering::Relaxed);
         let limits = &self.pool.inner_arc().limits;
         limits.release_aside(left);
         limits.note_return();

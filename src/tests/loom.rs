@@ -147,3 +147,34 @@ fn thread_exit_flush_races_with_trim() {
         assert!(stats.retained_buffers <= 1);
     });
 }
+
+#[test]
+fn a_waiter_woken_by_a_return_races_its_timeout() {
+    loom::model(|| {
+        // One 64-byte buffer fits the budget; the waiter needs the one that
+        // is out. Either the return admits it, or its timeout wins; either
+        // way it leaves the queue and the books balance.
+        let pool = Pool::builder()
+            .size_classes(SizeClasses::from_sizes(&[64]).unwrap())
+            .thread_cache_bytes(0)
+            .shared_tier_bytes(64)
+            .max_in_use_bytes(64)
+            .memory_limit(crate::MemoryLimit::Unlimited)
+            .build();
+        let held = pool.get(64);
+        let p = pool.clone();
+        let returner = thread::spawn(move || {
+            // Some work first, so the waiter may time out before the return.
+            p.trim();
+            drop(held);
+        });
+        match pool.get_timeout(64, std::time::Duration::from_secs(1)) {
+            Ok(buf) => assert_eq!(buf.capacity(), 64),
+            Err(e) => assert!(matches!(e, crate::Error::TimedOut { .. }), "{e}"),
+        }
+        returner.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!(stats.in_use_bytes, 0, "{stats}");
+        assert!(pool.inner_arc().limits.waiters.is_empty(), "left the queue");
+    });
+}
