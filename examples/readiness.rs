@@ -25,7 +25,9 @@ use tierpool::{Pool, Pressure};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
     // The default memory limit is the container's; a name labels metrics.
     let pool = Pool::builder().name("readiness-example").build();
     let app = Router::new()
@@ -64,7 +66,11 @@ async fn work(State(pool): State<Pool>, body: Bytes) -> Result<String, StatusCod
     }
     let mut output = permit.get(body.len());
     output.extend_from_slice(&frame[..body.len()]);
-    Ok(format!("{} bytes in, {} bytes out\n", body.len(), output.len()))
+    Ok(format!(
+        "{} bytes in, {} bytes out\n",
+        body.len(),
+        output.len()
+    ))
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

@@ -1122,6 +1122,7 @@ impl Drop for PoolInner {
             }
         }
         slots::release(self.slot);
+        crate::trim::forget_soon();
     }
 }
 

@@ -184,6 +184,13 @@ pub(crate) fn schedule(pool: &Arc<PoolInner>) {
     let _ = pool;
 }
 
+/// Wakes the trimmer to drop a freed pool's schedule entry now (its `Weak`
+/// keeps the pool's allocation until then), not a trim interval later.
+pub(crate) fn forget_soon() {
+    #[cfg(not(any(tierpool_loom, miri)))]
+    thread::forget_soon();
+}
+
 /// Restarts the trimmer thread if this process has none although pools
 /// are scheduled (a forked child). One atomic load when it runs.
 #[inline]
@@ -243,6 +250,11 @@ mod thread {
         });
         WAKE.notify_one();
         ensure_running();
+    }
+
+    pub(super) fn forget_soon() {
+        // No lock: this runs in a pool's `Drop`, wherever that happens.
+        WAKE.notify_one();
     }
 
     #[inline]

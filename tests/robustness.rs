@@ -264,16 +264,26 @@ fn trimmed_events_and_stats_agree() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_forked_child_builds_pools_and_trims() {
-    // Threads that keep building and dropping pools, so the fork lands while
-    // one of them may hold the trimmer's schedule.
+    // Threads that keep building and dropping pools whose hooks count and
+    // now and then panic, so the fork lands while one of them may hold the
+    // trimmer's schedule, a pool's registry, or be inside a hook.
+    static EVENTS: AtomicUsize = AtomicUsize::new(0);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churn: Vec<_> = (0..2)
         .map(|_| {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let p = base().trim_interval(Duration::from_millis(10)).build();
+                    let p = base()
+                        .trim_interval(Duration::from_millis(10))
+                        .on_event(|_| {
+                            if EVENTS.fetch_add(1, Ordering::Relaxed) % 2000 == 1999 {
+                                panic!("a hook bug, now and then");
+                            }
+                        })
+                        .build();
                     drop(p.get(4096));
+                    drop(p.get(1 << 20));
                 }
             })
         })
