@@ -9,7 +9,9 @@
 //!
 //! Each request holds three buffers at once, as an image service does: the
 //! body (1–6 MiB), the decoded frame (3× the body) and the output (the
-//! body's size), each written in full. The drill creates its cgroups under
+//! body's size), each written in full. The pools keep up to 1 GiB idle
+//! (`max_retained_bytes`), far above every limit: the container's limit
+//! has to win by itself. The drill creates its cgroups under
 //! the process's own (v1 `memory` or v2), moves only the children it starts
 //! into them, samples the working set (usage − inactive page cache, as the
 //! kubelet does) every 10 ms, and removes the cgroups when done. It exits
@@ -269,8 +271,9 @@ fn child(mode: &str, load: Load) {
     std::io::stdin()
         .read_line(&mut go)
         .expect("the parent says go");
-    // Built after the move, so the pool reads the drill's cgroup limit.
-    let pool = Pool::new();
+    // Built after the move, so the pool reads the drill's cgroup limit; a
+    // generous retention cap, as a service might set: the limit wins.
+    let pool = Pool::builder().max_retained_bytes(1 << 30).build();
     let (done, refused, waited) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|s| {
         for t in 0..load.threads {
