@@ -35,12 +35,30 @@ fn main() {
     let keep_cache = Pool::builder().page_cache(PageCache::Keep).build();
 
     let rows = [
-        ("write, std::fs::write", median(|| std::fs::write(&path, &data).unwrap())),
-        ("write, tierpool Keep", median(|| keep_cache.write_file(&path, &data[..]).unwrap())),
-        ("write, tierpool Drop", median(|| drop_cache.write_file(&path, &data[..]).unwrap())),
-        ("read, std::fs::read", median(|| drop(std::fs::read(&path).unwrap()))),
-        ("read, tierpool Keep", median(|| drop(keep_cache.read_file(&path).unwrap()))),
-        ("read, tierpool Drop", median(|| drop(drop_cache.read_file(&path).unwrap()))),
+        (
+            "write, std::fs::write",
+            median(|| std::fs::write(&path, &data).unwrap()),
+        ),
+        (
+            "write, tierpool Keep",
+            median(|| keep_cache.write_file(&path, &data[..]).unwrap()),
+        ),
+        (
+            "write, tierpool Drop",
+            median(|| drop_cache.write_file(&path, &data[..]).unwrap()),
+        ),
+        (
+            "read, std::fs::read",
+            median(|| drop(std::fs::read(&path).unwrap())),
+        ),
+        (
+            "read, tierpool Keep",
+            median(|| drop(keep_cache.read_file(&path).unwrap())),
+        ),
+        (
+            "read, tierpool Drop",
+            median(|| drop(drop_cache.read_file(&path).unwrap())),
+        ),
     ];
     println!("{mib} MiB file in {}, medians of 7:", dir.display());
     for (name, time) in rows {

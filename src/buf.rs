@@ -329,7 +329,7 @@ impl PooledBuf {
         // SAFETY: that is exactly what a `Vec<u8>` of capacity `cap` frees
         // with; `len <= cap` bytes are initialised; `this` is never dropped.
         let vec = unsafe { Vec::from_raw_parts(this.ptr.as_ptr(), this.len, this.cap) };
-        // SAFETY: releases the count the block held; the pool may go now,
+        // SAFETY: drops the count the block held; the pool may go now,
         // and nothing below touches it.
         unsafe { Arc::decrement_strong_count(pool.as_ptr().cast_const()) };
         vec
@@ -367,7 +367,7 @@ impl Drop for PooledBuf {
                 }
             }
         }
-        // SAFETY: the block was freed or queued in the shared tier; release
+        // SAFETY: the block was freed or queued in the shared tier; drop
         // the count it held. This may drop the pool, so it comes last, after
         // every use of `inner`.
         unsafe { Arc::decrement_strong_count(pool.as_ptr().cast_const()) };

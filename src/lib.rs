@@ -24,8 +24,7 @@ pub use error::{Error, ErrorKind};
 pub use event::{AllocReason, DropReason, Event, TrimReason};
 pub use io::{Chunks, PooledWriter};
 pub use limits::{
-    Acquire, AdmitFuture, ContainerMemory, MIN_SAMPLE_GAP, MemoryLimit, PageCache, Permit,
-    Pressure, SAMPLE_INTERVAL, Thresholds,
+    Acquire, AdmitFuture, ContainerMemory, MemoryLimit, PageCache, Permit, Pressure, Thresholds,
 };
 pub use pool::{Pool, PoolBuilder, global};
 pub use size_class::SizeClasses;

@@ -154,8 +154,8 @@ pub(crate) struct PoolInner {
 pub(crate) enum Returned {
     /// Kept in a thread cache, which now owns the block's count.
     Cached,
-    /// Freed, or queued in the shared tier: the caller releases the count.
-    Released,
+    /// Freed, or queued in the shared tier: the caller drops the count.
+    Uncached,
 }
 
 /// Whether a request goes through admission control.
@@ -631,7 +631,7 @@ impl PoolInner {
                 })
                 .unwrap_or(false);
             if !kept {
-                this.retention.release(capacity);
+                this.retention.unreserve(capacity);
             }
             return Some((block, c));
         }
@@ -727,7 +727,7 @@ impl PoolInner {
 
 impl PoolInner {
     /// Takes a returned block back. The caller owns the block and its pool
-    /// count; on [`Returned::Released`] the caller must release the count
+    /// count; on [`Returned::Uncached`] the caller must drop the count
     /// (after this call: it may be the last).
     ///
     /// # Safety
@@ -792,9 +792,9 @@ impl PoolInner {
                 match pool.shared[class].push(block) {
                     Ok(()) => {
                         pool.report_freed_full(capacity, freed_full);
-                        return Returned::Released;
+                        return Returned::Uncached;
                     }
-                    Err(_) => pool.retention.release(capacity),
+                    Err(_) => pool.retention.unreserve(capacity),
                 }
             }
             pool.counters.class[class]
@@ -807,7 +807,7 @@ impl PoolInner {
                 capacity,
                 reason: DropReason::PoolFull,
             });
-            return Returned::Released;
+            return Returned::Uncached;
         };
         pool.counters.class[class]
             .returns
@@ -815,7 +815,7 @@ impl PoolInner {
         // SAFETY: the caller gave this block up.
         unsafe { pool.free_memory(block, capacity) };
         pool.events.emit(Event::Dropped { capacity, reason });
-        Returned::Released
+        Returned::Uncached
     }
 
     /// Puts a block into this thread's cache after making room: spilling
@@ -838,7 +838,7 @@ impl PoolInner {
         if !thread_cache::has_cache(pool.slot, pool.id) {
             // SAFETY: `this` carries the provenance of the pool's `Arc` and
             // the caller's block holds a count of it, so taking one more is
-            // sound; it is released when `handle` drops at the end of this
+            // sound; it is dropped when `handle` drops at the end of this
             // scope.
             let handle = unsafe {
                 Arc::increment_strong_count(this.as_ptr().cast_const());
@@ -879,7 +879,7 @@ impl PoolInner {
             }
             if cache.credit > pool.credit_limit {
                 let keep = pool.credit_limit / 2;
-                pool.retention.release(cache.credit - keep);
+                pool.retention.unreserve(cache.credit - keep);
                 cache.credit = keep;
             }
             cache.put(class, block).is_ok()
@@ -889,7 +889,7 @@ impl PoolInner {
         // it moved into the cache, or stays with the caller.
         // SAFETY: `spilled` counts owned by blocks that no longer hold them,
         // and at least one other count (the returned block's) is alive.
-        unsafe { PoolInner::release_counts(this, spilled) };
+        unsafe { PoolInner::drop_counts(this, spilled) };
         if put { Some(Returned::Cached) } else { None }
     }
 
@@ -906,7 +906,7 @@ impl PoolInner {
         }
     }
 
-    /// Frees an oversize block. The caller releases its pool count afterwards.
+    /// Frees an oversize block. The caller drops its pool count afterwards.
     pub(crate) fn give_back_oversize(&self, block: NonNull<u8>, size: usize) {
         // SAFETY: the caller owned this block of `size` bytes and gives it up.
         unsafe { self.free_memory(block, size) };
@@ -931,14 +931,14 @@ impl PoolInner {
         }
     }
 
-    /// Releases `n` strong counts of the pool at `this` that blocks owned.
+    /// Drops `n` strong counts of the pool at `this` that blocks owned.
     ///
     /// # Safety
     ///
     /// `this` carries the provenance of the pool's `Arc` ([`arc_ptr`]); the
     /// counts were owned by blocks that gave them up, and another count
     /// stays alive across the call (so none of these is the last).
-    pub(crate) unsafe fn release_counts(this: NonNull<PoolInner>, n: usize) {
+    pub(crate) unsafe fn drop_counts(this: NonNull<PoolInner>, n: usize) {
         for _ in 0..n {
             // SAFETY: forwarded from the caller.
             unsafe { Arc::decrement_strong_count(this.as_ptr().cast_const()) };
@@ -964,7 +964,7 @@ impl PoolInner {
     }
 
     /// Frees an idle block that held a reservation (and no pool count: a
-    /// queued block, or a cached one whose count the caller releases).
+    /// queued block, or a cached one whose count the caller drops).
     ///
     /// # Safety
     ///
@@ -973,7 +973,7 @@ impl PoolInner {
         let capacity = self.info[class].capacity;
         // SAFETY: the caller took the block out of its tier: it is ours.
         unsafe { self.free_memory(block, capacity) };
-        self.retention.release(capacity);
+        self.retention.unreserve(capacity);
     }
 }
 
@@ -1023,12 +1023,12 @@ impl PoolInner {
         let before = freed.buffers;
         state.drain(|class, block| {
             // SAFETY: just taken out of the cache; it owned a count, which
-            // `release_counts` below gives up.
+            // `drop_counts` below gives up.
             unsafe { this.trim_block(block, class, freed) };
         });
-        this.retention.release(std::mem::take(&mut state.credit));
+        this.retention.unreserve(std::mem::take(&mut state.credit));
         // SAFETY: the freed blocks' counts; `this` is another.
-        unsafe { PoolInner::release_counts(arc_ptr(this), freed.buffers - before) };
+        unsafe { PoolInner::drop_counts(arc_ptr(this), freed.buffers - before) };
     }
 
     /// Frees every block queued in the shared tier as trimmed.
@@ -1080,12 +1080,12 @@ impl PoolInner {
                     .fetch_add(1, Ordering::Relaxed);
             }
         });
-        pool.retention.release(std::mem::take(&mut state.credit));
+        pool.retention.unreserve(std::mem::take(&mut state.credit));
         pool.counters.absorb(state);
         // SAFETY: the moved blocks' counts; the cache is open, so the pool
         // is alive through a handle or a closer's `Arc` (see
         // `CacheState::closed`), which is not among these.
-        unsafe { PoolInner::release_counts(this, counts) };
+        unsafe { PoolInner::drop_counts(this, counts) };
     }
 }
 
@@ -1121,13 +1121,13 @@ impl Drop for PoolInner {
                 unsafe { os::free(block, self.info[class].capacity) };
             }
         }
-        slots::release(self.slot);
+        slots::recycle(self.slot);
         crate::trim::forget_soon();
     }
 }
 
 /// The pool's address with the provenance of its whole `Arc` allocation,
-/// so that strong counts can be taken and released through it.
+/// so that strong counts can be taken and dropped through it.
 #[inline]
 pub(crate) fn arc_ptr(this: &Arc<PoolInner>) -> NonNull<PoolInner> {
     // SAFETY: `Arc::as_ptr` never returns null.
@@ -1161,7 +1161,7 @@ mod slots {
     }
 
     /// Gives a freed pool's slot back.
-    pub(super) fn release(slot: usize) {
+    pub(super) fn recycle(slot: usize) {
         let _gate = crate::sync::fork_gate();
         FREE.push(slot);
     }

@@ -55,15 +55,15 @@ impl Retention {
         }
     }
 
-    /// Gives back `bytes` of reservation.
-    pub(crate) fn release(&self, bytes: usize) {
+    /// Gives back `bytes` of reservation (unreserves them).
+    pub(crate) fn unreserve(&self, bytes: usize) {
         if bytes == 0 {
             return;
         }
         let before = self.reserved.fetch_sub(bytes, Ordering::Relaxed);
         debug_assert!(
             before >= bytes,
-            "released {bytes} of {before} reserved bytes"
+            "unreserved {bytes} of {before} reserved bytes"
         );
     }
 

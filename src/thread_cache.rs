@@ -82,7 +82,7 @@ pub(crate) struct CacheState {
     /// before it can be freed.
     pub(crate) closed: bool,
     /// Retention budget this cache reserved from the pool and holds for
-    /// future returns, in bytes. The pool reserves and releases it; a put
+    /// future returns, in bytes. The pool reserves it and gives it back; a put
     /// spends one capacity of it, a take earns one back.
     pub(crate) credit: usize,
     /// `hits + returns` of all classes at the last idle tick: unchanged
@@ -111,7 +111,7 @@ pub(crate) struct ClassCache {
     pub(crate) returns: u64,
 }
 
-/// Proof that the holder has a cache's flag; dropping it releases the flag.
+/// Proof that the holder has a cache's flag; dropping it lets go of the flag.
 pub(crate) struct CacheGuard<'a> {
     cache: &'a ThreadCache,
 }

@@ -31,7 +31,7 @@ pub(crate) struct Freed {
 impl PoolInner {
     /// Frees an idle block as trimmed: its memory, its reservation, and one
     /// count in its class's figures and in `freed`. A cached block's pool
-    /// count is the caller's to release.
+    /// count is the caller's to drop.
     ///
     /// # Safety
     ///
@@ -125,17 +125,17 @@ impl PoolInner {
                     let n = state.idle(class).min((budget - freed.bytes) / capacity);
                     state.take_oldest(class, n, |block| {
                         // SAFETY: just taken out of the cache; its count is
-                        // released below.
+                        // dropped below.
                         unsafe { this.trim_block(block, class, &mut freed) };
                     });
                 }
                 if state.ops() == state.ops_at_tick {
                     // No traffic all interval: the credit goes back too.
-                    this.retention.release(std::mem::take(&mut state.credit));
+                    this.retention.unreserve(std::mem::take(&mut state.credit));
                 }
                 state.mark_tick();
                 // SAFETY: the freed blocks' counts; `this` is another.
-                unsafe { PoolInner::release_counts(arc_ptr(this), freed.buffers - before) };
+                unsafe { PoolInner::drop_counts(arc_ptr(this), freed.buffers - before) };
             });
         }
         drop(caches);
@@ -155,7 +155,7 @@ impl PoolInner {
         let caches = this.registry.lock().clone();
         // Credit first: it holds no memory, but it holds budget.
         PoolInner::for_each_open_cache(&caches, |state| {
-            this.retention.release(std::mem::take(&mut state.credit));
+            this.retention.unreserve(std::mem::take(&mut state.credit));
         });
         for (class, tier) in this.shared.iter().enumerate().rev() {
             while over() {

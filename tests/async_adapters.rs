@@ -76,7 +76,7 @@ async fn read_to_end_round_trips() {
         assert_eq!(chunks.to_vec(), data(len));
     }
     let err = pool
-        .read_to_end_async_limited(tokio::io::repeat(1), 50_000)
+        .read_to_end_limited_async(tokio::io::repeat(1), 50_000)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);

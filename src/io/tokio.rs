@@ -21,7 +21,7 @@ impl Pool {
     ///
     /// As `read_to_end`.
     pub async fn read_to_end_async<R: AsyncRead + Unpin>(&self, reader: R) -> io::Result<Chunks> {
-        self.read_to_end_async_limited(reader, usize::MAX).await
+        self.read_to_end_limited_async(reader, usize::MAX).await
     }
 
     /// [`read_to_end_limited`](Pool::read_to_end_limited) for an
@@ -30,7 +30,7 @@ impl Pool {
     /// # Errors
     ///
     /// As `read_to_end_limited`.
-    pub async fn read_to_end_async_limited<R: AsyncRead + Unpin>(
+    pub async fn read_to_end_limited_async<R: AsyncRead + Unpin>(
         &self,
         mut reader: R,
         max_len: usize,

@@ -405,7 +405,7 @@ impl Permit {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    self.pool.inner_arc().limits.release_aside(take);
+                    self.pool.inner_arc().limits.shrink_aside(take);
                     return buf;
                 }
                 Err(seen) => left = seen,
@@ -423,7 +423,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let left = self.remaining.swap(0, Ordering::Relaxed);
         let limits = &self.pool.inner_arc().limits;
-        limits.release_aside(left);
+        limits.shrink_aside(left);
         limits.note_return();
     }
 }

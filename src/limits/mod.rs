@@ -2,12 +2,12 @@
 //! derives from it, and admission control.
 //!
 //! The pool samples the working set (cgroup usage − inactive page cache) on
-//! the trimmer thread every [`SAMPLE_INTERVAL`], and between samples
+//! the trimmer thread every 100 ms (`SAMPLE_INTERVAL`), and between samples
 //! estimates it from its own allocations (the sampled working set plus what
 //! the pool allocated since), so a burst of large allocations raises the
 //! level at once, without a system call per allocation. A large miss
 //! (1 MiB and up) also takes a real sample, at most every
-//! [`MIN_SAMPLE_GAP`].
+//! 5 ms (`MIN_SAMPLE_GAP`).
 
 mod admission;
 mod cgroup;
@@ -27,9 +27,9 @@ pub use admission::{Acquire, AdmitFuture, Permit};
 
 /// How often the trimmer thread samples the container's memory for a pool
 /// with a memory limit.
-pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// The shortest gap between two samples taken on large misses.
-pub const MIN_SAMPLE_GAP: Duration = Duration::from_millis(5);
+pub(crate) const MIN_SAMPLE_GAP: Duration = Duration::from_millis(5);
 /// Misses of at least this many bytes may take a sample.
 const LARGE_MISS: usize = 1 << 20;
 
@@ -427,7 +427,7 @@ impl Limits {
     }
 
     /// Gives back `bytes` an admitted request set aside.
-    pub(crate) fn release_aside(&self, bytes: usize) {
+    pub(crate) fn shrink_aside(&self, bytes: usize) {
         if bytes > 0 {
             self.aside.fetch_sub(bytes, Ordering::Relaxed);
         }
@@ -496,7 +496,7 @@ impl crate::Pool {
     }
 
     /// Samples the container's memory now (the trimmer does this every
-    /// [`SAMPLE_INTERVAL`]) and returns the level.
+    /// 100 ms) and returns the level.
     pub fn sample_memory(&self) -> Pressure {
         let inner = self.inner_arc();
         inner.limits.sample(inner);
