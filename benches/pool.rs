@@ -5,7 +5,6 @@
 //! `cargo bench --bench pool`; `scripts/bench-table.py` turns criterion's
 //! output into the README's table of ratios.
 
-use std::collections::VecDeque;
 use std::hint::black_box;
 use std::mem::MaybeUninit;
 use std::sync::Barrier;
@@ -16,27 +15,8 @@ use tierpool::Pool;
 use zeropool::ZeroPool;
 
 /// A decoder's output row.
-const ROW: usize = 16 << 10;
-/// Jobs each thread keeps alive at once in the mixed workload.
-const HELD: usize = 5;
-const MIN_JOB: usize = 64 << 10;
-const MAX_JOB: usize = 8 << 20;
-
-/// xorshift64*: deterministic job sizes without another dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn job_size(&mut self) -> usize {
-        MIN_JOB + (self.next() as usize % (MAX_JOB - MIN_JOB))
-    }
-}
+mod common;
+use common::{HELD, MAX_JOB, held_jobs};
 
 fn fast_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("fast_path_get4096_drop");
@@ -82,31 +62,6 @@ fn timed_threads(threads: usize, iters: u64, work: &(dyn Fn(usize, u64) + Sync))
 
 /// One thread's share of the mixed workload: `iters` jobs, each buffer from
 /// `get(size)` filled row by row with `put_row`, the last `HELD` kept alive.
-fn held_jobs<B>(
-    thread: usize,
-    iters: u64,
-    get: impl Fn(usize) -> B,
-    put_row: impl Fn(&mut B, &[u8]),
-) {
-    let row = [0x5a_u8; ROW];
-    let mut rng = Rng(0x9e37_79b9 + thread as u64);
-    let mut held = VecDeque::with_capacity(HELD + 1);
-    for _ in 0..iters {
-        let size = rng.job_size();
-        let mut buf = get(size);
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(ROW);
-            put_row(&mut buf, &row[..n]);
-            left -= n;
-        }
-        held.push_back(black_box(buf));
-        if held.len() > HELD {
-            held.pop_front();
-        }
-    }
-}
-
 fn mixed(c: &mut Criterion) {
     let mut group = c.benchmark_group("mixed_64k_8m_rows_hold5");
     group
@@ -122,6 +77,7 @@ fn mixed(c: &mut Criterion) {
                         iters,
                         |size| pool.get(size),
                         |buf, row| buf.extend_from_slice(row),
+                        |_, _| {},
                     )
                 })
             })
@@ -129,9 +85,13 @@ fn mixed(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("vec", threads), |b| {
             b.iter_custom(|iters| {
                 timed_threads(threads, iters, &|t, iters| {
-                    held_jobs(t, iters, Vec::with_capacity, |buf: &mut Vec<u8>, row| {
-                        buf.extend_from_slice(row)
-                    })
+                    held_jobs(
+                        t,
+                        iters,
+                        Vec::with_capacity,
+                        |buf: &mut Vec<u8>, row| buf.extend_from_slice(row),
+                        |_, _| {},
+                    )
                 })
             })
         });
@@ -147,6 +107,7 @@ fn mixed(c: &mut Criterion) {
                             copy_uninit(&mut buf.as_uninit_mut()[*at..*at + row.len()], row);
                             *at += row.len();
                         },
+                        |_, _| {},
                     )
                 })
             })
@@ -174,6 +135,7 @@ fn mixed(c: &mut Criterion) {
                             mine.borrow_mut()[*i][*at..*at + row.len()].copy_from_slice(row);
                             *at += row.len();
                         },
+                        |_, _| {},
                     )
                 })
             })

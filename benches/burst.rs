@@ -11,12 +11,12 @@
 //! a table and draws the resident-memory-over-time chart (SVG).
 //!
 //! ```text
-//! cargo run --release --example burst                 # all modes, table + chart
-//! cargo run --release --example burst -- --threads 2 --jobs 400 --chart out.svg
+//! cargo bench --bench burst                            # all modes, summary, table, chart
+//! cargo bench --bench burst -- --threads 2 --jobs 400 --chart out.svg
 //! ```
 
-use std::collections::VecDeque;
-use std::hint::black_box;
+mod common;
+
 use std::io::Read;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,10 +24,8 @@ use std::time::{Duration, Instant};
 
 use tierpool::Pool;
 
-const ROW: usize = 16 << 10;
-const HELD: usize = 5;
-const MIN_JOB: usize = 64 << 10;
-const MAX_JOB: usize = 8 << 20;
+use common::{HELD, MIN_JOB, held_jobs};
+
 /// Every fourth job starts by reading an upload of 64 KiB to 4 MiB.
 const UPLOAD_EVERY: usize = 4;
 const MAX_UPLOAD: usize = 4 << 20;
@@ -55,11 +53,17 @@ fn main() {
         runs: 3,
     };
     let mut mode = None;
-    let mut chart = String::from("target/burst.svg");
+    // Under cargo's target directory, wherever CARGO_TARGET_DIR puts it.
+    let mut chart = concat!(env!("CARGO_TARGET_TMPDIR"), "/burst.svg").to_string();
     let mut i = 1;
     while i < args.len() {
         let value = args.get(i + 1).map(String::as_str);
         match (args[i].as_str(), value) {
+            // `cargo bench` passes this to every bench binary.
+            ("--bench", _) => {
+                i += 1;
+                continue;
+            }
             ("--threads", Some(v)) => config.threads = parse(v, "--threads"),
             ("--jobs", Some(v)) => config.jobs = parse(v, "--jobs"),
             ("--runs", Some(v)) => config.runs = parse(v, "--runs"),
@@ -93,17 +97,8 @@ fn parse(value: &str, flag: &str) -> usize {
 
 /// Runs each mode in a child process, prints the comparison, draws the chart.
 fn run_parent(exe: &str, config: Config, chart: &str) {
-    println!(
-        "burst: {} threads x {} jobs of 64 KiB-8 MiB, 16 KiB rows, {} held per thread, an upload every 4th job; \
-         then {} s idle (trim interval {} s); medians of {} runs per mode\n",
-        config.threads,
-        config.jobs,
-        HELD,
-        IDLE.as_secs_f64(),
-        TRIM_INTERVAL.as_secs_f64(),
-        config.runs,
-    );
     let mut runs = Vec::new();
+    let mut pool_stats = String::new();
     for mode in MODES {
         let mut tries: Vec<(Run, String)> = (0..config.runs)
             .map(|_| {
@@ -112,7 +107,7 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
                     .args(["--threads", &config.threads.to_string()])
                     .args(["--jobs", &config.jobs.to_string()])
                     .output()
-                    .expect("the example can start itself");
+                    .expect("the benchmark can start itself");
                 let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
                 if !output.status.success() {
                     eprintln!(
@@ -126,26 +121,47 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
             })
             .collect();
         let run = Run::median(&mut tries);
-        let stdout = tries.swap_remove(tries.len() / 2).1;
         if mode == "pool-trim" {
-            println!("pool statistics at the end (trimming on idle):");
-            for line in stdout
+            let stdout = &tries[tries.len() / 2].1;
+            pool_stats = stdout
                 .lines()
                 .filter(|l| !l.starts_with("RESULT") && !l.starts_with("SAMPLE"))
-            {
-                println!("  {line}");
-            }
-            println!();
+                .map(|l| format!("  {l}\n"))
+                .collect();
         }
         runs.push((mode, run));
     }
+
+    // The summary first: what was compared, what is better, by how much.
+    let (vec, trim) = (&runs[0].1, &runs[2].1);
+    let kept = |r: &Run| {
+        let rise = r.peak_kib.saturating_sub(r.before_kib).max(1);
+        100.0 * r.idle_kib.saturating_sub(r.before_kib) as f64 / rise as f64
+    };
+    println!(
+        "A service burst ({} threads x {} jobs of 64 KiB-8 MiB written in 16 KiB rows, {} held \
+         per thread, an upload every 4th job), then {} s idle; plain Vec against tierpool, \
+         medians of {} runs.\n",
+        config.threads,
+        config.jobs,
+        HELD,
+        IDLE.as_secs_f64(),
+        config.runs
+    );
+    println!(
+        "  tierpool ran the burst {:.2}x as fast as Vec, peaked at {:.2}x Vec's resident memory,\n  \
+         and {:.1} s after the burst kept {:.1}% of the burst's rise (Vec: {:.1}%).\n",
+        vec.elapsed.as_secs_f64() / trim.elapsed.as_secs_f64(),
+        trim.peak_kib as f64 / vec.peak_kib.max(1) as f64,
+        IDLE.as_secs_f64(),
+        kept(trim),
+        kept(vec),
+    );
     println!(
         "{:<13} {:>7} {:>11} {:>15} {:>13} {:>22}",
         "mode", "burst", "peak RSS", "after burst", "after idle", "kept of the burst rise"
     );
     for (mode, r) in &runs {
-        let rise = r.peak_kib.saturating_sub(r.before_kib).max(1);
-        let kept = r.idle_kib.saturating_sub(r.before_kib);
         println!(
             "{:<13} {:>6.2}s {:>11} {:>15} {:>13} {:>21.1}%",
             mode,
@@ -153,19 +169,25 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
             mib(r.peak_kib),
             mib(r.burst_kib),
             mib(r.idle_kib),
-            100.0 * kept as f64 / rise as f64,
+            kept(r),
         );
     }
-    let vec = &runs[0].1;
-    for (mode, r) in &runs[1..] {
-        println!(
-            "{mode} vs vec: {:.2}x the burst speed, {:.2}x the peak",
-            vec.elapsed.as_secs_f64() / r.elapsed.as_secs_f64(),
-            r.peak_kib as f64 / vec.peak_kib.max(1) as f64
-        );
-    }
+    println!(
+        "\nmodes: vec = plain Vec and Vec::read_to_end; pool-no-trim = tierpool with trimming \
+         off; pool-trim = tierpool trimming on idle every {} s.\n\
+         burst: wall time of the burst. peak RSS: the process's high-water resident memory. \
+         after burst / after idle: resident memory when the burst ended and {} s later. kept of \
+         the burst rise: (after idle - before) / (peak - before).",
+        TRIM_INTERVAL.as_secs_f64(),
+        IDLE.as_secs_f64(),
+    );
+    println!(
+        "\npool statistics of the pool-trim run (tc hits: served by the thread's own cache; sh \
+         hits: by the shared tier; full: returns freed because the pool was full; detached: \
+         taken out with into_vec):\n{pool_stats}"
+    );
     match draw_chart(chart, &runs) {
-        Ok(()) => println!("\nresident memory over time: {chart}"),
+        Ok(()) => println!("resident memory over time: {chart}"),
         Err(e) => eprintln!("could not draw {chart}: {e}"),
     }
 }
@@ -356,41 +378,23 @@ fn run_child(mode: &str, config: Config) {
     }
 }
 
-/// One thread's share of the burst.
-fn jobs<B: AsRef<[u8]>>(
+/// One thread's share of the burst: the shared mixed workload, with an
+/// upload read before every fourth job.
+fn jobs<B>(
     count: usize,
     thread: usize,
     get: impl Fn(usize) -> B,
     put_row: impl Fn(&mut B, &[u8]),
     read_upload: impl Fn(&mut Upload) -> u64,
 ) {
-    let row = [0x5a_u8; ROW];
-    let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (thread as u64 + 1);
-    let mut held = VecDeque::with_capacity(HELD + 1);
-    for i in 0..count {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        if i % UPLOAD_EVERY == 0 {
+    held_jobs(thread, count as u64, get, put_row, |i, rng| {
+        if i as usize % UPLOAD_EVERY == 0 {
             // An upload of unknown length arrives, in 64 KiB reads.
-            let len = MIN_JOB + (rng >> 20) as usize % (MAX_UPLOAD - MIN_JOB);
+            let len = MIN_JOB + (rng.next() >> 20) as usize % (MAX_UPLOAD - MIN_JOB);
             let mut upload = Upload { left: len };
             assert_eq!(read_upload(&mut upload), len as u64 * 0x42);
         }
-        let size = MIN_JOB + (rng as usize % (MAX_JOB - MIN_JOB));
-        let mut buf = get(size);
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(ROW);
-            put_row(&mut buf, &row[..n]);
-            left -= n;
-        }
-        black_box(buf.as_ref());
-        held.push_back(buf);
-        if held.len() > HELD {
-            held.pop_front();
-        }
-    }
+    });
 }
 
 /// An upload body of unknown length, delivered in 64 KiB reads.

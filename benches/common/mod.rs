@@ -1,0 +1,67 @@
+//! The mixed workload of an image service, shared by the benchmarks: jobs of
+//! 64 KiB to 8 MiB at random, each written through in 16 KiB rows as a
+//! decoder fills its output, up to five held at once per thread.
+
+#![allow(dead_code)] // each bench uses its own part
+
+use std::collections::VecDeque;
+use std::hint::black_box;
+
+/// A decoder's row.
+pub(crate) const ROW: usize = 16 << 10;
+/// Jobs each thread keeps alive at once.
+pub(crate) const HELD: usize = 5;
+pub(crate) const MIN_JOB: usize = 64 << 10;
+pub(crate) const MAX_JOB: usize = 8 << 20;
+
+/// xorshift64*: deterministic job sizes without another dependency.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn for_thread(thread: usize) -> Rng {
+        Rng(0x9e37_79b9_7f4a_7c15 ^ (thread as u64 + 1))
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A job size, 64 KiB to 8 MiB.
+    pub(crate) fn job_size(&mut self) -> usize {
+        MIN_JOB + (self.next() as usize % (MAX_JOB - MIN_JOB))
+    }
+}
+
+/// One thread's share: `count` jobs, each taken with `get`, filled row by
+/// row with `put_row`, and held until [`HELD`] newer ones exist.
+/// `before_job(i, rng)` runs first for each job (the burst reads uploads
+/// there).
+pub(crate) fn held_jobs<B>(
+    thread: usize,
+    count: u64,
+    get: impl Fn(usize) -> B,
+    put_row: impl Fn(&mut B, &[u8]),
+    mut before_job: impl FnMut(u64, &mut Rng),
+) {
+    let row = [0x5a_u8; ROW];
+    let mut rng = Rng::for_thread(thread);
+    let mut held = VecDeque::with_capacity(HELD + 1);
+    for i in 0..count {
+        before_job(i, &mut rng);
+        let size = rng.job_size();
+        let mut buf = get(size);
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(ROW);
+            put_row(&mut buf, &row[..n]);
+            left -= n;
+        }
+        held.push_back(black_box(buf));
+        if held.len() > HELD {
+            held.pop_front();
+        }
+    }
+}
