@@ -1,0 +1,106 @@
+//! `tierpool-instructions SUBJECT OP N`: runs N operations, for callgrind.
+//!
+//! SUBJECT: `tierpool` or `vec`. OP:
+//! - `get-drop`: a 4096-byte buffer taken and dropped on one thread (for
+//!   tierpool, a cached class);
+//! - `freeze`: 16 bytes written, frozen into `Bytes`, and the `Bytes`
+//!   dropped: the path every HTTP response takes;
+//! - `cross-thread`: taken on one thread and dropped on another, in batches
+//!   of 64.
+//!
+//! Everything but the N operations is the same for any N, so the
+//! difference between two runs divided by the difference of their N is
+//! the cost of one operation (`scripts/instructions.sh` does this).
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use tierpool::Pool;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SIZE: usize = 4096;
+const BATCH: usize = 64;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: tierpool-instructions tierpool|vec get-drop|freeze|cross-thread N";
+    let (subject, op, n) = match &args[1..] {
+        [s, o, n] => (s.as_str(), o.as_str(), n.parse::<usize>().expect(usage)),
+        _ => panic!("{usage}"),
+    };
+    let pool = Pool::builder()
+        .trim_interval(std::time::Duration::ZERO)
+        .memory_limit(tierpool::MemoryLimit::Unlimited)
+        .build();
+    // Warm up: the class cached, the allocator's bins filled.
+    for _ in 0..BATCH {
+        run(subject, op, &pool, 1);
+    }
+    run(subject, op, &pool, n);
+}
+
+fn run(subject: &str, op: &str, pool: &Pool, n: usize) {
+    match (subject, op) {
+        ("tierpool", "get-drop") => {
+            for _ in 0..n {
+                drop(black_box(pool.get(black_box(SIZE))));
+            }
+        }
+        ("vec", "get-drop") => {
+            for _ in 0..n {
+                drop(black_box(Vec::<u8>::with_capacity(black_box(SIZE))));
+            }
+        }
+        ("tierpool", "freeze") => {
+            for _ in 0..n {
+                let mut buf = pool.get(black_box(SIZE));
+                buf.extend_from_slice(&[7; 16]);
+                drop(black_box(buf.freeze()));
+            }
+        }
+        ("vec", "freeze") => {
+            for _ in 0..n {
+                let mut buf = Vec::with_capacity(black_box(SIZE));
+                buf.extend_from_slice(&[7; 16]);
+                drop(black_box(Bytes::from(buf)));
+            }
+        }
+        ("tierpool", "cross-thread") => {
+            cross_thread(n, || pool.get(black_box(SIZE)));
+        }
+        ("vec", "cross-thread") => {
+            cross_thread(n, || Vec::<u8>::with_capacity(black_box(SIZE)));
+        }
+        _ => panic!("unknown subject or op: {subject} {op}"),
+    }
+}
+
+/// Takes `n` buffers on this thread and drops them on another, `BATCH` at
+/// a time.
+fn cross_thread<B: Send + 'static>(n: usize, get: impl Fn() -> B) {
+    let (to_dropper, batches) = std::sync::mpsc::sync_channel::<Vec<B>>(2);
+    let dropper = std::thread::spawn(move || {
+        for batch in batches {
+            drop(black_box(batch));
+        }
+    });
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(BATCH);
+        let mut batch = Vec::with_capacity(BATCH);
+        for _ in 0..take {
+            batch.push(get());
+        }
+        to_dropper.send(batch).expect("the dropper runs");
+        left -= take;
+    }
+    drop(to_dropper);
+    dropper.join().expect("the dropper finishes");
+}
