@@ -183,7 +183,7 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
     );
     println!(
         "\npool statistics of the pool-trim run (tc hits: served by the thread's own cache; sh \
-         hits: by the shared tier; full: returns freed because the pool was full; detached: \
+         hits: by the shared tier; fit: by an idle buffer of another class, reshaped; full: returns freed because the pool was full; detached: \
          taken out with into_vec):\n{pool_stats}"
     );
     match draw_chart(chart, &runs) {

@@ -10,8 +10,9 @@
 //! A *block* is `size` (non-zero) bytes from [`alloc`]: mapped straight from
 //! the OS when [`is_mapped`]`(size)` (Unix, 128 KiB and up), otherwise from
 //! the global allocator with `u8`'s layout, the layout `Vec<u8>` uses. A block
-//! is freed exactly once, by [`free`] with the same `size`. Nothing here
-//! tracks ownership: the callers do.
+//! is freed exactly once, by [`free`] with the same `size`; [`remap`] turns a
+//! mapped block of one size into a mapped block of another, keeping its
+//! physical pages. Nothing here tracks ownership: the callers do.
 
 #![allow(clippy::disallowed_methods)] // this is the one module allowed to
 
@@ -84,6 +85,33 @@ pub(crate) unsafe fn free(ptr: NonNull<u8>, size: usize) -> bool {
     // which `alloc` already checked to be valid.
     unsafe { dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, 1)) };
     false
+}
+
+/// Resizes a mapped block in place or by moving its pages (`mremap`), so
+/// the physical pages it has keep serving: shrinking hands the tail back,
+/// growing faults only the extension. `None` leaves the block as it was
+/// (other platforms, or the kernel refused).
+///
+/// # Safety
+///
+/// `ptr` is a block of exactly `old` bytes that the caller owns, and both
+/// `old` and `new` are mapped sizes ([`is_mapped`]). On `Some`, the old
+/// pointer is gone and the new one is a block of `new` bytes whose first
+/// `min(old, new)` bytes are the old contents.
+#[allow(unused_variables)]
+pub(crate) unsafe fn remap(ptr: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+    debug_assert!(is_mapped(old) && is_mapped(new));
+    #[cfg(all(target_os = "linux", not(miri)))]
+    {
+        // SAFETY: by the caller's promise, `ptr` is a private anonymous
+        // mapping of `old` bytes that nothing else uses; MREMAP_MAYMOVE lets
+        // the kernel move it, and on failure it is left untouched.
+        let moved = unsafe { libc::mremap(ptr.as_ptr().cast(), old, new, libc::MREMAP_MAYMOVE) };
+        if moved != libc::MAP_FAILED {
+            return NonNull::new(moved.cast::<u8>());
+        }
+    }
+    None
 }
 
 /// Hands the pages of `[ptr + from, ptr + size)` (rounded inwards to whole

@@ -135,6 +135,9 @@ pub(crate) struct PoolInner {
     pub(crate) counters: PoolCounters,
     /// Bytes allocated and not yet freed or detached: in use plus idle.
     pub(crate) footprint: AtomicUsize,
+    /// The most bytes in use seen on a slow path since the last idle tick:
+    /// the recent demand that retention is bounded by.
+    pub(crate) peak_in_use: AtomicUsize,
     /// Idle capacity that trimming on idle leaves pooled.
     pub(crate) min_retained: usize,
     /// Read by the trimmer thread, which loom and miri builds do not have.
@@ -507,6 +510,7 @@ impl PoolBuilder {
             registry: Mutex::new(Vec::new()),
             counters: PoolCounters::new(classes),
             footprint: AtomicUsize::new(0),
+            peak_in_use: AtomicUsize::new(0),
             min_retained: self.min_retained_bytes,
             trim_interval,
             closed: AtomicBool::new(false),
@@ -578,13 +582,19 @@ impl PoolInner {
             // took a pool count for it.
             return Ok(unsafe { PooledBuf::from_block(block, this, found as u32) });
         }
+        if let Some(block) = PoolInner::take_by_fit(this, class) {
+            // SAFETY: reshaped from an idle block out of the shared tier, so
+            // ours; `take_by_fit` took a pool count for it.
+            return Ok(unsafe { PooledBuf::from_block(block, this, class as u32) });
+        }
         let capacity = this.info[class].capacity;
         if admission == Admission::Check {
             this.limits.admit(this, capacity)?;
         }
         this.limits.note_allocation(this, capacity);
         let block = os::alloc(capacity)?;
-        this.footprint.fetch_add(capacity, Ordering::Relaxed);
+        let footprint = this.footprint.fetch_add(capacity, Ordering::Relaxed) + capacity;
+        this.note_in_use(footprint.saturating_sub(this.retention.reserved()));
         this.counters.class[class]
             .misses
             .fetch_add(1, Ordering::Relaxed);
@@ -613,6 +623,12 @@ impl PoolInner {
             this.counters.class[c]
                 .shared_hits
                 .fetch_add(1, Ordering::Relaxed);
+            let capacity_c = this.info[c].capacity;
+            this.note_in_use(
+                this.footprint
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(this.retention.reserved().saturating_sub(capacity_c)),
+            );
             // SAFETY: `this` is a live `Arc`; the block owns this count.
             unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
             let capacity = this.info[c].capacity;
@@ -636,6 +652,92 @@ impl PoolInner {
             return Some((block, c));
         }
         None
+    }
+
+    /// Match by fit: serves a miss of a mapped class with the nearest idle
+    /// mapped block of any other class in the shared tier, reshaped with
+    /// `mremap`: its physical pages keep serving, so a burst of mixed sizes
+    /// reuses the memory it already has instead of faulting fresh pages
+    /// while idle blocks of the wrong classes pile up. Shrinking hands the
+    /// tail back; growing faults only the extension. Linux only.
+    fn take_by_fit(this: &Arc<PoolInner>, class: usize) -> Option<NonNull<u8>> {
+        let capacity = this.info[class].capacity;
+        if !cfg!(target_os = "linux") || !os::is_mapped(capacity) {
+            return None;
+        }
+        // Some idle memory beyond what is in use is worth keeping as it is,
+        // for exact reuse; past that slack, reshape rather than grow.
+        // Retention bounded by recent demand: while the memory held stays
+        // within the peak of the memory in use since the last idle tick, a
+        // miss maps fresh memory and idle blocks wait for exact reuse; past
+        // it, the miss reshapes an idle block instead. (Measured on the
+        // burst benchmark, 2026-12-01: bounding by the memory in use *now*
+        // peaked lower but halved the steady-state speed; any slack above
+        // the recent peak raised the burst's peak above plain Vec's.)
+        let footprint = this.footprint.load(Ordering::Relaxed);
+        let in_use = footprint.saturating_sub(this.retention.reserved());
+        if footprint + capacity <= this.note_in_use(in_use) {
+            return None;
+        }
+        // Nearest first: one class below, one class past the borrowing
+        // range above, and outwards.
+        let above = class + BORROW_CLASSES_ABOVE + 1;
+        let classes = this.info.len();
+        for step in 0..classes {
+            let candidates = [
+                class.checked_sub(step + 1),
+                Some(above + step).filter(|&c| c < classes),
+            ];
+            if candidates.iter().all(Option::is_none) {
+                break;
+            }
+            for from in candidates.into_iter().flatten() {
+                let old = this.info[from].capacity;
+                if !os::is_mapped(old) {
+                    continue;
+                }
+                let Some(block) = this.shared[from].pop() else {
+                    continue;
+                };
+                this.retention.unreserve(old);
+                // SAFETY: popped from the shared tier, so ours: a mapped
+                // block of `old` bytes; `capacity` is a mapped size too.
+                match unsafe { os::remap(block, old, capacity) } {
+                    Some(block) => {
+                        if capacity > old {
+                            this.footprint.fetch_add(capacity - old, Ordering::Relaxed);
+                        } else {
+                            this.footprint.fetch_sub(old - capacity, Ordering::Relaxed);
+                            this.counters
+                                .released_bytes
+                                .fetch_add((old - capacity) as u64, Ordering::Relaxed);
+                        }
+                        let counters = &this.counters.class[class];
+                        counters.fit_hits.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .fit_grown_bytes
+                            .fetch_add(capacity.saturating_sub(old) as u64, Ordering::Relaxed);
+                        // SAFETY: `this` is a live `Arc`; the block owns
+                        // this count from now on.
+                        unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
+                        return Some(block);
+                    }
+                    None => {
+                        // SAFETY: a failed remap leaves the block as it was.
+                        unsafe { this.free_memory(block, old) };
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Records `in_use` in the recent peak and returns the peak.
+    fn note_in_use(&self, in_use: usize) -> usize {
+        self.peak_in_use
+            .fetch_max(in_use, Ordering::Relaxed)
+            .max(in_use)
     }
 
     /// Moves up to a batch less one of idle blocks from the shared tier

@@ -83,13 +83,20 @@ pub struct Stats {
 pub struct ClassStats {
     /// The class's capacity in bytes.
     pub capacity: usize,
-    /// Requests served by an idle buffer: `thread_cache_hits + shared_hits`.
+    /// Requests served by an idle buffer:
+    /// `thread_cache_hits + shared_hits + fit_hits`.
     pub hits: u64,
     /// Hits served by the requesting thread's own cache.
     pub thread_cache_hits: u64,
     /// Hits served by the shared tier (including requests of up to two classes
     /// below that borrowed an idle buffer of this class).
     pub shared_hits: u64,
+    /// Hits served by an idle mapped buffer of another class, reshaped to
+    /// this class with `mremap` (its pages kept; shrinking hands the tail
+    /// back, growing faults only the extension).
+    pub fit_hits: u64,
+    /// Bytes that fit hits grew by: the pages they faulted fresh.
+    pub fit_grown_bytes: u64,
     /// Requests that found no idle buffer and allocated one.
     pub misses: u64,
     /// Buffers returned (kept or freed).
@@ -131,10 +138,11 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "{:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12}",
+            "{:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12}",
             "class",
             "tc hits",
             "sh hits",
+            "fit",
             "misses",
             "returns",
             "full",
@@ -150,10 +158,11 @@ impl fmt::Display for Stats {
         {
             writeln!(
                 f,
-                "{:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12}",
+                "{:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12}",
                 Size(c.capacity),
                 c.thread_cache_hits,
                 c.shared_hits,
+                c.fit_hits,
                 c.misses,
                 c.returns,
                 c.dropped_full,
@@ -230,6 +239,8 @@ impl fmt::Display for Size {
 pub(crate) struct ClassCounters {
     pub(crate) thread_cache_hits: AtomicU64,
     pub(crate) shared_hits: AtomicU64,
+    pub(crate) fit_hits: AtomicU64,
+    pub(crate) fit_grown_bytes: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) returns: AtomicU64,
     pub(crate) dropped_full: AtomicU64,
@@ -243,6 +254,8 @@ impl ClassCounters {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.thread_cache_hits += load(&self.thread_cache_hits);
         out.shared_hits += load(&self.shared_hits);
+        out.fit_hits += load(&self.fit_hits);
+        out.fit_grown_bytes += load(&self.fit_grown_bytes);
         out.misses += load(&self.misses);
         out.returns += load(&self.returns);
         out.dropped_full += load(&self.dropped_full);
@@ -375,7 +388,7 @@ impl PoolInner {
 impl ClassStats {
     /// Fills in the derived fields from the counters and the retained count.
     fn finish(&mut self) {
-        self.hits = self.thread_cache_hits + self.shared_hits;
+        self.hits = self.thread_cache_hits + self.shared_hits + self.fit_hits;
         let out = (self.hits + self.misses) as i128;
         let back = (self.returns + self.detached) as i128;
         // Mid-traffic snapshots can see a return before the matching hit.

@@ -139,6 +139,12 @@ impl PoolInner {
             });
         }
         drop(caches);
+        // A new interval of demand starts from what is in use now.
+        let in_use = this
+            .footprint
+            .load(Ordering::Relaxed)
+            .saturating_sub(this.retention.reserved());
+        this.peak_in_use.store(in_use, Ordering::Relaxed);
         this.finish_pass(freed, TrimReason::Idle);
     }
 

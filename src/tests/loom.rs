@@ -178,3 +178,36 @@ fn a_waiter_woken_by_a_return_races_its_timeout() {
         assert!(pool.inner_arc().limits.waiters.is_empty(), "left the queue");
     });
 }
+
+#[test]
+fn a_block_reshaped_by_fit_races_a_return_and_a_trim() {
+    loom::model(|| {
+        // Two mapped-size classes far apart, no thread caches: a miss of
+        // the small class takes the idle large block and reshapes it while
+        // another thread returns a second block and trims.
+        let pool = Pool::builder()
+            .size_classes(
+                SizeClasses::from_sizes(&[128 << 10, 256 << 10, 512 << 10, 1 << 20]).unwrap(),
+            )
+            .thread_cache_bytes(0)
+            .memory_limit(crate::MemoryLimit::Unlimited)
+            .build();
+        drop(pool.get(1 << 20)); // idle, three classes above 128 KiB
+        let out = pool.get(1 << 20);
+        let p = pool.clone();
+        let other = thread::spawn(move || {
+            drop(out);
+            p.trim();
+        });
+        let small = pool.get(128 << 10);
+        assert_eq!(small.capacity(), 128 << 10);
+        drop(small);
+        other.join().unwrap();
+        // Whether the miss reshaped the idle block or mapped fresh memory,
+        // nothing is in use and a trim leaves nothing behind.
+        let stats = pool.stats();
+        assert_eq!(stats.in_use_bytes, 0, "{stats}");
+        pool.trim();
+        assert_eq!(pool.stats().retained_bytes, 0);
+    });
+}

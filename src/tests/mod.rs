@@ -837,3 +837,79 @@ fn a_return_short_of_credit_does_not_spill_a_cache_with_room() {
     assert_eq!(class.shared_hits, 0);
     drop(again);
 }
+
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn a_miss_is_served_by_reshaping_the_nearest_idle_block() {
+    const K: usize = 1 << 10;
+    let pool = Pool::builder()
+        .size_classes(
+            SizeClasses::from_sizes(&[128 * K, 256 * K, 512 * K, 1024 * K, 2048 * K]).unwrap(),
+        )
+        .thread_cache_bytes(0)
+        .trim_interval(std::time::Duration::ZERO)
+        .memory_limit(crate::MemoryLimit::Unlimited)
+        .build();
+    let mut big = pool.get(2048 * K);
+    big.resize(2048 * K, 0xAB);
+    drop(big); // idle in the shared tier, four classes above 128 KiB
+    let mut small = pool.get(100 * K);
+    assert_eq!(small.capacity(), 128 * K);
+    assert!(small.is_empty(), "never the old bytes");
+    small.resize(128 * K, 1);
+    let stats = pool.stats();
+    assert_eq!(stats.classes[0].fit_hits, 1, "{stats}");
+    assert_eq!(stats.classes[0].misses, 0);
+    assert_eq!(
+        stats.retained_bytes, 0,
+        "the 2 MiB block became the 128 KiB one"
+    );
+    assert_eq!(stats.in_use_bytes, 128 * K);
+    drop(small);
+    // And back up: growing faults only the extension.
+    let grown = pool.get(2048 * K);
+    let stats = pool.stats();
+    assert_eq!(stats.classes[4].fit_hits, 1, "{stats}");
+    assert_eq!(
+        stats.classes[4].fit_grown_bytes,
+        (2048 - 128) as u64 * K as u64
+    );
+    assert_eq!(stats.classes[4].misses, 1, "only the first 2 MiB was fresh");
+    drop(grown);
+    pool.trim();
+    assert_eq!(pool.stats().in_use_bytes, 0);
+}
+
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn within_the_recent_peak_a_miss_maps_fresh_memory_and_idle_blocks_wait_for_their_class() {
+    const K: usize = 1 << 10;
+    let pool = Pool::builder()
+        .size_classes(
+            SizeClasses::from_sizes(&[128 * K, 256 * K, 512 * K, 1024 * K, 2048 * K]).unwrap(),
+        )
+        .thread_cache_bytes(0)
+        .trim_interval(std::time::Duration::ZERO)
+        .memory_limit(crate::MemoryLimit::Unlimited)
+        .build();
+    let held: Vec<_> = (0..3).map(|_| pool.get(2048 * K)).collect(); // 6 MiB in use
+    let mut held = held.into_iter();
+    let last = held.next_back().unwrap();
+    drop(held); // 4 MiB idle
+    pool.trim(); // freed: 2 MiB held, the recent peak still 6 MiB
+    drop(last); // 2 MiB idle, nothing in use
+    let small = pool.get(100 * K);
+    let stats = pool.stats();
+    assert_eq!(
+        stats.classes[0].misses, 1,
+        "fresh, within the recent peak: {stats}"
+    );
+    assert_eq!(stats.classes[0].fit_hits, 0);
+    let big = pool.get(2048 * K);
+    assert_eq!(
+        pool.stats().classes[4].shared_hits,
+        1,
+        "the idle 2 MiB served its own class"
+    );
+    drop((small, big));
+}
