@@ -297,9 +297,8 @@ impl Pool {
     /// The allocation errors of `try_get`; refusals wait instead.
     pub fn acquire(&self, min_capacity: usize) -> Acquire {
         Acquire {
-            pool: self.clone(),
+            waiting: Waiting::new(self),
             min_capacity,
-            ticket: None,
         }
     }
 
@@ -357,9 +356,8 @@ impl Pool {
     /// [`Error::OverBudget`] if `bytes` alone is over the budget.
     pub fn admit_async(&self, bytes: usize) -> AdmitFuture {
         AdmitFuture {
-            pool: self.clone(),
+            waiting: Waiting::new(self),
             bytes: self.with_rounding(bytes),
-            ticket: None,
         }
     }
 
@@ -428,13 +426,48 @@ impl Drop for Permit {
     }
 }
 
+/// A future's place in the queue: its pool and its ticket, given up when
+/// the future is dropped.
+#[derive(Debug)]
+struct Waiting {
+    pool: Pool,
+    ticket: Option<usize>,
+}
+
+impl Waiting {
+    fn new(pool: &Pool) -> Waiting {
+        Waiting {
+            pool: pool.clone(),
+            ticket: None,
+        }
+    }
+
+    fn poll<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut attempt: impl FnMut(&Pool) -> Result<T, Error>,
+    ) -> Poll<Result<T, Error>> {
+        let pool = &self.pool;
+        poll_waiting(&pool.inner_arc().limits, &mut self.ticket, cx, || {
+            attempt(pool)
+        })
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.pool.inner_arc().limits.waiters.remove(ticket);
+        }
+    }
+}
+
 /// The future of [`Pool::admit_async`].
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub struct AdmitFuture {
-    pool: Pool,
+    waiting: Waiting,
     bytes: usize,
-    ticket: Option<usize>,
 }
 
 impl Future for AdmitFuture {
@@ -442,22 +475,13 @@ impl Future for AdmitFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let limits = &this.pool.inner_arc().limits;
-        if this.ticket.is_none() {
-            if let Err(e) = limits.check_fits(this.bytes) {
+        let bytes = this.bytes;
+        if this.waiting.ticket.is_none() {
+            if let Err(e) = this.waiting.pool.inner_arc().limits.check_fits(bytes) {
                 return Poll::Ready(Err(e));
             }
         }
-        let (pool, bytes) = (&this.pool, this.bytes);
-        poll_waiting(limits, &mut this.ticket, cx, || pool.try_admit(bytes))
-    }
-}
-
-impl Drop for AdmitFuture {
-    fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            self.pool.inner_arc().limits.waiters.remove(ticket);
-        }
+        this.waiting.poll(cx, |pool| pool.try_admit(bytes))
     }
 }
 
@@ -465,9 +489,8 @@ impl Drop for AdmitFuture {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub struct Acquire {
-    pool: Pool,
+    waiting: Waiting,
     min_capacity: usize,
-    ticket: Option<usize>,
 }
 
 impl Future for Acquire {
@@ -475,17 +498,7 @@ impl Future for Acquire {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let (pool, n) = (&this.pool, this.min_capacity);
-        poll_waiting(&pool.inner_arc().limits, &mut this.ticket, cx, || {
-            pool.try_get(n)
-        })
-    }
-}
-
-impl Drop for Acquire {
-    fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            self.pool.inner_arc().limits.waiters.remove(ticket);
-        }
+        let n = this.min_capacity;
+        this.waiting.poll(cx, |pool| pool.try_get(n))
     }
 }

@@ -838,18 +838,25 @@ fn a_return_short_of_credit_does_not_spill_a_cache_with_room() {
     drop(again);
 }
 
+/// Mapped classes of 128 KiB to 2 MiB, no thread caches, no idle trimming.
 #[cfg(all(target_os = "linux", not(miri)))]
-#[test]
-fn a_miss_is_served_by_reshaping_the_nearest_idle_block() {
+fn mapped_pool() -> Pool {
     const K: usize = 1 << 10;
-    let pool = Pool::builder()
+    Pool::builder()
         .size_classes(
             SizeClasses::from_sizes(&[128 * K, 256 * K, 512 * K, 1024 * K, 2048 * K]).unwrap(),
         )
         .thread_cache_bytes(0)
         .trim_interval(std::time::Duration::ZERO)
         .memory_limit(crate::MemoryLimit::Unlimited)
-        .build();
+        .build()
+}
+
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn a_miss_is_served_by_reshaping_the_nearest_idle_block() {
+    const K: usize = 1 << 10;
+    let pool = mapped_pool();
     let mut big = pool.get(2048 * K);
     big.resize(2048 * K, 0xAB);
     drop(big); // idle in the shared tier, four classes above 128 KiB
@@ -884,14 +891,7 @@ fn a_miss_is_served_by_reshaping_the_nearest_idle_block() {
 #[test]
 fn within_the_recent_peak_a_miss_maps_fresh_memory_and_idle_blocks_wait_for_their_class() {
     const K: usize = 1 << 10;
-    let pool = Pool::builder()
-        .size_classes(
-            SizeClasses::from_sizes(&[128 * K, 256 * K, 512 * K, 1024 * K, 2048 * K]).unwrap(),
-        )
-        .thread_cache_bytes(0)
-        .trim_interval(std::time::Duration::ZERO)
-        .memory_limit(crate::MemoryLimit::Unlimited)
-        .build();
+    let pool = mapped_pool();
     let held: Vec<_> = (0..3).map(|_| pool.get(2048 * K)).collect(); // 6 MiB in use
     let mut held = held.into_iter();
     let last = held.next_back().unwrap();
