@@ -128,3 +128,21 @@ async fn pooled_writer_writes() {
     let expected: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
     assert_eq!(writer.into_chunks().to_vec(), expected);
 }
+
+#[test]
+fn poll_read_copies_without_initialising_the_callers_whole_buffer() {
+    let pool = Pool::new();
+    let mut chunks = block_on(pool.read_to_end_async(&data(100)[..])).unwrap();
+    let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut buf = ReadBuf::uninit(&mut storage);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(
+        Pin::new(&mut chunks)
+            .poll_read(&mut cx, &mut buf)
+            .is_ready()
+    );
+    assert_eq!(buf.filled(), &data(100)[..]);
+    // Only what was copied is initialised: the rest of the caller's 4 KiB
+    // was neither zeroed nor touched (it was, on every poll, before).
+    assert_eq!(buf.initialized().len(), 100);
+}
