@@ -582,14 +582,17 @@ impl PoolInner {
             // took a pool count for it.
             return Ok(unsafe { PooledBuf::from_block(block, this, found as u32) });
         }
+        let capacity = this.info[class].capacity;
+        // Admission before a fit: growing an idle block faults new memory
+        // just as a fresh allocation does. (An idle block of the class
+        // itself, above, is memory already held.)
+        if admission == Admission::Check {
+            this.limits.admit(this, capacity)?;
+        }
         if let Some(block) = PoolInner::take_by_fit(this, class) {
             // SAFETY: reshaped from an idle block out of the shared tier, so
             // ours; `take_by_fit` took a pool count for it.
             return Ok(unsafe { PooledBuf::from_block(block, this, class as u32) });
-        }
-        let capacity = this.info[class].capacity;
-        if admission == Admission::Check {
-            this.limits.admit(this, capacity)?;
         }
         this.limits.note_allocation(this, capacity);
         let block = os::alloc(capacity)?;

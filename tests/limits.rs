@@ -493,3 +493,23 @@ fn admit_async_resolves_when_memory_comes_back() {
         "2 MiB and its rounding"
     );
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_refusable_request_is_not_served_by_growing_an_idle_block_past_the_budget() {
+    // A 128 KiB block idle, 1 MiB of budget: a 4 MiB request must be
+    // refused, not served by reshaping the idle block into 4 MiB.
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Unlimited)
+        .max_in_use_bytes(1 << 20)
+        .thread_cache_bytes(0)
+        .build();
+    drop(pool.try_get(128 << 10).unwrap());
+    assert!(matches!(
+        pool.try_get(4 << 20),
+        Err(Error::OverBudget { .. })
+    ));
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0, "{stats}");
+    assert!(stats.classes.iter().all(|c| c.fit_hits == 0), "{stats}");
+}
