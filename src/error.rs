@@ -5,10 +5,14 @@ use std::time::Duration;
 
 /// What went wrong in a fallible tierpool call.
 ///
-/// Nothing was allocated or leaked when one of these comes back. Three
+/// Nothing was allocated or leaked when one of these comes back. Four
 /// kinds ([`Error::kind`]): a configuration was rejected, the memory could not
-/// be had, or admission refused the request (the budget or the container's
-/// memory said no: back off, shed load, answer 503).
+/// be had, admission refused the request (the budget or the container's
+/// memory said no: back off, shed load, answer 503), or the input passed a
+/// size limit the caller set (answer 413).
+///
+/// The adapters return `io::Error`s; when the cause is one of these, it is
+/// the `io::Error`'s inner error, found with [`Error::from_io`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
@@ -53,6 +57,19 @@ pub enum Error {
         /// How long it waited.
         waited: Duration,
     },
+    /// The input is larger than the limit the caller set: a body longer than
+    /// `max_len` ([`Pool::read_to_end_limited`](crate::Pool::read_to_end_limited)
+    /// and friends), a declared length over the limit, or an image whose
+    /// decoded frame would pass its byte limit. Inside an `io::Error` its kind
+    /// is `FileTooLarge`.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+        /// The size the input declared (a Content-Length, an image's
+        /// dimensions times its bytes per pixel), when it was known before
+        /// reading; `None` when the limit was passed while reading.
+        declared: Option<u64>,
+    },
 }
 
 /// The three groups of [`Error`].
@@ -65,6 +82,9 @@ pub enum ErrorKind {
     Alloc,
     /// Admission control refused or timed out: try again later.
     Refused,
+    /// The input passed a size limit the caller set: not retryable as it is
+    /// (HTTP 413).
+    TooLarge,
 }
 
 impl Error {
@@ -83,7 +103,30 @@ impl Error {
             Error::OverBudget { .. } | Error::MemoryPressure { .. } | Error::TimedOut { .. } => {
                 ErrorKind::Refused
             }
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
         }
+    }
+
+    /// The tierpool error inside an `io::Error` from one of the adapters,
+    /// if that is what it carries.
+    ///
+    /// ```
+    /// use tierpool::{Error, ErrorKind};
+    /// let pool = tierpool::Pool::new();
+    /// let err = pool.read_to_end_limited(std::io::repeat(0), 1000).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
+    /// assert_eq!(
+    ///     Error::from_io(&err),
+    ///     Some(&Error::TooLarge { limit: 1000, declared: None })
+    /// );
+    /// ```
+    pub fn from_io(err: &std::io::Error) -> Option<&Error> {
+        err.get_ref()?.downcast_ref::<Error>()
+    }
+
+    /// Whether the input passed a size limit (`kind() == TooLarge`).
+    pub fn is_too_large(&self) -> bool {
+        self.kind() == ErrorKind::TooLarge
     }
 
     /// Whether admission refused the request (`kind() == Refused`): the
@@ -124,6 +167,17 @@ impl fmt::Display for Error {
                 f,
                 "refused {requested} bytes: no memory came free within {waited:?}"
             ),
+            Error::TooLarge {
+                limit,
+                declared: Some(declared),
+            } => write!(
+                f,
+                "too large: {declared} bytes declared, the limit is {limit}"
+            ),
+            Error::TooLarge {
+                limit,
+                declared: None,
+            } => write!(f, "too large: longer than the limit of {limit} bytes"),
         }
     }
 }
@@ -139,6 +193,7 @@ impl From<Error> for std::io::Error {
                 Error::TimedOut { .. } => std::io::ErrorKind::TimedOut,
                 _ => std::io::ErrorKind::OutOfMemory,
             },
+            ErrorKind::TooLarge => std::io::ErrorKind::FileTooLarge,
         };
         std::io::Error::new(kind, e)
     }

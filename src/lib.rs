@@ -22,7 +22,7 @@ pub use buf::PooledBuf;
 pub use bytes;
 pub use error::{Error, ErrorKind};
 pub use event::{AllocReason, DropReason, Event, TrimReason};
-pub use io::{Chunks, PooledWriter};
+pub use io::{Chunks, ChunksBody, PooledWriter};
 pub use limits::{
     Acquire, AdmitFuture, ContainerMemory, MemoryLimit, PageCache, Permit, Pressure, Thresholds,
 };

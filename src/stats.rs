@@ -173,12 +173,13 @@ impl fmt::Display for Stats {
             )?;
         }
         let a = &self.adapters;
-        if a.reads + a.errors > 0 {
+        if a.reads + a.errors + a.too_large > 0 {
             writeln!(
                 f,
-                "adapters: {} reads ({} failed), {}, {} read calls, {} chunks, {:.3} s",
+                "adapters: {} reads ({} failed, {} too large), {}, {} read calls, {} chunks, {:.3} s",
                 a.reads,
                 a.errors,
+                a.too_large,
                 Mib(a.bytes as usize),
                 a.read_calls,
                 a.chunks,

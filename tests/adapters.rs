@@ -374,12 +374,23 @@ fn labels_learn_their_size_and_ignore_outliers() {
 fn unlabelled_reads_and_writers_are_counted() {
     let pool = pool();
     drop(pool.read_to_end(&data(1000)[..]).unwrap());
-    assert!(pool.read_to_end_limited(&data(1000)[..], 10).is_err());
+    let err = pool.read_to_end_limited(&data(1000)[..], 10).unwrap_err();
+    assert_eq!(
+        tierpool::Error::from_io(&err),
+        Some(&tierpool::Error::TooLarge {
+            limit: 10,
+            declared: None
+        })
+    );
+    let head = data(10);
+    let broken = io::Read::chain(&head[..], FailingReader);
+    assert!(pool.read_to_end(broken).is_err());
     let mut w = pool.writer();
     w.write_all(&data(100)).unwrap();
     drop(w.into_chunks());
     let a = pool.stats().adapters;
-    assert_eq!((a.reads, a.errors, a.bytes), (2, 1, 1100));
+    // The limit is counted apart from I/O failures.
+    assert_eq!((a.reads, a.errors, a.too_large, a.bytes), (2, 1, 1, 1100));
 }
 
 #[test]
@@ -424,4 +435,39 @@ fn write_vectored_reports_a_partial_write_instead_of_an_error() {
     let out = w.into_chunks().to_vec();
     assert_eq!(&out[..40 << 10], &a[..]);
     assert_eq!(&out[40 << 10..], &b[..24 << 10]);
+}
+
+/// A reader whose every read fails.
+struct FailingReader;
+
+impl io::Read for FailingReader {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::other("the client went away"))
+    }
+}
+
+#[test]
+fn a_writer_sized_up_front_freezes_without_a_copy() {
+    let pool = pool();
+    let mut out = pool.writer_with_capacity(300_000);
+    out.write_all(&data(250_000)).unwrap();
+    out.write_all(&data(50_000)).unwrap();
+    let chunks = out.into_chunks();
+    assert_eq!(chunks.iter().count(), 1);
+    let ptr = chunks.iter().next().unwrap().as_ptr();
+    let frozen = chunks.freeze();
+    assert_eq!(frozen.as_ptr(), ptr, "one chunk freezes in place");
+    drop(frozen);
+    // Writing past the capacity goes on in further chunks.
+    let mut out = pool.writer_with_capacity(1000);
+    out.write_all(&data(5000)).unwrap();
+    let chunks = out.into_chunks();
+    assert!(chunks.iter().count() > 1);
+    assert_eq!(chunks.to_vec(), data(5000));
+    drop(chunks);
+    // An absurd capacity takes nothing until written, and is trusted only
+    // up to 64 MiB.
+    let out = pool.writer_with_capacity(usize::MAX);
+    assert_eq!(pool.stats().in_use_bytes, 0);
+    drop(out);
 }

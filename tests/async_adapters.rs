@@ -146,3 +146,49 @@ fn poll_read_copies_without_initialising_the_callers_whole_buffer() {
     // was neither zeroed nor touched (it was, on every poll, before).
     assert_eq!(buf.initialized().len(), 100);
 }
+
+#[test]
+fn an_exact_hint_lands_in_one_chunk_and_a_limit_still_holds() {
+    let pool = Pool::new();
+    for len in [300_000, 3 << 20] {
+        let reader = Trickle {
+            data: data(len),
+            at: 0,
+            step: 64 << 10,
+            pend: false,
+        };
+        let chunks = block_on(pool.read_to_end_with_hint_async(reader, len, usize::MAX)).unwrap();
+        assert_eq!(chunks.iter().count(), 1, "{len}");
+        assert_eq!(chunks.to_vec(), data(len));
+    }
+    // A hint past the limit does not let the read past it.
+    let err = block_on(pool.read_to_end_with_hint_async(&data(5000)[..], 5000, 1000)).unwrap_err();
+    assert_eq!(
+        tierpool::Error::from_io(&err),
+        Some(&tierpool::Error::TooLarge {
+            limit: 1000,
+            declared: None
+        })
+    );
+    // A short hint only costs chunks.
+    let chunks =
+        block_on(pool.read_to_end_with_hint_async(&data(70_000)[..], 1000, usize::MAX)).unwrap();
+    assert_eq!(chunks.to_vec(), data(70_000));
+    assert_eq!(pool.stats().adapters.too_large, 1);
+}
+
+#[test]
+fn labelled_async_reads_learn_and_count_under_their_label() {
+    let pool = Pool::new();
+    let uploads = pool.label("upload");
+    for _ in 0..10 {
+        let chunks = block_on(uploads.read_to_end_async(&data(200_000)[..])).unwrap();
+        assert_eq!(chunks.len(), 200_000);
+    }
+    let chunks = block_on(uploads.read_to_end_async(&data(200_000)[..])).unwrap();
+    assert_eq!(chunks.iter().count(), 1, "started at the learned size");
+    assert!(block_on(uploads.read_to_end_limited_async(&data(10)[..], 5)).is_err());
+    let label = &pool.stats().labels[0];
+    assert_eq!(label.label, "upload");
+    assert_eq!((label.activity.reads, label.activity.too_large), (11, 1));
+}

@@ -155,6 +155,44 @@ impl Chunks {
         self.into_contiguous().freeze()
     }
 
+    /// The bytes from the cursor to the end as a [`ChunksBody`]: each chunk
+    /// frozen into [`Bytes`] without a copy, for a consumer that takes data
+    /// in pieces (an HTTP response body, a stream, a vectored write). Each
+    /// chunk goes back to the pool when its `Bytes` (and every clone) drops.
+    ///
+    /// ```
+    /// let pool = tierpool::Pool::new();
+    /// let chunks = pool.read_to_end(&[5u8; 100_000][..])?;
+    /// let pieces: Vec<bytes::Bytes> = chunks.into_body().into_iter().collect();
+    /// assert!(pieces.len() > 1);
+    /// assert_eq!(pieces.iter().map(|b| b.len()).sum::<usize>(), 100_000);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn into_body(self) -> ChunksBody {
+        let Chunks {
+            chunks,
+            starts,
+            pos,
+            ..
+        } = self;
+        let mut pieces = std::collections::VecDeque::with_capacity(chunks.len());
+        let mut remaining = 0;
+        for (chunk, start) in chunks.into_iter().zip(starts) {
+            let end = start + chunk.len();
+            if (end as u64) <= pos {
+                continue; // wholly before the cursor: back to the pool now
+            }
+            let skip = pos.saturating_sub(start as u64) as usize;
+            let mut bytes = chunk.freeze();
+            if skip > 0 {
+                bytes = bytes.slice(skip..);
+            }
+            remaining += bytes.len();
+            pieces.push_back(bytes);
+        }
+        ChunksBody { pieces, remaining }
+    }
+
     /// The bytes from the cursor to the end as `IoSlice`s, for callers that
     /// write them themselves.
     pub fn io_slices(&self) -> Vec<IoSlice<'_>> {
@@ -312,6 +350,62 @@ impl fmt::Debug for Chunks {
             .field("len", &self.len)
             .field("chunks", &self.chunks.len())
             .field("position", &self.pos)
+            .finish()
+    }
+}
+
+/// [`Chunks`] frozen into [`Bytes`] pieces without a copy, from
+/// [`Chunks::into_body`] or [`PooledWriter::into_body`](crate::PooledWriter::into_body).
+///
+/// It turns into an iterator of `Bytes` everywhere; with the feature `http-body`
+/// it is also an `http_body::Body` (so `axum::body::Body::new(body)` and
+/// hyper take it as a response body) and a `futures_core::Stream` of
+/// `Result<Bytes, Infallible>`. Each piece goes back to the pool when it
+/// has been sent and dropped.
+pub struct ChunksBody {
+    pub(crate) pieces: std::collections::VecDeque<Bytes>,
+    /// The bytes in `pieces`.
+    pub(crate) remaining: usize,
+}
+
+// === impl ChunksBody ===
+
+impl ChunksBody {
+    /// Bytes not yet taken.
+    pub fn len(&self) -> usize {
+        self.remaining
+    }
+
+    /// Nothing left to take.
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Takes the next piece.
+    pub fn next_piece(&mut self) -> Option<Bytes> {
+        let piece = self.pieces.pop_front()?;
+        self.remaining -= piece.len();
+        Some(piece)
+    }
+}
+
+/// The pieces, in order (an `IntoIterator` rather than an `Iterator`, so
+/// that `http_body_util::BodyExt::collect` is not ambiguous).
+impl IntoIterator for ChunksBody {
+    type Item = Bytes;
+    type IntoIter = std::collections::vec_deque::IntoIter<Bytes>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.pieces.into_iter()
+    }
+}
+
+/// Shows sizes, never the contents.
+impl fmt::Debug for ChunksBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunksBody")
+            .field("len", &self.remaining)
+            .field("pieces", &self.pieces.len())
             .finish()
     }
 }

@@ -25,6 +25,7 @@ pub(crate) struct AdapterCounters {
     chunks: AtomicU64,
     nanos: AtomicU64,
     errors: AtomicU64,
+    too_large: AtomicU64,
 }
 
 /// What one adapter call did, recorded when it ends.
@@ -34,7 +35,31 @@ pub(crate) struct Activity {
     pub(crate) read_calls: u64,
     pub(crate) chunks: u64,
     pub(crate) elapsed: Duration,
-    pub(crate) failed: bool,
+    pub(crate) outcome: Outcome,
+}
+
+/// How an adapter call ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    #[default]
+    Done,
+    /// The input passed the caller's limit.
+    TooLarge,
+    /// Any other error: the reader's, the allocator's, admission's.
+    Failed,
+}
+
+impl Activity {
+    /// Records how the call ended.
+    pub(crate) fn finish<T>(&mut self, result: &io::Result<T>) {
+        self.outcome = match result {
+            Ok(_) => Outcome::Done,
+            Err(e) if crate::Error::from_io(e).is_some_and(crate::Error::is_too_large) => {
+                Outcome::TooLarge
+            }
+            Err(_) => Outcome::Failed,
+        };
+    }
 }
 
 impl AdapterCounters {
@@ -42,11 +67,13 @@ impl AdapterCounters {
         let add = |c: &AtomicU64, v: u64| {
             c.fetch_add(v, Ordering::Relaxed);
         };
-        if a.failed {
-            add(&self.errors, 1);
-        } else {
-            add(&self.reads, 1);
-            add(&self.bytes, a.bytes as u64);
+        match a.outcome {
+            Outcome::Done => {
+                add(&self.reads, 1);
+                add(&self.bytes, a.bytes as u64);
+            }
+            Outcome::TooLarge => add(&self.too_large, 1),
+            Outcome::Failed => add(&self.errors, 1),
         }
         add(&self.read_calls, a.read_calls);
         add(&self.chunks, a.chunks);
@@ -65,6 +92,7 @@ impl AdapterCounters {
             chunks: load(&self.chunks),
             time: Duration::from_nanos(load(&self.nanos)),
             errors: load(&self.errors),
+            too_large: load(&self.too_large),
         }
     }
 }
@@ -84,8 +112,13 @@ pub struct AdapterStats {
     pub chunks: u64,
     /// Time spent in reads, including waiting on the reader.
     pub time: Duration,
-    /// Reads that ended in an error (their chunks went back to the pool).
+    /// Reads that ended in an error other than a limit (the reader's, the
+    /// allocator's, admission's); their chunks went back to the pool.
     pub errors: u64,
+    /// Reads refused or stopped because the input passed the caller's limit
+    /// ([`Error::TooLarge`](crate::Error::TooLarge)): counted here, not in
+    /// `errors`.
+    pub too_large: u64,
 }
 
 /// One label's figures and final-size distribution, in
@@ -298,20 +331,37 @@ impl Label {
     }
 
     fn read_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
-        let hint = Some(self.first_chunk()).filter(|&n| n > 0);
-        let (result, activity) = self.pool.read_chunks(reader, hint, max_len);
-        // Recorded once, here, for both the label and the pool.
-        self.label.counters.record(&activity);
-        self.pool.inner_arc().adapters.record(&activity);
-        if let Ok(chunks) = &result {
-            let bucket = self
-                .pool
-                .size_classes()
-                .index_for(chunks.len())
-                .unwrap_or(self.pool.size_classes().len());
-            self.label.record_size(chunks.len(), bucket);
-        }
+        let (result, activity) = self.pool.read_chunks(reader, self.hint(), max_len);
+        self.record(&result, &activity);
         result
+    }
+
+    #[cfg_attr(not(any(feature = "tokio", feature = "http-body")), allow(dead_code))]
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Where this label's reads start: its learned size, if any.
+    pub(crate) fn hint(&self) -> Option<usize> {
+        Some(self.first_chunk()).filter(|&n| n > 0)
+    }
+
+    /// Records a read once, for both the label and the pool, and its final
+    /// size in the label's distribution.
+    pub(crate) fn record(&self, result: &io::Result<Chunks>, activity: &Activity) {
+        self.record_activity(activity, result.as_ref().ok().map(Chunks::len));
+    }
+
+    /// Records a call once, for both the label and the pool, and the final
+    /// size of a body read whole in the label's distribution.
+    pub(crate) fn record_activity(&self, activity: &Activity, len: Option<usize>) {
+        self.label.counters.record(activity);
+        self.pool.inner_arc().adapters.record(activity);
+        if let Some(len) = len {
+            let classes = self.pool.size_classes();
+            let bucket = classes.index_for(len).unwrap_or(classes.len());
+            self.label.record_size(len, bucket);
+        }
     }
 }
 

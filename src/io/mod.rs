@@ -1,15 +1,20 @@
 //! The I/O adapters: reading streams into pooled chunks, writing output
 //! into them, per-pipeline labels, files that leave no page cache behind,
-//! and (feature `tokio`) the async versions.
+//! (feature `tokio`) the async versions, and (feature `http-body`) HTTP
+//! bodies in and out.
 
 pub(crate) mod chunks;
+#[cfg(feature = "http-body")]
+pub(crate) mod http;
 pub(crate) mod label;
 pub(crate) mod read;
 #[cfg(feature = "tokio")]
 pub(crate) mod tokio;
 pub(crate) mod writer;
 
-pub use chunks::Chunks;
+pub use chunks::{Chunks, ChunksBody};
+#[cfg(feature = "http-body")]
+pub use http::BodyError;
 pub use label::{AdapterStats, Label, LabelStats, MAX_LABELS, OTHER_LABEL};
 pub use writer::PooledWriter;
 

@@ -63,7 +63,9 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// `FileTooLarge` past `max_len`, and those of `read_to_end`.
+    /// `FileTooLarge` past `max_len`, carrying
+    /// [`Error::TooLarge`](crate::Error::TooLarge) (see
+    /// [`Error::from_io`](crate::Error::from_io)); and those of `read_to_end`.
     pub fn read_to_end_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
         self.read_recorded(reader, None, max_len)
     }
@@ -105,7 +107,7 @@ impl Pool {
         let mut activity = Activity::default();
         let result = self.fill_chunks(reader, hint, max_len, &mut activity);
         activity.elapsed = started.elapsed();
-        activity.failed = result.is_err();
+        activity.finish(&result);
         (result, activity)
     }
 
@@ -171,7 +173,7 @@ impl Pool {
     /// into a chunk of its own class, and a mapped chunk hands the pages of
     /// its unused tail back to the OS while it keeps its class, so the next
     /// read of the same size reuses it. Returns the bytes handed back.
-    pub(crate) fn shrink_last(&self, chunks: &mut [PooledBuf]) -> io::Result<usize> {
+    pub(crate) fn shrink_last(&self, chunks: &mut [PooledBuf]) -> Result<usize, crate::Error> {
         let held: usize = chunks.iter().map(|c| c.capacity()).sum();
         let Some(last) = chunks.last_mut() else {
             return Ok(0);
@@ -199,7 +201,7 @@ impl Pool {
 
 /// The bytes a read reads past an exact hint to learn whether the stream
 /// ended.
-const PROBE: usize = 64;
+pub(crate) const PROBE: usize = 64;
 
 /// How a read sizes its chunks, for the blocking and the async reads alike:
 /// the first from the hint (trusted up to [`MAX_HINTED_CHUNK`]) or
@@ -241,16 +243,15 @@ impl ChunkPlan {
         self.budget - total
     }
 
-    /// `FileTooLarge` once `total` passes the limit.
+    /// `FileTooLarge` (carrying [`Error::TooLarge`](crate::Error::TooLarge))
+    /// once `total` passes the limit.
     pub(crate) fn check(&self, total: usize) -> io::Result<()> {
         if total > self.max_len {
-            return Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!(
-                    "the stream is longer than the limit of {} bytes",
-                    self.max_len
-                ),
-            ));
+            return Err(crate::Error::TooLarge {
+                limit: self.max_len as u64,
+                declared: None,
+            }
+            .into());
         }
         Ok(())
     }

@@ -6,12 +6,13 @@ use std::io::{self, IoSlice, Write};
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
-use crate::io::read::{FIRST_CHUNK, MAX_CHUNK};
+use crate::io::read::{FIRST_CHUNK, MAX_CHUNK, MAX_HINTED_CHUNK};
 use crate::{Chunks, Pool, PooledBuf};
 
 /// A writer into pooled chunks, from [`Pool::writer`]: `io::Write` (with
 /// `write_vectored`) and [`bytes::BufMut`], with no doubling and no copying.
-/// Chunks grow geometrically from 16 KiB to 4 MiB.
+/// Chunks grow geometrically from 16 KiB to 4 MiB, or start at the size
+/// given to [`Pool::writer_with_capacity`].
 ///
 /// ```
 /// use std::io::Write;
@@ -28,16 +29,41 @@ pub struct PooledWriter {
     chunks: Vec<PooledBuf>,
     written: usize,
     calls: u64,
+    /// The first chunk's size, from `writer_with_capacity` (0: the default).
+    first: usize,
 }
 
 impl Pool {
     /// A writer whose output lands in pooled chunks.
     pub fn writer(&self) -> PooledWriter {
+        self.writer_with_capacity(0)
+    }
+
+    /// A writer whose first chunk holds `capacity` bytes (taken on the first
+    /// write, from the class that holds it), so output of a size known up
+    /// front (an encoded image, a rendered page) lands in one buffer and
+    /// freezes without a copy. Past it, chunks grow as in
+    /// [`writer`](Self::writer). A capacity above 64 MiB is trusted only up
+    /// to 64 MiB.
+    ///
+    /// ```
+    /// use std::io::Write;
+    ///
+    /// let pool = tierpool::Pool::new();
+    /// let mut out = pool.writer_with_capacity(100_000);
+    /// out.write_all(&[1; 60_000])?;
+    /// out.write_all(&[2; 40_000])?;
+    /// let chunks = out.into_chunks();
+    /// assert_eq!(chunks.iter().count(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn writer_with_capacity(&self, capacity: usize) -> PooledWriter {
         PooledWriter {
             pool: self.clone(),
             chunks: Vec::new(),
             written: 0,
             calls: 0,
+            first: capacity.min(MAX_HINTED_CHUNK),
         }
     }
 }
@@ -75,16 +101,28 @@ impl PooledWriter {
         self.into_chunks().into_contiguous()
     }
 
-    /// The output as [`Bytes`] (see [`Chunks::freeze`]).
+    /// The output as one [`Bytes`] (see [`Chunks::freeze`]): without a copy
+    /// when it fits one chunk (see [`Pool::writer_with_capacity`]);
+    /// [`into_body`](Self::into_body) never copies.
     pub fn freeze(self) -> Bytes {
         self.into_chunks().freeze()
+    }
+
+    /// The output as a [`ChunksBody`]: its chunks frozen into `Bytes`
+    /// without a copy (see [`Chunks::into_body`]), for a response body.
+    pub fn into_body(self) -> crate::io::ChunksBody {
+        self.into_chunks().into_body()
     }
 
     /// The last chunk, with room for at least one more byte.
     fn chunk_with_room(&mut self) -> io::Result<&mut PooledBuf> {
         let full = self.chunks.last().is_none_or(|c| c.len() == c.capacity());
         if full {
-            let size = self.written.clamp(FIRST_CHUNK, MAX_CHUNK);
+            let size = if self.chunks.is_empty() && self.first > 0 {
+                self.first
+            } else {
+                self.written.clamp(FIRST_CHUNK, MAX_CHUNK)
+            };
             self.chunks.push(self.pool.try_get(size)?);
         }
         Ok(self.chunks.last_mut().expect("just ensured"))
