@@ -6,6 +6,9 @@
 mod buf;
 mod error;
 pub mod event;
+#[cfg(feature = "image")]
+#[cfg_attr(docsrs, doc(cfg(feature = "image")))]
+pub mod frame;
 pub mod io;
 mod limits;
 mod os;
@@ -22,6 +25,8 @@ pub use buf::PooledBuf;
 pub use bytes;
 pub use error::{Error, ErrorKind};
 pub use event::{AllocReason, DropReason, Event, TrimReason};
+#[cfg(feature = "image")]
+pub use frame::{DecodeError, Frame, PooledImage};
 pub use io::{Chunks, ChunksBody, PooledWriter};
 pub use limits::{
     Acquire, AdmitFuture, ContainerMemory, MemoryLimit, PageCache, Permit, Pressure, Thresholds,

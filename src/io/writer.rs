@@ -108,7 +108,7 @@ impl PooledWriter {
         self.into_chunks().freeze()
     }
 
-    /// The output as a [`ChunksBody`]: its chunks frozen into `Bytes`
+    /// The output as a [`ChunksBody`](crate::ChunksBody): its chunks frozen into `Bytes`
     /// without a copy (see [`Chunks::into_body`]), for a response body.
     pub fn into_body(self) -> crate::io::ChunksBody {
         self.into_chunks().into_body()
