@@ -289,6 +289,7 @@ impl PooledBuf {
     /// The new bytes may still hold a previous user's data when this
     /// returns: the caller must overwrite them all, or not let the buffer
     /// be read (drop it) if it could not.
+    #[cfg_attr(not(feature = "image"), allow(dead_code))]
     pub(crate) fn extend_for_overwrite(&mut self, new_len: usize) {
         assert!(
             new_len <= self.cap,

@@ -18,6 +18,8 @@ mod shared_tier;
 mod size_class;
 pub mod stats;
 mod sync;
+#[cfg(feature = "metrics")]
+mod telemetry;
 mod thread_cache;
 mod trim;
 

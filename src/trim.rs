@@ -325,7 +325,7 @@ mod thread {
                     // the rest.
                     // Inside the fork gate: a fork waits for the tick to end,
                     // so no cache flag is held across it.
-                    let _gate = crate::sync::fork_gate();
+                    let gate = crate::sync::fork_gate();
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         if sample {
                             pool.limits.sample(&pool);
@@ -334,6 +334,15 @@ mod thread {
                             PoolInner::tick(&pool);
                         }
                     }));
+                    drop(gate);
+                    // Outside the gate: the recorder is the application's
+                    // code, with locks of its own.
+                    #[cfg(feature = "metrics")]
+                    if tick {
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            crate::telemetry::publish(&pool);
+                        }));
+                    }
                 }
                 schedule = lock();
                 continue;

@@ -1,0 +1,175 @@
+//! Telemetry through the `metrics` facade (feature `metrics`): a pool's
+//! figures published on every trimmer tick and on
+//! [`Pool::publish_metrics`], never from the fast path.
+//!
+//! The figures are read from [`Pool::stats`] and published whole: gauges are
+//! set, counters are set to their absolute totals, so a publish after a
+//! missed one loses nothing and two publishes of the same figures agree.
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+
+use crate::pool::PoolInner;
+use crate::{Pool, Pressure};
+
+/// Gauges, label `pool`.
+const RETAINED: &str = "tierpool_retained_bytes";
+const IN_USE: &str = "tierpool_in_use_bytes";
+const WORKING_SET: &str = "tierpool_working_set_bytes";
+const MEMORY_LIMIT: &str = "tierpool_memory_limit_bytes";
+const PRESSURE: &str = "tierpool_pressure";
+const RETENTION_LIMIT: &str = "tierpool_retention_limit_bytes";
+/// Counters, labels `pool` and `class`.
+const HITS: &str = "tierpool_hits_total";
+const MISSES: &str = "tierpool_misses_total";
+const DROPPED_FULL: &str = "tierpool_dropped_full_total";
+/// Counters, label `pool`.
+const TRIMMED: &str = "tierpool_trimmed_bytes_total";
+const RELEASED: &str = "tierpool_released_bytes_total";
+const REFUSED: &str = "tierpool_refused_total";
+const OVERSIZE: &str = "tierpool_oversize_allocations_total";
+const READS: &str = "tierpool_adapter_reads_total";
+const READ_BYTES: &str = "tierpool_adapter_bytes_total";
+const READ_ERRORS: &str = "tierpool_adapter_errors_total";
+const TOO_LARGE: &str = "tierpool_adapter_too_large_total";
+
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+impl Pool {
+    /// Publishes the pool's figures through the `metrics` facade now (the
+    /// trimmer also does on every tick), to whatever recorder the
+    /// application installed. Label `pool` is the pool's
+    /// [`name`](crate::PoolBuilder::name), or `pool-<id>` for an unnamed one.
+    ///
+    /// Gauges: `tierpool_retained_bytes`, `tierpool_in_use_bytes`,
+    /// `tierpool_working_set_bytes` and `tierpool_memory_limit_bytes` (0
+    /// without a limit or a sample), `tierpool_pressure` (0 normal,
+    /// 1 elevated, 2 critical), `tierpool_retention_limit_bytes`.
+    ///
+    /// Counters, per class (label `class`, the capacity in bytes):
+    /// `tierpool_hits_total`, `tierpool_misses_total`,
+    /// `tierpool_dropped_full_total`. Per pool: `tierpool_trimmed_bytes_total`,
+    /// `tierpool_released_bytes_total`, `tierpool_refused_total`,
+    /// `tierpool_oversize_allocations_total`, and the adapters'
+    /// `tierpool_adapter_reads_total`, `tierpool_adapter_bytes_total`,
+    /// `tierpool_adapter_errors_total`, `tierpool_adapter_too_large_total`.
+    ///
+    /// Every figure is published, zeros included, so dashboards see the
+    /// series from the first publish.
+    ///
+    /// ```
+    /// let pool = tierpool::Pool::builder().name("thumbnails").build();
+    /// drop(pool.get(4096));
+    /// pool.publish_metrics(); // with no recorder installed: a no-op
+    /// ```
+    pub fn publish_metrics(&self) {
+        publish(self.inner_arc());
+    }
+}
+
+/// Describes the metrics (units and help text for the exporter) to the
+/// recorder in force. On every publish, not once per process: the recorder
+/// may have changed (a local recorder, one installed late), and a publish
+/// is once a tick.
+fn describe() {
+    {
+        describe_gauge!(RETAINED, Unit::Bytes, "Idle capacity held in every tier.");
+        describe_gauge!(
+            IN_USE,
+            Unit::Bytes,
+            "Capacity handed out and not yet returned."
+        );
+        describe_gauge!(
+            WORKING_SET,
+            Unit::Bytes,
+            "The container's working set at the last sample (0 without a limit)."
+        );
+        describe_gauge!(
+            MEMORY_LIMIT,
+            Unit::Bytes,
+            "The memory limit the pool steers by (0: none)."
+        );
+        describe_gauge!(
+            PRESSURE,
+            "Memory pressure: 0 normal, 1 elevated, 2 critical."
+        );
+        describe_gauge!(
+            RETENTION_LIMIT,
+            Unit::Bytes,
+            "The retention limit in force (lowered under pressure)."
+        );
+        describe_counter!(HITS, "Requests served by an idle buffer, per class.");
+        describe_counter!(MISSES, "Requests that allocated, per class.");
+        describe_counter!(
+            DROPPED_FULL,
+            "Returned buffers freed because the pool was full, per class."
+        );
+        describe_counter!(TRIMMED, Unit::Bytes, "Idle bytes freed by trimming.");
+        describe_counter!(
+            RELEASED,
+            Unit::Bytes,
+            "Bytes whose pages went straight back to the OS."
+        );
+        describe_counter!(REFUSED, "Requests admission control refused.");
+        describe_counter!(
+            OVERSIZE,
+            "Requests above the largest class, served exactly."
+        );
+        describe_counter!(READS, "Completed adapter reads and writers.");
+        describe_counter!(READ_BYTES, Unit::Bytes, "Bytes of completed adapter reads.");
+        describe_counter!(
+            READ_ERRORS,
+            "Adapter reads that failed (the reader's, the allocator's or admission's error)."
+        );
+        describe_counter!(TOO_LARGE, "Adapter reads refused for passing their limit.");
+    }
+}
+
+/// Publishes `inner`'s figures. Runs on the trimmer thread after each tick
+/// (inside its `catch_unwind`, so a panicking recorder cannot stop it) and
+/// from `publish_metrics`.
+pub(crate) fn publish(inner: &PoolInner) {
+    describe();
+    let stats = inner.stats();
+    let pool = match &inner.name {
+        Some(name) => name.clone(),
+        None => format!("pool-{}", inner.id),
+    };
+    let set = |name: &'static str, value: f64| {
+        gauge!(name, "pool" => pool.clone()).set(value);
+    };
+    set(RETAINED, stats.retained_bytes as f64);
+    set(IN_USE, stats.in_use_bytes as f64);
+    set(
+        WORKING_SET,
+        stats.memory.as_ref().map_or(0, |m| m.working_set) as f64,
+    );
+    set(MEMORY_LIMIT, stats.memory_limit_bytes.unwrap_or(0) as f64);
+    set(
+        PRESSURE,
+        match stats.pressure {
+            Pressure::Normal => 0.0,
+            Pressure::Elevated => 1.0,
+            Pressure::Critical => 2.0,
+        },
+    );
+    set(RETENTION_LIMIT, stats.retention_limit_bytes as f64);
+    for class in &stats.classes {
+        let labels = [
+            ("pool", pool.clone()),
+            ("class", class.capacity.to_string()),
+        ];
+        counter!(HITS, &labels).absolute(class.hits);
+        counter!(MISSES, &labels).absolute(class.misses);
+        counter!(DROPPED_FULL, &labels).absolute(class.dropped_full);
+    }
+    let total = |name: &'static str, value: u64| {
+        counter!(name, "pool" => pool.clone()).absolute(value);
+    };
+    total(TRIMMED, stats.trimmed_bytes);
+    total(RELEASED, stats.released_bytes);
+    total(REFUSED, stats.refused);
+    total(OVERSIZE, stats.oversize_allocations);
+    total(READS, stats.adapters.reads);
+    total(READ_BYTES, stats.adapters.bytes);
+    total(READ_ERRORS, stats.adapters.errors);
+    total(TOO_LARGE, stats.adapters.too_large);
+}
