@@ -372,3 +372,99 @@ fn a_real_server_echoes_refuses_and_keeps_its_books() {
     assert_eq!(stats.adapters.too_large, 2);
     assert_eq!(stats.adapters.errors, 0);
 }
+
+// === the whole path: upload in, pooled frame, thumbnail out ===
+
+/// The handler as a service writes it with the features, and no glue:
+/// the upload read with a limit, decoded into a pooled frame, resized,
+/// encoded into a pooled writer and answered without a copy.
+#[cfg(feature = "image")]
+async fn thumbnail(State(pool): State<Pool>, request: Request) -> Response {
+    let width: u32 = request
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("width="))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(128);
+    let upload = match pool.read_body(request.into_body(), 32 << 20).await {
+        Ok(upload) => upload,
+        Err(e) => return (e.status(), e.to_string()).into_response(),
+    };
+    let image = match pool.decode_image(upload) {
+        Ok(image) => image,
+        Err(e) => return (http::StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
+    };
+    let height = (u64::from(image.height()) * u64::from(width) / u64::from(image.width())).max(1);
+    let mut out = pool.writer();
+    let encoded = image
+        .thumbnail(width, height as u32)
+        .write_with_encoder(image::codecs::png::PngEncoder::new(&mut out));
+    match encoded {
+        Ok(()) => (
+            [("content-type", "image/png")],
+            AxumBody::new(out.into_body()),
+        )
+            .into_response(),
+        Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(feature = "image")]
+#[test]
+fn a_thumbnail_server_decodes_into_the_pool_and_answers_from_it() {
+    use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb};
+
+    let pool = Pool::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_pool = pool.clone();
+    std::thread::spawn(move || {
+        block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new()
+                .route("/thumbnail", axum::routing::post(thumbnail))
+                .with_state(server_pool);
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let photo = DynamicImage::ImageRgb8(ImageBuffer::from_fn(1200, 800, |x, y| {
+        Rgb([x as u8, y as u8, (x ^ y) as u8])
+    }));
+    for format in [ImageFormat::Png, ImageFormat::Jpeg] {
+        let mut file = Vec::new();
+        photo
+            .write_to(&mut std::io::Cursor::new(&mut file), format)
+            .unwrap();
+        let head = format!(
+            "POST /thumbnail?width=150 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            file.len()
+        );
+        let (status, png) = exchange(addr, &head, &file);
+        assert_eq!(status, 200, "{format:?}: {}", String::from_utf8_lossy(&png));
+        let thumb = image::load_from_memory_with_format(&png, ImageFormat::Png).unwrap();
+        assert_eq!((thumb.width(), thumb.height()), (150, 100), "{format:?}");
+    }
+    // A truncated upload is a 422 with a one-line reason.
+    let truncated = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0";
+    let head = format!(
+        "POST /thumbnail HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        truncated.len()
+    );
+    let (status, message) = exchange(addr, &head, truncated);
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&message));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pool.stats().in_use_bytes != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0);
+    // The frames (1200 x 800 x 3 = 2.9 MB) came from the pool's classes.
+    let frame_class = pool.size_classes().class_for(1200 * 800 * 3).unwrap();
+    let frames = stats
+        .classes
+        .iter()
+        .find(|c| c.capacity == frame_class)
+        .unwrap();
+    assert_eq!(frames.hits + frames.misses, 2);
+}
