@@ -2,9 +2,10 @@
 //! declared length as the hint, pooled output out without a copy, in memory
 //! and through a real axum server on loopback.
 
+mod common;
+
 use std::convert::Infallible;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -282,46 +283,10 @@ fn start_server(pool: Pool) -> std::net::SocketAddr {
     addr
 }
 
-/// Sends `head` then `body` on a fresh connection, and reads the whole
-/// response: (status, body).
+/// Sends `head` then `body` and reads the whole response: (status, body).
 fn exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    conn.write_all(head.as_bytes()).unwrap();
-    // The server may answer and close before the body is sent (413).
-    let _ = conn.write_all(body);
-    let mut response = Vec::new();
-    let _ = conn.read_to_end(&mut response);
-    let text_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response head");
-    let head = String::from_utf8_lossy(&response[..text_end]).to_string();
-    let status = head[9..12].parse().unwrap();
-    let mut payload = response[text_end + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        payload = dechunk(&payload);
-    }
-    (status, payload)
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap(), 16).unwrap();
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = &raw[size + 2..];
-    }
+    let response = common::http::exchange(addr, head, body);
+    (response.status, response.body)
 }
 
 #[test]
