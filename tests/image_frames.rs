@@ -2,8 +2,11 @@
 //! and 16-bit, gray, RGB, RGBA), JPEG, a decompression bomb, truncated and
 //! foreign data, limits, and encoding back into a pooled writer.
 
+mod common;
+
 use std::io::Cursor;
 
+use common::png::with_dimensions;
 use image::codecs::png::PngEncoder;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Limits, Rgb, Rgba};
 use tierpool::{DecodeError, Pool, PooledImage};
@@ -224,30 +227,4 @@ fn decode_resize_encode_all_in_the_pool() {
         reference(&out.into_chunks().to_vec()).as_bytes(),
         image.as_bytes()
     );
-}
-
-/// A PNG with its IHDR width and height replaced (and its CRC fixed).
-fn with_dimensions(png: &[u8], width: u32, height: u32) -> Vec<u8> {
-    let mut out = png.to_vec();
-    assert_eq!(&out[12..16], b"IHDR");
-    out[16..20].copy_from_slice(&width.to_be_bytes());
-    out[20..24].copy_from_slice(&height.to_be_bytes());
-    let crc = crc32(&out[12..29]);
-    out[29..33].copy_from_slice(&crc.to_be_bytes());
-    out
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::http::{exchange, get, post, read_response};
+use common::png::with_dimensions;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb, Rgba};
 
 /// The service binary, built by `cargo test` with the example's features.
@@ -288,24 +289,4 @@ impl Service {
     fn terminate_wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
     }
-}
-
-/// A PNG with its IHDR width and height replaced (and its CRC fixed).
-fn with_dimensions(png: &[u8], width: u32, height: u32) -> Vec<u8> {
-    let mut out = png.to_vec();
-    out[16..20].copy_from_slice(&width.to_be_bytes());
-    out[20..24].copy_from_slice(&height.to_be_bytes());
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in &out[12..29] {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    out[29..33].copy_from_slice(&(!crc).to_be_bytes());
-    out
 }

@@ -1,1 +1,2 @@
 pub(crate) mod http;
+pub(crate) mod png;
