@@ -19,14 +19,17 @@
 //! completed under 95% of its requests, or the default pool was killed where
 //! `Vec` survived.
 
-use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tierpool::{ContainerMemory, Pool};
+
+#[path = "common/cgroup.rs"]
+mod cgroup;
+use cgroup::Cgroup;
 
 const MODES: [&str; 3] = ["vec", "pool", "pool+admission"];
 const MIB: usize = 1 << 20;
@@ -96,8 +99,8 @@ fn parent(load: Load, limits: &[usize]) -> i32 {
         for mode in MODES {
             let cgroup = Cgroup::create(
                 &own,
-                &format!("{}-{i}-{mode}", std::process::id()),
-                limit_mib,
+                &format!("tierpool-drill-{}-{i}-{mode}", std::process::id()),
+                (limit_mib * MIB) as u64,
             );
             let run = match cgroup {
                 Ok(cgroup) => run_child(&cgroup, mode, load),
@@ -194,73 +197,6 @@ fn run_child(cgroup: &Cgroup, mode: &str, load: Load) -> Run {
         waited: field("waited"),
         peak_working_set: peak,
         elapsed,
-    }
-}
-
-/// A memory cgroup of the drill's, under the process's own; removed on drop.
-struct Cgroup {
-    dir: PathBuf,
-    version: u8,
-}
-
-impl Cgroup {
-    fn create(own: &ContainerMemory, name: &str, limit_mib: usize) -> std::io::Result<Cgroup> {
-        let dir = own.path.join(format!("tierpool-drill-{name}"));
-        fs::create_dir(&dir)?;
-        let cgroup = Cgroup {
-            dir,
-            version: own.cgroup_version,
-        };
-        let limit = (limit_mib * MIB).to_string();
-        if cgroup.version == 1 {
-            cgroup.write("memory.limit_in_bytes", &limit)?;
-            // No swap: the limit is the memory the children may use.
-            let _ = cgroup.write("memory.memsw.limit_in_bytes", &limit);
-        } else {
-            cgroup.write("memory.max", &limit)?;
-            let _ = cgroup.write("memory.swap.max", "0");
-        }
-        Ok(cgroup)
-    }
-
-    fn write(&self, file: &str, value: &str) -> std::io::Result<()> {
-        fs::write(self.dir.join(file), value)
-    }
-
-    fn adopt(&self, pid: u32) -> std::io::Result<()> {
-        self.write("cgroup.procs", &pid.to_string())
-    }
-
-    /// Usage minus inactive page cache, as the kubelet computes it.
-    fn working_set(&self) -> u64 {
-        let read = |file: &str| fs::read_to_string(self.dir.join(file)).unwrap_or_default();
-        let (usage, inactive) = if self.version == 1 {
-            ("memory.usage_in_bytes", "total_inactive_file")
-        } else {
-            ("memory.current", "inactive_file")
-        };
-        let usage: u64 = read(usage).trim().parse().unwrap_or(0);
-        let inactive = stat_field(&read("memory.stat"), inactive);
-        usage.saturating_sub(inactive)
-    }
-}
-
-fn stat_field(stat: &str, name: &str) -> u64 {
-    stat.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // The child has exited; its cgroup empties as the kernel reaps it.
-        for _ in 0..100 {
-            if fs::remove_dir(&self.dir).is_ok() || !Path::new(&self.dir).exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("oom_drill: could not remove {}", self.dir.display());
     }
 }
 
