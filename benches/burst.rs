@@ -15,6 +15,8 @@
 //! cargo bench --bench burst -- --threads 2 --jobs 400 --chart out.svg
 //! ```
 
+#[path = "../examples/common/chart.rs"]
+mod chart;
 mod common;
 
 use std::io::Read;
@@ -186,7 +188,24 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
          hits: by the shared tier; fit: by an idle buffer of another class, reshaped; full: returns freed because the pool was full; detached: \
          taken out with into_vec):\n{pool_stats}"
     );
-    match draw_chart(chart, &runs) {
+    let series: Vec<(&str, Vec<(f64, f64)>)> = runs
+        .iter()
+        .map(|(mode, run)| {
+            let points = run
+                .samples
+                .iter()
+                .map(|&(ms, kib)| (ms as f64 / 1000.0, kib as f64 / 1024.0))
+                .collect();
+            (*mode, points)
+        })
+        .collect();
+    let caption = "resident memory: burst, then idle";
+    match chart::draw(
+        std::path::Path::new(chart),
+        caption,
+        "seconds since the burst started",
+        &series,
+    ) {
         Ok(()) => println!("resident memory over time: {chart}"),
         Err(e) => eprintln!("could not draw {chart}: {e}"),
     }
@@ -253,54 +272,6 @@ impl Run {
             samples,
         })
     }
-}
-
-fn draw_chart(path: &str, runs: &[(&str, Run)]) -> Result<(), Box<dyn std::error::Error>> {
-    use plotters::prelude::*;
-    if let Some(dir) = std::path::Path::new(path).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let max_ms = runs
-        .iter()
-        .flat_map(|(_, r)| r.samples.last())
-        .map(|s| s.0)
-        .max()
-        .unwrap_or(1);
-    let max_mib = runs.iter().map(|(_, r)| r.peak_kib).max().unwrap_or(1) as f64 / 1024.0;
-    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("resident memory: burst, then idle", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..max_ms as f64 / 1000.0, 0f64..max_mib * 1.1)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the burst started")
-        .y_desc("RSS (MiB)")
-        .draw()?;
-    let colors = [RED, BLUE, GREEN];
-    for ((mode, run), color) in runs.iter().zip(colors) {
-        chart
-            .draw_series(LineSeries::new(
-                run.samples
-                    .iter()
-                    .map(|&(ms, kib)| (ms as f64 / 1000.0, kib as f64 / 1024.0)),
-                color.stroke_width(2),
-            ))?
-            .label(*mode)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
 }
 
 /// Runs the burst and the idle time in this process, sampling resident

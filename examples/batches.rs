@@ -18,6 +18,8 @@
 
 #[path = "common/cgroup.rs"]
 mod cgroup;
+#[path = "common/chart.rs"]
+mod chart;
 #[path = "common/work.rs"]
 mod work;
 
@@ -224,7 +226,12 @@ fn parent() -> i32 {
     let limited = limited_runs(&dir, &vec);
 
     let chart = target_dir().join("batches-rss.svg");
-    let chart_note = match draw_chart(&chart, &[("Vec", &vec), ("tierpool", &pool)]) {
+    let series = [
+        ("Vec", vec.samples.clone()),
+        ("tierpool", pool.samples.clone()),
+    ];
+    let caption = "resident memory: 3 bursts of image, QR and PDF jobs with idle gaps";
+    let chart_note = match chart::draw(&chart, caption, "seconds", &series) {
         Ok(()) => format!("chart: {}", chart.display()),
         Err(e) => format!("chart: not drawn ({e})"),
     };
@@ -466,53 +473,6 @@ fn status_field(path: &str, field: &str) -> Option<u64> {
             .parse()
             .ok()
     })
-}
-
-fn draw_chart(path: &Path, runs: &[(&str, &Run)]) -> Result<(), Box<dyn std::error::Error>> {
-    use plotters::prelude::*;
-    let max_t = runs
-        .iter()
-        .filter_map(|(_, r)| r.samples.last())
-        .map(|s| s.0)
-        .fold(1.0, f64::max);
-    let max_mib = runs
-        .iter()
-        .flat_map(|(_, r)| r.samples.iter().map(|s| s.1))
-        .fold(1.0, f64::max);
-    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "resident memory: 3 bursts of image, QR and PDF jobs with idle gaps",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..max_t, 0f64..max_mib * 1.1)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("RSS (MiB)")
-        .draw()?;
-    for ((name, run), color) in runs.iter().zip([RED, BLUE]) {
-        chart
-            .draw_series(LineSeries::new(
-                run.samples.iter().copied(),
-                color.stroke_width(2),
-            ))?
-            .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
 }
 
 // === the child: the work ===
