@@ -112,18 +112,21 @@ impl PooledBuf {
         }
     }
 
-    /// Hands the pages of the unused capacity past `len()` back to the OS
-    /// while the buffer keeps its class (mapped blocks only: 128 KiB and up,
-    /// on Unix). They fault afresh, as zeros, if written again. Returns the
-    /// bytes handed back; the pool counts them in `released_bytes`.
-    pub(crate) fn discard_spare(&mut self) -> usize {
+    /// Hands the pages of the unused capacity past `len() + keep` back to
+    /// the OS while the buffer keeps its class (mapped blocks only: 128 KiB
+    /// and up, on Unix). They fault afresh, as zeros, if written again.
+    /// Returns the bytes handed back; the pool counts them in
+    /// `released_bytes`.
+    pub(crate) fn discard_spare(&mut self, keep: usize) -> usize {
         let Some(pool) = self.pool else { return 0 };
         if !os::is_mapped(self.cap) {
             return 0;
         }
+        let from = self.len.saturating_add(keep).min(self.cap);
         // SAFETY: we own this mapped block of `cap` bytes, and nothing past
-        // `len` holds data anyone may read (it is spare capacity).
-        let n = unsafe { os::discard_tail(self.ptr, self.cap, self.len) };
+        // `len` (so nothing in `[from, cap)`) holds data anyone may read: it
+        // is spare capacity.
+        let n = unsafe { os::discard_tail(self.ptr, self.cap, from) };
         // SAFETY: our block holds a strong count, so the pool is alive.
         let inner = unsafe { pool.as_ref() };
         inner

@@ -192,7 +192,8 @@ impl Pool {
             activity.bytes = sink.total;
         }
         let mut chunks = sink.chunks;
-        self.shrink_last(&mut chunks)?;
+        // Frames are copied in, nothing is zeroed ahead: no overhang.
+        self.shrink_last(&mut chunks, 0)?;
         Ok(Chunks::from_bufs(self.clone(), chunks))
     }
 }

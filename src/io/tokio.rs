@@ -98,6 +98,7 @@ impl Pool {
         let mut size = plan.first(hint);
         // Bytes a probe read past an exact hint: they start the next chunk.
         let mut carry = ([0u8; PROBE], 0usize);
+        let mut overhang;
         'chunks: loop {
             let mut chunk = self.try_get(size + carry.1)?;
             activity.chunks += 1;
@@ -108,6 +109,7 @@ impl Pool {
                 let bytes = window.next(&mut chunk, plan.remaining(total));
                 let n = read_retrying(reader, bytes, &mut activity.read_calls).await?;
                 if n == 0 {
+                    overhang = window.overhang();
                     chunks.push(chunk);
                     break 'chunks;
                 }
@@ -116,6 +118,7 @@ impl Pool {
                 activity.bytes = total;
             }
             let full = chunk.len() == chunk.capacity();
+            overhang = window.overhang();
             chunks.push(chunk);
             plan.check(total)?;
             if full && hint == Some(total) {
@@ -134,7 +137,7 @@ impl Pool {
             }
             size = plan.next(total);
         }
-        let discarded = self.shrink_last(&mut chunks)?;
+        let discarded = self.shrink_last(&mut chunks, overhang)?;
         Ok(Chunks::from_bufs(self.clone(), chunks).with_discarded(discarded))
     }
 }
