@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! 1. A new buffer is empty, and its capacity is its class (or at most two
-//!    classes above, when it borrowed an idle larger buffer), or exactly the
-//!    request above the largest class.
+//!    classes above, when it borrowed an idle larger buffer; with mapped
+//!    classes an idle block of another class may be reshaped to it), or
+//!    exactly the request above the largest class.
 //! 2. No buffer is handed out twice: live buffers never share memory.
 //! 3. Contents are exactly what was written; no stale byte is ever visible.
 //! 4. The statistics match the model when quiescent: bytes and buffers in use,
@@ -13,6 +14,9 @@
 //! 5. Retained bytes never exceed the cap, and `trim()` leaves none, even in
 //!    the caches of the (idle, alive) worker threads.
 //!
+//! Two configurations: small heap classes (100, 200, 300 bytes), and mapped
+//! classes of 128 KiB to 4 MiB (Linux), where misses at the recent peak are
+//! matched by fit (an idle block of another class reshaped with `mremap`).
 //! Threads are real, but driven one command at a time, so every run is
 //! deterministic and failures shrink.
 
@@ -23,9 +27,44 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use tierpool::{Pool, PooledBuf, SizeClasses};
 
-const CLASSES: [usize; 3] = [100, 200, 300];
-const CAP: usize = 1000;
 const THREADS: usize = 3;
+
+/// A pool configuration and the scale of the operations' sizes.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    classes: &'static [usize],
+    cap: usize,
+    thread_cache: usize,
+    shared_tier: usize,
+    /// Every size in an `Op` is multiplied by this.
+    scale: usize,
+}
+
+const SMALL: Config = Config {
+    classes: &[100, 200, 300],
+    cap: 1000,
+    thread_cache: 400,
+    shared_tier: 600,
+    scale: 1,
+};
+
+const K: usize = 1 << 10;
+
+const MAPPED: Config = Config {
+    classes: &[128 * K, 256 * K, 512 * K, 1024 * K, 2048 * K, 4096 * K],
+    cap: 12 << 20,
+    // Small enough that large returns reach the shared tier, where fit
+    // matches them (a third of the runs match by fit at least once).
+    thread_cache: 1 << 20,
+    shared_tier: 8 << 20,
+    scale: 12 * K,
+};
+
+impl Config {
+    fn largest(&self) -> usize {
+        *self.classes.last().unwrap()
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -94,8 +133,8 @@ struct Frozen {
     capacity: usize,
 }
 
-#[derive(Default)]
 struct Model {
+    config: Config,
     handed_out: u64,
     oversize: u64,
 }
@@ -103,14 +142,15 @@ struct Model {
 impl Model {
     /// Records a block handed out with `capacity`, and checks it.
     fn handed(&mut self, requested: usize, capacity: usize) -> Result<(), TestCaseError> {
+        let classes = self.config.classes;
         prop_assert!(capacity >= requested);
-        if requested > CLASSES[2] || capacity > CLASSES[2] {
+        if requested > self.config.largest() || capacity > self.config.largest() {
             // Growing may ask for more than requested but stays exact above
             // the largest class.
             self.oversize += 1;
         } else {
-            let class = CLASSES.iter().position(|&c| c >= requested.max(1)).unwrap();
-            let index = CLASSES.iter().position(|&c| c == capacity);
+            let class = classes.iter().position(|&c| c >= requested.max(1)).unwrap();
+            let index = classes.iter().position(|&c| c == capacity);
             prop_assert!(
                 matches!(index, Some(i) if i >= class && i <= class + 2),
                 "capacity {capacity} for a request of {requested}"
@@ -127,19 +167,17 @@ fn check(
     frozen: &[Frozen],
     model: &Model,
 ) -> Result<(), TestCaseError> {
+    let largest = model.config.largest();
     let stats = pool.stats();
     let in_use: usize = live.iter().map(|l| l.buf.capacity()).sum::<usize>()
         + frozen.iter().map(|f| f.capacity).sum::<usize>();
     prop_assert_eq!(stats.in_use_bytes, in_use, "{}", stats);
     prop_assert_eq!(stats.in_use_buffers, live.len() + frozen.len());
-    prop_assert!(stats.retained_bytes <= CAP);
+    prop_assert!(stats.retained_bytes <= model.config.cap);
     let handed: u64 = stats.classes.iter().map(|c| c.hits + c.misses).sum();
     let returned: u64 = stats.classes.iter().map(|c| c.returns).sum();
-    let pooled_live = live
-        .iter()
-        .filter(|l| l.buf.capacity() <= CLASSES[2])
-        .count()
-        + frozen.iter().filter(|f| f.capacity <= CLASSES[2]).count();
+    let pooled_live = live.iter().filter(|l| l.buf.capacity() <= largest).count()
+        + frozen.iter().filter(|f| f.capacity <= largest).count();
     prop_assert_eq!(handed, model.handed_out);
     prop_assert_eq!(returned, model.handed_out - pooled_live as u64);
     prop_assert_eq!(stats.oversize_allocations, model.oversize);
@@ -158,19 +196,25 @@ fn check(
     Ok(())
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
     let pool = Pool::builder()
-        .size_classes(SizeClasses::from_sizes(&CLASSES).unwrap())
-        .thread_cache_bytes(400)
-        .shared_tier_bytes(600)
-        .max_retained_bytes(CAP)
+        .size_classes(SizeClasses::from_sizes(config.classes).unwrap())
+        .thread_cache_bytes(config.thread_cache)
+        .shared_tier_bytes(config.shared_tier)
+        .max_retained_bytes(config.cap)
+        .memory_limit(tierpool::MemoryLimit::Unlimited)
+        .trim_interval(std::time::Duration::ZERO)
         .build();
     let workers: Vec<Worker> = (0..THREADS).map(|_| spawn_worker(pool.clone())).collect();
     let mut live: Vec<Live> = Vec::new();
     let mut frozen: Vec<Frozen> = Vec::new();
-    let mut model = Model::default();
+    let mut model = Model {
+        config,
+        handed_out: 0,
+        oversize: 0,
+    };
     for op in ops {
-        match op {
+        match op.scaled(config.scale) {
             Op::Get { thread, size } => {
                 let (tx, rx) = mpsc::channel();
                 workers[thread].tx.send(Command::Get(size, tx)).unwrap();
@@ -245,6 +289,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Growing buffers on this thread may have given it a cache too.
     pool.flush_thread_cache();
     let stats = pool.stats();
+
     prop_assert_eq!(stats.in_use_bytes, 0);
     prop_assert_eq!(stats.thread_caches, 0, "exited workers left the registry");
     pool.trim();
@@ -252,11 +297,46 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+impl Op {
+    /// The op with its sizes multiplied by `scale`.
+    fn scaled(self, scale: usize) -> Op {
+        match self {
+            Op::Get { thread, size } => Op::Get {
+                thread,
+                size: size * scale,
+            },
+            Op::Write { buf, len, byte } => Op::Write {
+                buf,
+                len: len * scale,
+                byte,
+            },
+            Op::Resize { buf, len, byte } => Op::Resize {
+                buf,
+                len: len * scale,
+                byte,
+            },
+            other => other,
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn pool_matches_the_model(ops in prop::collection::vec(op(), 1..80)) {
-        run(ops)?;
+        run(ops, SMALL)?;
+    }
+}
+
+#[cfg(target_os = "linux")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Mapped classes: match by fit (an idle block reshaped with `mremap`)
+    /// keeps capacities, contents and the statistics exact.
+    #[test]
+    fn mapped_pool_matches_the_model(ops in prop::collection::vec(op(), 1..60)) {
+        run(ops, MAPPED)?;
     }
 }

@@ -1,0 +1,168 @@
+//! Wall time of tierpool against plain `Vec` on this binary's global
+//! allocator (glibc, jemalloc or mimalloc: one binary each, see
+//! `scripts/peers.sh`) and against an oracle that reuses pre-faulted
+//! buffers with no bookkeeping, side by side in one process.
+//!
+//! `peers SUBJECT` prints one line per workload: `WORKLOAD micros`, the
+//! median of the rounds, for SUBJECT = tierpool, vec or oracle. The
+//! workloads: the mixed steady state (jobs of 64 KiB–8 MiB written in
+//! 16 KiB rows, five held per thread; 1 and 2 threads) and `read_to_end`
+//! in steady state at 300 KB, 3 MiB, 9 MB, 25 MB and 64 MiB (64 KiB reads;
+//! tierpool also reports its misses per read).
+
+#[path = "../../../benches/common/mod.rs"]
+mod common;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::cell::{Cell, RefCell};
+use std::hint::black_box;
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use common::{HELD, MAX_JOB, held_jobs};
+use tierpool::Pool;
+
+const ROUNDS: usize = 7;
+const JOBS: u64 = 400;
+const READ: usize = 64 << 10;
+const SIZES: [usize; 5] = [300_000, 3 << 20, 9_000_000, 25_000_000, 64 << 20];
+
+fn main() {
+    let subject = std::env::args().nth(1).unwrap_or_else(|| "tierpool".into());
+    for threads in [1, 2] {
+        let (time, misses) = mixed(&subject, threads);
+        print!("mixed-{threads}t {}", time.as_micros());
+        if let Some(m) = misses {
+            print!(" misses_per_read={m:.3}");
+        }
+        println!();
+    }
+    for len in SIZES {
+        let (time, misses) = read(&subject, len);
+        print!("read-{len} {}", time.as_micros());
+        if let Some(m) = misses {
+            print!(" misses_per_read={m:.3}");
+        }
+        println!();
+    }
+}
+
+fn median(mut rounds: Vec<Duration>) -> Duration {
+    rounds.sort();
+    rounds[rounds.len() / 2]
+}
+
+/// The median over the rounds of the mixed workload on `threads` threads,
+/// after one warm-up round; for the pool, also its misses per job.
+fn mixed(subject: &str, threads: usize) -> (Duration, Option<f64>) {
+    let pool = Pool::new();
+    let slots: Vec<std::sync::Mutex<Vec<Vec<u8>>>> = (0..threads)
+        .map(|_| std::sync::Mutex::new((0..=HELD).map(|_| vec![1u8; MAX_JOB]).collect()))
+        .collect();
+    let round = || {
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (pool, slots) = (&pool, &slots);
+                s.spawn(move || match subject {
+                    "tierpool" => held_jobs(
+                        t,
+                        JOBS,
+                        |size| pool.get(size),
+                        |buf, row| buf.extend_from_slice(row),
+                        |_, _| {},
+                    ),
+                    "vec" => held_jobs(
+                        t,
+                        JOBS,
+                        Vec::with_capacity,
+                        |buf: &mut Vec<u8>, row| buf.extend_from_slice(row),
+                        |_, _| {},
+                    ),
+                    _ => {
+                        // The limit: HELD + 1 pre-faulted buffers, in turn.
+                        let mut mine = slots[t].lock().unwrap();
+                        let next = Cell::new(0);
+                        let mine = RefCell::new(&mut *mine);
+                        held_jobs(
+                            t,
+                            JOBS,
+                            |_| {
+                                let i = next.get();
+                                next.set((i + 1) % (HELD + 1));
+                                mine.borrow_mut()[i].clear();
+                                i
+                            },
+                            |&mut i, row| mine.borrow_mut()[i].extend_from_slice(row),
+                            |_, _| {},
+                        );
+                    }
+                });
+            }
+        });
+        started.elapsed()
+    };
+    round();
+    let misses = || -> u64 { pool.stats().classes.iter().map(|c| c.misses).sum() };
+    let before = misses();
+    let time = median((0..ROUNDS).map(|_| round()).collect());
+    let per_job = (misses() - before) as f64 / (ROUNDS as u64 * JOBS * threads as u64) as f64;
+    (time, (subject == "tierpool").then_some(per_job))
+}
+
+/// A stream of `len` bytes that hides its length, delivered in 64 KiB reads.
+struct Stream {
+    left: usize,
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(READ).min(self.left);
+        buf[..n].fill(0x42);
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// The median time of one steady-state read of `len` bytes; for the pool,
+/// also its misses per read.
+fn read(subject: &str, len: usize) -> (Duration, Option<f64>) {
+    let reads = (256 << 20) / len.max(1) + 2;
+    let pool = Pool::new();
+    let mut oracle = vec![1u8; len + READ];
+    let mut one = || match subject {
+        "tierpool" => drop(black_box(pool.read_to_end(Stream { left: len }).unwrap())),
+        "vec" => {
+            let mut v = Vec::new();
+            Stream { left: len }.read_to_end(&mut v).unwrap();
+            black_box(v);
+        }
+        _ => {
+            oracle.clear();
+            Stream { left: len }.read_to_end(&mut oracle).unwrap();
+            black_box(&oracle);
+        }
+    };
+    for _ in 0..reads {
+        one();
+    }
+    let misses = || -> u64 { pool.stats().classes.iter().map(|c| c.misses).sum() };
+    let before = misses();
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        for _ in 0..reads {
+            one();
+        }
+        rounds.push(started.elapsed() / reads as u32);
+    }
+    let per_read = (misses() - before) as f64 / (ROUNDS * reads) as f64;
+    (median(rounds), (subject == "tierpool").then_some(per_read))
+}
