@@ -3,28 +3,15 @@
 //! with enough capacity, cleared and reused), side by side. Before timing it
 //! prints the memory each holds per read, as a multiple of the data.
 
+mod common;
+
 use std::hint::black_box;
-use std::io::{self, Read};
+use std::io::Read;
 use std::time::Duration;
 
+use common::{STREAM_READ, Stream};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tierpool::Pool;
-
-const READ: usize = 64 << 10;
-
-/// A stream of `len` bytes that hides its length, delivered in 64 KiB reads.
-struct Stream {
-    left: usize,
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(READ).min(self.left);
-        buf[..n].fill(0x42);
-        self.left -= n;
-        Ok(n)
-    }
-}
 
 /// The sizes of the targets: typical uploads (300 KB, 3 MiB, 9 MB, 25 MB)
 /// and a large one (64 MiB). Odd sizes on purpose: real bodies are.
@@ -74,7 +61,7 @@ fn read_to_end(c: &mut Criterion) {
                 black_box(v)
             })
         });
-        let mut oracle = vec![1u8; len + READ];
+        let mut oracle = vec![1u8; len + STREAM_READ];
         group.bench_function(id("oracle"), |b| {
             b.iter(|| {
                 oracle.clear();

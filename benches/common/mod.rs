@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::hint::black_box;
+use std::io::{self, Read};
 
 /// A decoder's row.
 pub(crate) const ROW: usize = 16 << 10;
@@ -63,5 +64,23 @@ pub(crate) fn held_jobs<B>(
         if held.len() > HELD {
             held.pop_front();
         }
+    }
+}
+
+/// What one `read` of a [`Stream`] delivers at most.
+pub(crate) const STREAM_READ: usize = 64 << 10;
+
+/// A stream of `left` bytes that hides its length, delivered in 64 KiB
+/// reads, as an upload arrives.
+pub(crate) struct Stream {
+    pub(crate) left: usize,
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(STREAM_READ).min(self.left);
+        buf[..n].fill(0x42);
+        self.left -= n;
+        Ok(n)
     }
 }

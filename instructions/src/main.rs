@@ -17,13 +17,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use tierpool::Pool;
 
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod global_alloc;
 
 const SIZE: usize = 4096;
 const BATCH: usize = 64;

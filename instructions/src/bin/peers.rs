@@ -13,25 +13,19 @@
 #[path = "../../../benches/common/mod.rs"]
 mod common;
 
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[path = "../global_alloc.rs"]
+mod global_alloc;
 
 use std::cell::{Cell, RefCell};
 use std::hint::black_box;
-use std::io::{self, Read};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{HELD, MAX_JOB, held_jobs};
+use common::{HELD, MAX_JOB, Stream, held_jobs};
 use tierpool::Pool;
 
 const ROUNDS: usize = 7;
 const JOBS: u64 = 400;
-const READ: usize = 64 << 10;
 const SIZES: [usize; 5] = [300_000, 3 << 20, 9_000_000, 25_000_000, 64 << 20];
 
 fn main() {
@@ -117,26 +111,12 @@ fn mixed(subject: &str, threads: usize) -> (Duration, Option<f64>) {
     (time, (subject == "tierpool").then_some(per_job))
 }
 
-/// A stream of `len` bytes that hides its length, delivered in 64 KiB reads.
-struct Stream {
-    left: usize,
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(READ).min(self.left);
-        buf[..n].fill(0x42);
-        self.left -= n;
-        Ok(n)
-    }
-}
-
 /// The median time of one steady-state read of `len` bytes; for the pool,
 /// also its misses per read.
 fn read(subject: &str, len: usize) -> (Duration, Option<f64>) {
     let reads = (256 << 20) / len.max(1) + 2;
     let pool = Pool::new();
-    let mut oracle = vec![1u8; len + READ];
+    let mut oracle = vec![1u8; len + common::STREAM_READ];
     let mut one = || match subject {
         "tierpool" => drop(black_box(pool.read_to_end(Stream { left: len }).unwrap())),
         "vec" => {

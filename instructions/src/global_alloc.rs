@@ -1,0 +1,10 @@
+//! The global allocator of this binary: glibc's (no feature), jemalloc's or
+//! mimalloc's, so plain `Vec` is measured on each, one binary per allocator.
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
