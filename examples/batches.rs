@@ -20,6 +20,8 @@
 mod cgroup;
 #[path = "common/chart.rs"]
 mod chart;
+#[path = "common/procfs.rs"]
+mod procfs;
 #[path = "common/work.rs"]
 mod work;
 
@@ -425,7 +427,7 @@ fn run_child(mode: &str, dir: &Path, cgroup: Option<&Cgroup>) -> Run {
         if let Some(cg) = cgroup {
             run.peak_working_set = run.peak_working_set.max(cg.working_set());
         }
-        if let Some(kib) = rss_kib(pid) {
+        if let Some(kib) = procfs::status_kib(Some(pid), "VmRSS:") {
             run.samples.push((t, kib as f64 / 1024.0));
         }
         if let Some(status) = child.try_wait().expect("waiting for the child") {
@@ -457,22 +459,6 @@ fn run_child(mode: &str, dir: &Path, cgroup: Option<&Cgroup>) -> Run {
         }
     }
     run
-}
-
-/// A process's resident memory, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> Option<u64> {
-    status_field(&format!("/proc/{pid}/status"), "VmRSS:")
-}
-
-fn status_field(path: &str, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(path).ok()?;
-    status.lines().find_map(|l| {
-        l.strip_prefix(field)?
-            .trim()
-            .strip_suffix(" kB")?
-            .parse()
-            .ok()
-    })
 }
 
 // === the child: the work ===
@@ -554,7 +540,7 @@ fn child(mode: &str, dir: &Path) {
             })
             .build()
     });
-    let start_kib = status_field("/proc/self/status", "VmRSS:").unwrap_or(0);
+    let start_kib = procfs::status_kib(None, "VmRSS:").unwrap_or(0);
     let busy: [AtomicU64; 3] = Default::default();
     let jobs: [AtomicU64; 3] = Default::default();
     // Per job, in job order, so the digest does not depend on scheduling.
@@ -599,8 +585,8 @@ fn child(mode: &str, dir: &Path) {
         wall += started.elapsed();
         std::thread::sleep(GAP);
     }
-    let idle_kib = status_field("/proc/self/status", "VmRSS:").unwrap_or(0);
-    let hwm_kib = status_field("/proc/self/status", "VmHWM:").unwrap_or(0);
+    let idle_kib = procfs::status_kib(None, "VmRSS:").unwrap_or(0);
+    let hwm_kib = procfs::status_kib(None, "VmHWM:").unwrap_or(0);
     let mut by_kind = [Digest::new(); 3];
     for d in digests.lock().expect("no panics").iter() {
         for k in 0..3 {

@@ -17,6 +17,8 @@
 mod http;
 #[path = "../tests/common/png.rs"]
 mod png;
+#[path = "common/procfs.rs"]
+mod procfs;
 
 use std::io::{BufRead, BufReader, Cursor};
 use std::net::SocketAddr;
@@ -229,7 +231,10 @@ fn drive(service: &str, flags: &[&str], requests: &[Request]) -> Report {
     std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
+                peak.fetch_max(
+                    procfs::status_kib(Some(pid), "VmRSS:").unwrap_or(0),
+                    Ordering::Relaxed,
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
@@ -268,9 +273,9 @@ fn drive(service: &str, flags: &[&str], requests: &[Request]) -> Report {
         done.store(true, Ordering::Relaxed);
     });
     let elapsed = started.elapsed();
-    let hwm = status_kib(pid, "VmHWM:");
+    let hwm = procfs::status_kib(Some(pid), "VmHWM:").unwrap_or(0);
     std::thread::sleep(IDLE);
-    let idle_kib = status_kib(pid, "VmRSS:");
+    let idle_kib = procfs::status_kib(Some(pid), "VmRSS:").unwrap_or(0);
     let hit_rate = (flags.is_empty()).then(|| hit_rate(&http::get(addr, "/metrics").text()));
     let _ = child.kill();
     let _ = child.wait();
@@ -299,19 +304,4 @@ fn hit_rate(metrics: &str) -> f64 {
     };
     let (hits, misses) = (sum("tierpool_hits_total{"), sum("tierpool_misses_total{"));
     hits / (hits + misses).max(1.0)
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix(field)?
-                    .trim()
-                    .strip_suffix(" kB")?
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
 }

@@ -144,11 +144,7 @@ async fn thumbnail(State(app): Shared, request: Request) -> Response {
 async fn qr(State(app): Shared, request: Request) -> Response {
     let work = match read(&app, request, work::QR_MAX_TEXT).await {
         Ok(Upload::Pooled(pool, text)) => {
-            blocking(move || {
-                let text = text.to_vec();
-                work::qr_pool(&pool, &text).map(png)
-            })
-            .await
+            blocking(move || work::qr_pool(&pool, &text.into_contiguous()).map(png)).await
         }
         Ok(Upload::Plain(text)) => blocking(move || work::qr_vec(&text).map(png_vec)).await,
         Err(failure) => Err(failure),
@@ -159,15 +155,7 @@ async fn qr(State(app): Shared, request: Request) -> Response {
 async fn pdf(State(app): Shared, request: Request) -> Response {
     let work = match read(&app, request, app.max_body).await {
         Ok(Upload::Pooled(_, text)) => {
-            blocking(move || {
-                let pdf = if text.iter().count() == 1 {
-                    work::pdf(text.iter().next().unwrap_or_default())
-                } else {
-                    work::pdf(&text.to_vec())
-                };
-                pdf.map(pdf_response)
-            })
-            .await
+            blocking(move || work::pdf(&text.into_contiguous()).map(pdf_response)).await
         }
         Ok(Upload::Plain(text)) => blocking(move || work::pdf(&text).map(pdf_response)).await,
         Err(failure) => Err(failure),

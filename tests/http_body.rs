@@ -266,17 +266,14 @@ async fn echo(State(pool): State<Pool>, request: Request) -> Response {
     }
 }
 
-/// Starts the echo server on a thread; returns its address.
-fn start_server(pool: Pool) -> std::net::SocketAddr {
+/// Serves `app` on a loopback port from a thread; returns its address.
+fn start_server(app: axum::Router) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let app = axum::Router::new()
-                .route("/echo", axum::routing::post(echo))
-                .with_state(pool);
             axum::serve(listener, app).await.unwrap();
         });
     });
@@ -292,7 +289,11 @@ fn exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, Vec<u8
 #[test]
 fn a_real_server_echoes_refuses_and_keeps_its_books() {
     let pool = Pool::new();
-    let addr = start_server(pool.clone());
+    let addr = start_server(
+        axum::Router::new()
+            .route("/echo", axum::routing::post(echo))
+            .with_state(pool.clone()),
+    );
 
     // A 300 KB upload with a Content-Length comes back byte for byte.
     let upload = data(300_000);
@@ -380,19 +381,11 @@ fn a_thumbnail_server_decodes_into_the_pool_and_answers_from_it() {
     use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb};
 
     let pool = Pool::new();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server_pool = pool.clone();
-    std::thread::spawn(move || {
-        block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let app = axum::Router::new()
-                .route("/thumbnail", axum::routing::post(thumbnail))
-                .with_state(server_pool);
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
+    let addr = start_server(
+        axum::Router::new()
+            .route("/thumbnail", axum::routing::post(thumbnail))
+            .with_state(pool.clone()),
+    );
     let photo = DynamicImage::ImageRgb8(ImageBuffer::from_fn(1200, 800, |x, y| {
         Rgb([x as u8, y as u8, (x ^ y) as u8])
     }));

@@ -5,7 +5,6 @@
 
 use std::io::Cursor;
 
-use bytes::Bytes;
 use image::codecs::png::PngEncoder;
 use image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageReader, Limits};
 use qrcode::{Color, EcLevel, QrCode};
@@ -289,9 +288,4 @@ fn wrap(text: &str) -> Vec<Vec<u8>> {
         lines.push(line);
     }
     lines
-}
-
-/// Pooled PDF output: the `Vec` pdf-writer built, as `Bytes`.
-pub(crate) fn pdf_bytes(text: &[u8]) -> Result<Bytes, Failure> {
-    pdf(text).map(Bytes::from)
 }
