@@ -293,6 +293,13 @@ mod thread {
         loop {
             let now = Instant::now();
             schedule.retain(|e| e.pool.strong_count() > 0);
+            // Room left by dropped pools goes back too: how many pools a
+            // burst of creations left on the schedule (which depends on
+            // when this thread got to run) must not stay paid for.
+            let live = schedule.len();
+            if schedule.capacity() > 4 * live.max(4) {
+                schedule.shrink_to(2 * live);
+            }
             let mut earliest: Option<Instant> = None;
             for entry in schedule.iter_mut() {
                 let tick = entry.next_tick.is_some_and(|t| t <= now);
@@ -344,6 +351,8 @@ mod thread {
                         }));
                     }
                 }
+                // Likewise the room a burst of due pools took.
+                due.shrink_to(8);
                 schedule = lock();
                 continue;
             }
