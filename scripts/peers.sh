@@ -37,3 +37,15 @@ for w in mixed-1t mixed-2t read-300000 read-3145728 read-9000000 read-25000000 r
         "$(ratio "${t[mimalloc,$w]}" "$o")"
 done
 echo "time as a multiple of the oracle's (medians of 7 rounds; mixed: 400 jobs a thread; read: per read; misses: the pool's per read/job)"
+
+declare -A f
+for alloc in glibc jemalloc mimalloc; do
+    while read -r w v; do f[$alloc,$w]=$v; done < <(run "$alloc" fast)
+done
+echo
+printf '%-26s %12s %13s %13s\n' "fast path (ns per op)" "glibc" "jemalloc" "mimalloc"
+for w in fast-tierpool fast-vec; do
+    printf '%-26s %12s %13s %13s\n' "${w#fast-} get(4096) + drop" \
+        "${f[glibc,$w]}" "${f[jemalloc,$w]}" "${f[mimalloc,$w]}"
+done
+echo "wall time, medians of 7 rounds of 10 million pairs; each column is one binary with that global allocator"

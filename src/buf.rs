@@ -14,6 +14,7 @@ use bytes::{BufMut, Bytes};
 use crate::os;
 use crate::pool::{Admission, OVERSIZE, PoolInner, Returned, arc_ptr};
 use crate::sync::Arc;
+use crate::thread_cache;
 use crate::{Error, global};
 
 /// A byte buffer from a [`Pool`](crate::Pool): like a `Vec<u8>` whose memory
@@ -90,6 +91,40 @@ impl PooledBuf {
             pool: Some(arc_ptr(pool)),
             class,
         }
+    }
+
+    /// Like [`from_block`](Self::from_block), with the class's capacity
+    /// already at hand.
+    ///
+    /// # Safety
+    ///
+    /// As for `from_block`, and `cap` is the capacity of class `class`; or
+    /// as for `from_oversize` with `class` `OVERSIZE` and `cap` its size.
+    #[inline]
+    pub(crate) unsafe fn from_cached(
+        ptr: NonNull<u8>,
+        cap: usize,
+        pool: &Arc<PoolInner>,
+        class: u32,
+    ) -> Self {
+        debug_assert!(class == OVERSIZE || cap == pool.info[class as usize].capacity);
+        PooledBuf {
+            ptr,
+            len: 0,
+            cap,
+            pool: Some(arc_ptr(pool)),
+            class,
+        }
+    }
+
+    /// Gives up the block and the pool count it holds, as
+    /// `(block, capacity)`, without returning either; a buffer from
+    /// `from_block` or `from_oversize` of `pool` that
+    /// [`from_cached`](Self::from_cached) or `from_oversize` can wrap again.
+    #[inline]
+    pub(crate) fn into_block(self) -> (NonNull<u8>, usize) {
+        let this = ManuallyDrop::new(self);
+        (this.ptr, this.cap)
     }
 
     /// Wraps an exact allocation above the largest class.
@@ -385,27 +420,52 @@ impl Drop for PooledBuf {
     #[inline]
     fn drop(&mut self) {
         let Some(pool) = self.pool else { return };
-        {
-            // SAFETY: the block holds a strong count, so the pool is alive
-            // for this scope.
-            let inner = unsafe { pool.as_ref() };
-            if self.class == OVERSIZE {
-                inner.give_back_oversize(self.ptr, self.cap);
-            } else {
-                // SAFETY: `pool` came from `arc_ptr` and our count keeps it
-                // alive; we give up this block of class `class`.
-                let returned = unsafe { PoolInner::give_back(pool, self.ptr, self.class as usize) };
-                if returned == Returned::Cached {
-                    // The count went into the thread cache with the block.
-                    return;
-                }
+        if self.class != OVERSIZE {
+            // The fast path: onto this thread's front cache, calling
+            // nothing (so it saves no registers).
+            // SAFETY: the block holds a strong count, so the pool is alive.
+            let id = unsafe { pool.as_ref() }.id;
+            let (block, class) = (self.ptr, self.class as usize);
+            if let Ok(Some(true)) = thread_cache::with_front(id, |cache| cache.put(class, block)) {
+                // The count went into the thread cache with the block.
+                return;
             }
         }
-        // SAFETY: the block was freed or queued in the shared tier; drop
-        // the count it held. This may drop the pool, so it comes last, after
-        // every use of `inner`.
-        unsafe { Arc::decrement_strong_count(pool.as_ptr().cast_const()) };
+        // SAFETY: the block and its count are this buffer's, given up here.
+        unsafe { release(pool, self.ptr, self.cap, self.class) }
     }
+}
+
+/// A buffer's block and pool count, returned past the front cache.
+///
+/// # Safety
+///
+/// `pool` came from `arc_ptr`, and the caller gives up `ptr` (a block of
+/// class `class`, or an exact allocation of `cap` bytes when `class` is
+/// `OVERSIZE`) and the pool count it holds.
+#[cold]
+#[inline(never)]
+unsafe fn release(pool: NonNull<PoolInner>, ptr: NonNull<u8>, cap: usize, class: u32) {
+    {
+        // SAFETY: the block holds a strong count, so the pool is alive for
+        // this scope.
+        let inner = unsafe { pool.as_ref() };
+        if class == OVERSIZE {
+            inner.give_back_oversize(ptr, cap);
+        } else {
+            // SAFETY: `pool` came from `arc_ptr` and the count keeps it
+            // alive; the caller gives up this block of class `class`.
+            let returned = unsafe { PoolInner::give_back(pool, ptr, class as usize) };
+            if returned == Returned::Cached {
+                // The count went into the thread cache with the block.
+                return;
+            }
+        }
+    }
+    // SAFETY: the block was freed or queued in the shared tier; drop the
+    // count it held. This may drop the pool, so it comes last, after every
+    // use of `inner`.
+    unsafe { Arc::decrement_strong_count(pool.as_ptr().cast_const()) };
 }
 
 impl Default for PooledBuf {

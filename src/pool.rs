@@ -229,12 +229,21 @@ impl Pool {
     /// When `min_capacity` exceeds `isize::MAX` bytes, like `Vec`; when the
     /// allocator fails, the process aborts through
     /// [`handle_alloc_error`](std::alloc::handle_alloc_error), like `Vec`.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, min_capacity: usize) -> PooledBuf {
-        match PoolInner::get(&self.inner, min_capacity, Admission::Bypass) {
-            Ok(buf) => buf,
-            Err(e) => fail(e),
-        }
+        let (block, capacity, class) = match PoolInner::take_cached(&self.inner, min_capacity) {
+            Some(taken) => taken,
+            None => {
+                // Out of line, and no 40-byte buffer through memory: the
+                // parts come back in two registers.
+                let (block, capacity) = get_or_fail(&self.inner, min_capacity);
+                (block, capacity, class_of(&self.inner, capacity))
+            }
+        };
+        // SAFETY: a block of `class` with `capacity` bytes, owned by nobody
+        // else, carrying one pool count: from the cache, or given up by the
+        // buffer `get_or_fail` made (whose class `class_of` recovers).
+        unsafe { PooledBuf::from_cached(block, capacity, &self.inner, class) }
     }
 
     /// Like [`get`](Self::get), but never aborts: an absurd size or a failed
@@ -338,6 +347,29 @@ impl fmt::Debug for Pool {
 pub fn global() -> &'static Pool {
     static GLOBAL: OnceLock<Pool> = OnceLock::new();
     GLOBAL.get_or_init(Pool::new)
+}
+
+/// [`Pool::get`] past its fast path: out of line, so the fast path saves
+/// no registers and tail-calls this.
+#[cold]
+#[inline(never)]
+fn get_or_fail(pool: &Arc<PoolInner>, min_capacity: usize) -> (NonNull<u8>, usize) {
+    match PoolInner::get_slow(pool, min_capacity, Admission::Bypass) {
+        Ok(buf) => buf.into_block(),
+        Err(e) => fail(e),
+    }
+}
+
+/// The class of a block of `capacity` bytes that `get_slow` handed out:
+/// class capacities are exact, and anything above the largest is an exact
+/// oversize allocation.
+#[cold]
+#[inline(never)]
+fn class_of(pool: &PoolInner, capacity: usize) -> u32 {
+    match pool.classes.index_for(capacity) {
+        Some(class) if pool.info[class].capacity == capacity => class as u32,
+        _ => OVERSIZE,
+    }
 }
 
 #[cold]
@@ -553,20 +585,44 @@ impl PoolInner {
         min_capacity: usize,
         admission: Admission,
     ) -> Result<PooledBuf, Error> {
-        if let Some(class) = this.classes.index_for(min_capacity) {
-            if let Some(Some(block)) =
-                thread_cache::with_cache(this.slot, this.id, |cache| cache.take(class))
-            {
-                // SAFETY: an idle block of `class` taken out of this thread's
-                // cache: nobody else owns it, and it carries its pool count.
-                return Ok(unsafe { PooledBuf::from_block(block, this, class as u32) });
-            }
+        match PoolInner::get_cached(this, min_capacity) {
+            Some(buf) => Ok(buf),
+            None => PoolInner::get_slow(this, min_capacity, admission),
         }
-        PoolInner::get_slow(this, min_capacity, admission)
+    }
+
+    /// The fast path: an idle block of the request's class from this
+    /// thread's front cache (see [`thread_cache::with_front`]). Calls
+    /// nothing, so it costs no register saves.
+    #[inline(always)]
+    fn get_cached(this: &Arc<PoolInner>, min_capacity: usize) -> Option<PooledBuf> {
+        let (block, capacity, class) = PoolInner::take_cached(this, min_capacity)?;
+        // SAFETY: an idle block of `class` (`capacity` bytes) taken out of
+        // this thread's cache: nobody else owns it, and it carries its pool
+        // count.
+        Some(unsafe { PooledBuf::from_cached(block, capacity, this, class) })
+    }
+
+    /// [`get_cached`](Self::get_cached)'s block, capacity and class: an
+    /// idle block that carries a pool count.
+    #[inline(always)]
+    fn take_cached(
+        this: &Arc<PoolInner>,
+        min_capacity: usize,
+    ) -> Option<(NonNull<u8>, usize, u32)> {
+        let class = this.classes.index_for(min_capacity)?;
+        // SAFETY: there are at most `MAX_CLASSES` classes. Said here so
+        // that the drop after an inlined get knows the class is no
+        // `OVERSIZE` and skips that test.
+        unsafe { std::hint::assert_unchecked(class < SizeClasses::MAX_CLASSES) };
+        let (block, capacity) =
+            thread_cache::with_front(this.id, |cache| cache.take(class)).ok()???;
+        Some((block, capacity, class as u32))
     }
 
     /// The shared tier (or a larger class's idle block), then the allocator.
     #[cold]
+    #[inline(never)]
     fn get_slow(
         this: &Arc<PoolInner>,
         min_capacity: usize,
@@ -577,6 +633,14 @@ impl PoolInner {
         let Some(class) = this.classes.index_for(min_capacity) else {
             return PoolInner::get_oversize(this, min_capacity, admission);
         };
+        // This thread's cache, when it is not the front one (the thread
+        // used another pool since).
+        if let Some(Some((block, capacity))) =
+            thread_cache::with_cache(this.slot, this.id, |cache| cache.take(class))
+        {
+            // SAFETY: as in `get_cached`.
+            return Ok(unsafe { PooledBuf::from_cached(block, capacity, this, class as u32) });
+        }
         if let Some((block, found)) = PoolInner::take_shared(this, class) {
             // SAFETY: popped from the shared tier, so ours; `take_shared`
             // took a pool count for it.
@@ -831,16 +895,18 @@ impl PoolInner {
 // === impl PoolInner: return ===
 
 impl PoolInner {
-    /// Takes a returned block back. The caller owns the block and its pool
-    /// count; on [`Returned::Uncached`] the caller must drop the count
-    /// (after this call: it may be the last).
+    /// Takes a returned block back that this thread's front cache did not
+    /// take (`PooledBuf`'s `Drop` tries that first, inline). The caller
+    /// owns the block and its pool count; on [`Returned::Uncached`] the
+    /// caller must drop the count (after this call: it may be the last).
     ///
     /// # Safety
     ///
     /// `this` points to a live pool with the provenance of its `Arc`
     /// (`Arc::as_ptr`), kept alive by the count the caller holds, and
     /// `block` is a block of class `class` of it that the caller gives up.
-    #[inline]
+    #[cold]
+    #[inline(never)]
     pub(crate) unsafe fn give_back(
         this: NonNull<PoolInner>,
         block: NonNull<u8>,
@@ -848,17 +914,12 @@ impl PoolInner {
     ) -> Returned {
         // SAFETY: the caller's count keeps the pool alive.
         let pool = unsafe { this.as_ref() };
-        match thread_cache::with_cache(pool.slot, pool.id, |cache| cache.put(class, block)) {
-            Some(Ok(())) => Returned::Cached,
-            _ => {
-                // SAFETY: forwarded from the caller.
-                let returned = unsafe { PoolInner::give_back_slow(this, block, class) };
-                // Memory came back (queued or freed): wake a waiter, out of
-                // every thread cache's flag.
-                pool.limits.note_return();
-                returned
-            }
-        }
+        // SAFETY: forwarded from the caller.
+        let returned = unsafe { PoolInner::give_back_slow(this, block, class) };
+        // Memory came back (queued, freed or cached): wake a waiter, out of
+        // every thread cache's flag.
+        pool.limits.note_return();
+        returned
     }
 
     /// A return that the thread cache did not take as it stood: spill or
@@ -867,7 +928,7 @@ impl PoolInner {
     /// # Safety
     ///
     /// As [`give_back`](Self::give_back).
-    #[cold]
+    #[inline]
     unsafe fn give_back_slow(
         this: NonNull<PoolInner>,
         block: NonNull<u8>,
@@ -959,7 +1020,7 @@ impl PoolInner {
             if cache.closed {
                 return false;
             }
-            if cache.put(class, block).is_ok() {
+            if cache.put(class, block) {
                 return true;
             }
             // Full: the oldest batch goes where every thread can use it.
@@ -987,7 +1048,7 @@ impl PoolInner {
                 pool.retention.unreserve(cache.credit - keep);
                 cache.credit = keep;
             }
-            cache.put(class, block).is_ok()
+            cache.put(class, block)
         })?;
         // Spilled blocks owned a count each; queued or freed, they own none
         // now. The returned block's count keeps the pool alive meanwhile:

@@ -32,6 +32,8 @@ const MAX_CLASS_SIZE: usize = SizeClasses::MAX_CLASS_SIZE;
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct SizeClasses {
+    /// `sizes[0]`, at hand for the fast path's first comparison.
+    smallest: usize,
     shape: Shape,
     sizes: Box<[usize]>,
 }
@@ -114,6 +116,7 @@ impl SizeClasses {
             index += 1;
         }
         Ok(Self {
+            smallest: sizes[0],
             shape,
             sizes: sizes.into_boxed_slice(),
         })
@@ -183,6 +186,7 @@ impl SizeClasses {
             }
         }
         Ok(Self {
+            smallest: sizes[0],
             shape: Shape::List,
             sizes: sizes.into(),
         })
@@ -199,22 +203,32 @@ impl SizeClasses {
     /// [`sizes`](Self::sizes).
     #[inline]
     pub fn index_for(&self, size: usize) -> Option<usize> {
+        if size <= self.smallest {
+            return Some(0);
+        }
+        self.index_above_smallest(size)
+    }
+
+    /// [`index_for`](Self::index_for) of a size above the smallest class.
+    #[inline]
+    fn index_above_smallest(&self, size: usize) -> Option<usize> {
         let index = match self.shape {
             Shape::Geometric {
                 min_shift,
                 per_shift,
             } => {
-                if size <= 1 << min_shift {
-                    0
-                } else if size > MAX_CLASS_SIZE {
+                if size > MAX_CLASS_SIZE {
                     return None;
-                } else {
-                    // floor(log2(size - 1)): size lies in (2^k, 2^(k+1)].
-                    let k = usize::BITS - 1 - (size - 1).leading_zeros();
-                    let step_shift = k - per_shift;
-                    let above = (size - (1 << k)) + (1 << step_shift) - 1;
-                    (((k - min_shift) as usize) << per_shift) + (above >> step_shift)
                 }
+                // size lies in (2^k, 2^(k+1)] with k = floor(log2(size - 1)),
+                // at least `min_shift` since size > 2^min_shift. The classes
+                // there are 2^k + j * 2^(k - per_shift) for j in 1..=2^per_shift,
+                // and size needs j = ceil((size - 2^k) / 2^(k - per_shift)),
+                // which is ((size - 1) >> (k - per_shift)) - 2^per_shift + 1.
+                let s = size - 1;
+                let k = usize::BITS - 1 - s.leading_zeros();
+                (((k - min_shift) as usize) << per_shift) + (s >> (k - per_shift)) + 1
+                    - (1 << per_shift)
             }
             Shape::List => self.sizes.partition_point(|&c| c < size),
         };

@@ -312,10 +312,10 @@ impl PoolCounters {
 
     /// Folds a closing thread cache's counters into the pool's.
     pub(crate) fn absorb(&self, cache: &CacheState) {
-        for (total, mine) in self.class.iter().zip(cache.classes()) {
+        for (class, (total, mine)) in self.class.iter().zip(cache.classes()).enumerate() {
             total
                 .thread_cache_hits
-                .fetch_add(mine.hits, Ordering::Relaxed);
+                .fetch_add(cache.hits(class), Ordering::Relaxed);
             total.returns.fetch_add(mine.returns, Ordering::Relaxed);
         }
     }
@@ -342,8 +342,8 @@ impl PoolInner {
         PoolInner::for_each_open_cache(&caches, |state| {
             thread_caches += 1;
             credit += state.credit;
-            for (c, out) in state.classes().iter().zip(classes.iter_mut()) {
-                out.thread_cache_hits += c.hits;
+            for (class, (c, out)) in state.classes().iter().zip(classes.iter_mut()).enumerate() {
+                out.thread_cache_hits += state.hits(class);
                 out.returns += c.returns;
                 out.retained_buffers += c.len();
             }

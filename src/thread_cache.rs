@@ -89,27 +89,80 @@ pub(crate) struct CacheState {
     /// means the owner did nothing all interval.
     pub(crate) ops_at_tick: u64,
     classes: Box<[ClassCache]>,
-    /// All classes' slots, class after class; slots `[start, start + top)`
-    /// of a class hold blocks, the rest are `None`.
-    slots: Box<[Option<NonNull<u8>>]>,
+    /// Per class, blocks that came in from another tier
+    /// ([`stock`](Self::stock)) less blocks that went out to one or were
+    /// freed ([`take_oldest`](Self::take_oldest)); with `returns` and `top`
+    /// it gives the hits, which the fast path does not count.
+    moved: Box<[i64]>,
+    /// All classes' slots, class after class; each class reaches its own
+    /// through [`ClassCache::slots`].
+    _slots: Slots,
+}
+
+/// One allocation of slots for all classes of a cache.
+///
+/// Reached only through raw pointers derived from `base` (the classes keep
+/// pointers into it), never through a `Box` or a reference that would
+/// assert uniqueness and invalidate them.
+struct Slots {
+    base: NonNull<Option<NonNull<u8>>>,
+    len: usize,
+}
+
+impl Slots {
+    fn new(len: usize) -> Slots {
+        let boxed: Box<[Option<NonNull<u8>>]> = vec![None; len].into_boxed_slice();
+        // `into_raw` never returns null.
+        let base = NonNull::new(Box::into_raw(boxed))
+            .expect("a box is never null")
+            .cast();
+        Slots { base, len }
+    }
+
+    /// The first of the slots `[start, start + depth)`, for a class.
+    fn class_base(&self, start: usize, depth: usize) -> NonNull<Option<NonNull<u8>>> {
+        assert!(start + depth <= self.len, "a class's slots lie inside");
+        // SAFETY: `start <= len`: within the allocation or one past its end.
+        unsafe { self.base.add(start) }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        let all = std::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.len);
+        // SAFETY: `base` and `len` came from `Box::into_raw` in `new`, and
+        // this is the only place that frees it.
+        drop(unsafe { Box::from_raw(all) });
+    }
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots").field("len", &self.len).finish()
+    }
 }
 
 /// One class's LIFO and counters, next to each other for the fast path.
 #[derive(Debug, Clone)]
 pub(crate) struct ClassCache {
     capacity: usize,
-    start: u32,
+    /// The class's `depth` slots in [`CacheState::slots`]; the first `top`
+    /// hold blocks, the rest are never read before written (they may keep
+    /// the stale pointer of a block taken since).
+    slots: NonNull<Option<NonNull<u8>>>,
     depth: u32,
-    /// Slots in use: `[start, start + top)`.
+    /// Slots in use.
     top: u32,
     /// The lowest `top` since the last idle tick: the blocks below it were
     /// not taken all interval.
     low: u32,
-    /// Blocks taken from this cache.
-    pub(crate) hits: u64,
-    /// Blocks put into this cache.
+    /// Blocks put into this cache by their users.
     pub(crate) returns: u64,
 }
+
+// Indexed by one `lea` and a scaled address.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<ClassCache>() == 40);
 
 /// Proof that the holder has a cache's flag; dropping it lets go of the flag.
 pub(crate) struct CacheGuard<'a> {
@@ -121,20 +174,20 @@ pub(crate) struct CacheGuard<'a> {
 impl ThreadCache {
     /// A new, empty cache for the pool `pool_id` with these classes.
     pub(crate) fn new(pool_id: u64, classes: &[ClassLayout], exit: ExitFlush) -> ThreadCache {
-        let mut start = 0u32;
+        let slots = Slots::new(classes.iter().map(|c| c.depth as usize).sum());
+        let mut start = 0;
         let classes: Box<[ClassCache]> = classes
             .iter()
             .map(|c| {
                 let class = ClassCache {
                     capacity: c.capacity,
-                    start,
+                    slots: slots.class_base(start, c.depth as usize),
                     depth: c.depth,
                     top: 0,
                     low: 0,
-                    hits: 0,
                     returns: 0,
                 };
-                start += c.depth;
+                start += c.depth as usize;
                 class
             })
             .collect();
@@ -145,8 +198,9 @@ impl ThreadCache {
                 closed: false,
                 credit: 0,
                 ops_at_tick: 0,
+                moved: vec![0; classes.len()].into_boxed_slice(),
                 classes,
-                slots: vec![None; start as usize].into_boxed_slice(),
+                _slots: slots,
             }),
             exit,
         }
@@ -210,40 +264,59 @@ impl Drop for CacheGuard<'_> {
 // === impl CacheState ===
 
 impl CacheState {
-    /// Takes the most recently returned block of `class`.
+    /// Takes the most recently returned block of `class`, with the class's
+    /// capacity.
+    ///
+    /// `class` must be one of the pool's classes (checked in debug builds;
+    /// the pool only passes indices its size classes produced).
     #[inline]
-    pub(crate) fn take(&mut self, class: usize) -> Option<NonNull<u8>> {
-        let c = &mut self.classes[class];
-        if c.top == 0 {
-            return None;
-        }
-        c.top -= 1;
+    pub(crate) fn take(&mut self, class: usize) -> Option<(NonNull<u8>, usize)> {
+        debug_assert!(class < self.classes.len());
+        // SAFETY: every cache has one entry per class of its pool, and the
+        // pool's class indices are below that count.
+        let c = unsafe { self.classes.get_unchecked_mut(class) };
+        let top = (c.top as usize).checked_sub(1)?;
+        c.top = top as u32;
+        // Hits are not counted here: every block that leaves the cache
+        // otherwise is, so `CacheState::hits` derives them.
         if c.top < c.low {
+            // A new low-water mark: rare in steady state.
             c.low = c.top;
         }
-        c.hits += 1;
         self.credit += c.capacity;
-        let slot = &mut self.slots[(c.start + c.top) as usize];
+        // SAFETY: `top < depth`: one of the class's slots (`ClassCache::
+        // slots`), which only this cache's flag holder reaches. It holds a
+        // block (every `top += 1` follows a write of `Some`), and keeps its
+        // now stale pointer: slots from `top` on are never read before they
+        // are written.
+        let slot = unsafe { c.slots.add(top).read() };
         debug_assert!(slot.is_some(), "slots below top hold blocks");
-        slot.take()
+        // SAFETY: as just said.
+        Some((unsafe { slot.unwrap_unchecked() }, c.capacity))
     }
 
     /// Puts a returned block of `class` on top, spending one capacity of
-    /// credit. Gives it back when the cache is closed, the class is full or
-    /// bypasses caches, or the credit is short: the pool decides then.
+    /// credit. `false` (the caller keeps the block) when the class is full
+    /// or bypasses caches, or the credit is short (always, once the cache is
+    /// closed: closing takes all of its credit): the pool decides then.
+    ///
+    /// `class` must be one of the pool's classes, as for [`take`](Self::take).
     #[inline]
-    pub(crate) fn put(&mut self, class: usize, block: NonNull<u8>) -> Result<(), NonNull<u8>> {
-        let c = &mut self.classes[class];
-        if self.closed || c.top == c.depth || self.credit < c.capacity {
-            return Err(block);
+    pub(crate) fn put(&mut self, class: usize, block: NonNull<u8>) -> bool {
+        debug_assert!(class < self.classes.len());
+        debug_assert!(!self.closed || self.credit == 0, "closing takes the credit");
+        // SAFETY: as in `take`.
+        let c = unsafe { self.classes.get_unchecked_mut(class) };
+        // Capacities are never zero, so a closed cache (no credit) refuses.
+        if c.top == c.depth || self.credit < c.capacity {
+            return false;
         }
         self.credit -= c.capacity;
         c.returns += 1;
-        let slot = &mut self.slots[(c.start + c.top) as usize];
-        debug_assert!(slot.is_none(), "slots from top on are empty");
-        *slot = Some(block);
+        // SAFETY: `top < depth` here: one of the class's slots, as in `take`.
+        unsafe { c.slots.add(c.top as usize).write(Some(block)) };
         c.top += 1;
-        Ok(())
+        true
     }
 
     /// Adds an idle block that moved here from another tier with its
@@ -253,8 +326,10 @@ impl CacheState {
         if self.closed || c.top == c.depth {
             return Err(block);
         }
-        self.slots[(c.start + c.top) as usize] = Some(block);
+        // SAFETY: `top < depth` here: one of the class's slots, as in `take`.
+        unsafe { c.slots.add(c.top as usize).write(Some(block)) };
         c.top += 1;
+        self.moved[class] += 1;
         Ok(())
     }
 
@@ -270,13 +345,16 @@ impl CacheState {
     pub(crate) fn take_oldest(&mut self, class: usize, n: usize, mut f: impl FnMut(NonNull<u8>)) {
         let c = &mut self.classes[class];
         let n = (n as u32).min(c.top);
-        let (start, top) = (c.start as usize, c.top as usize);
-        for slot in &mut self.slots[start..start + n as usize] {
+        // SAFETY: the class's first `top` slots, reached only by this
+        // cache's flag holder, which is us for the life of the slice.
+        let held = unsafe { std::slice::from_raw_parts_mut(c.slots.as_ptr(), c.top as usize) };
+        for slot in &mut held[..n as usize] {
             f(slot.take().expect("slots below top hold blocks"));
         }
-        self.slots[start..start + top].rotate_left(n as usize);
+        held.rotate_left(n as usize);
         c.top -= n;
         c.low = c.low.saturating_sub(n);
+        self.moved[class] -= i64::from(n);
     }
 
     /// Takes every block of every class, handing each to `f(class, block)`.
@@ -304,7 +382,17 @@ impl CacheState {
 
     /// Hits plus returns of all classes.
     pub(crate) fn ops(&self) -> u64 {
-        self.classes.iter().map(|c| c.hits + c.returns).sum()
+        (0..self.classes.len())
+            .map(|class| self.hits(class) + self.classes[class].returns)
+            .sum()
+    }
+
+    /// Blocks of `class` taken from this cache by users: what came in
+    /// (returned or moved in) less what is still here.
+    pub(crate) fn hits(&self, class: usize) -> u64 {
+        let c = &self.classes[class];
+        let came_in = c.returns as i64 + self.moved[class];
+        (came_in - i64::from(c.top)) as u64
     }
 
     /// The classes' figures, for statistics.
@@ -335,6 +423,7 @@ struct Table {
 impl Drop for Table {
     /// Thread exit: hand every open cache back to its pool.
     fn drop(&mut self) {
+        clear_front();
         for cache in self.entries.get_mut().drain(..).flatten() {
             flush_exiting(&cache);
         }
@@ -353,6 +442,44 @@ thread_local! {
     static TABLE: Table = Table { entries: std::cell::UnsafeCell::new(Vec::new()) };
 }
 
+/// The cache this thread reached last, found again without the table: the
+/// fast path's one thread-local look-up.
+///
+/// `cache` points into an `Arc` that the table holds, and every change to
+/// the table (install, uninstall, the table's own destruction) clears this
+/// first, so while `pool_id` is not 0 the pointer is valid. Pool ids start at
+/// 1 and are never reused, so a match is always the right pool.
+#[derive(Clone, Copy)]
+struct Front {
+    pool_id: u64,
+    cache: *const ThreadCache,
+}
+
+impl Front {
+    const NONE: Front = Front {
+        pool_id: 0,
+        cache: std::ptr::null(),
+    };
+}
+
+// No destructor, so reaching it needs no liveness check, and it stays
+// readable while the table is being destroyed.
+#[cfg(not(tierpool_loom))]
+thread_local! {
+    static FRONT: std::cell::Cell<Front> = const { std::cell::Cell::new(Front::NONE) };
+}
+
+#[cfg(tierpool_loom)]
+thread_local! {
+    static FRONT: std::cell::Cell<Front> = std::cell::Cell::new(Front::NONE);
+}
+
+/// Forgets the front cache; before any change to the table.
+fn clear_front() {
+    // Under loom a thread-local may already be gone in a destructor.
+    let _ = FRONT.try_with(|front| front.set(Front::NONE));
+}
+
 /// Runs `f` on this thread's cache for the pool in `slot` with id
 /// `pool_id`, holding the cache's flag.
 ///
@@ -366,16 +493,54 @@ pub(crate) fn with_cache<R>(
     pool_id: u64,
     f: impl FnOnce(&mut CacheState) -> R,
 ) -> Option<R> {
+    match with_front(pool_id, f) {
+        Ok(r) => r,
+        Err(f) => with_cache_slow(slot, pool_id, f),
+    }
+}
+
+/// The fast path's [`with_cache`]: only if the pool's cache is the one this
+/// thread reached last. `Err(f)` when it is not (the caller's slow path
+/// goes through the table); `Ok(None)` when another thread holds its flag.
+#[inline(always)]
+pub(crate) fn with_front<R, F: FnOnce(&mut CacheState) -> R>(
+    pool_id: u64,
+    f: F,
+) -> Result<Option<R>, F> {
+    let front = FRONT.try_with(std::cell::Cell::get).unwrap_or(Front::NONE);
+    if front.pool_id != pool_id {
+        return Err(f);
+    }
+    // SAFETY: a front with this (non-zero) id points into an `Arc` the
+    // table holds (see `Front`), and nothing changes the table while this
+    // reference lives: `f` promises not to reach it.
+    let cache = unsafe { &*front.cache };
+    Ok(cache.try_lock().map(|mut guard| guard.with(f)))
+}
+
+/// [`with_cache`] through the table, making the cache found the front.
+#[cold]
+fn with_cache_slow<R>(
+    slot: usize,
+    pool_id: u64,
+    f: impl FnOnce(&mut CacheState) -> R,
+) -> Option<R> {
     TABLE
         .try_with(|table| {
             // SAFETY: only this module reaches `entries`, and none of its
             // functions runs code that reaches it again while this shared
             // reference lives (`f` promises not to).
             let entries = unsafe { &*table.entries.get() };
-            let cache = entries.get(slot)?.as_deref()?;
+            let cache = entries.get(slot)?.as_ref()?;
             if cache.pool_id != pool_id {
                 return None;
             }
+            let _ = FRONT.try_with(|front| {
+                front.set(Front {
+                    pool_id,
+                    cache: Arc::as_ptr(cache),
+                });
+            });
             let mut guard = cache.try_lock()?;
             Some(guard.with(f))
         })
@@ -401,6 +566,7 @@ pub(crate) fn has_cache(slot: usize, pool_id: u64) -> bool {
 /// thread-local is being destroyed. A cache of an earlier pool that held the
 /// same slot (closed: its pool is gone) is dropped.
 pub(crate) fn install(slot: usize, cache: Arc<ThreadCache>) -> bool {
+    clear_front();
     let replaced = TABLE.try_with(|table| {
         // SAFETY: as in `with_cache`; the only code run while this unique
         // reference lives is `Vec`'s own.
@@ -417,6 +583,7 @@ pub(crate) fn install(slot: usize, cache: Arc<ThreadCache>) -> bool {
 
 /// Removes and returns this thread's cache for the pool (`slot`, `pool_id`).
 pub(crate) fn uninstall(slot: usize, pool_id: u64) -> Option<Arc<ThreadCache>> {
+    clear_front();
     TABLE
         .try_with(|table| {
             // SAFETY: as in `install`.

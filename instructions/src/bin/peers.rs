@@ -4,7 +4,9 @@
 //! buffers with no bookkeeping, side by side in one process.
 //!
 //! `peers SUBJECT` prints one line per workload: `WORKLOAD micros`, the
-//! median of the rounds, for SUBJECT = tierpool, vec or oracle. The
+//! median of the rounds, for SUBJECT = tierpool, vec or oracle. `peers
+//! fast` prints the fast path's nanoseconds per `get(4096)` + drop for
+//! tierpool and for `Vec`. The
 //! workloads: the mixed steady state (jobs of 64 KiB–8 MiB written in
 //! 16 KiB rows, five held per thread; 1 and 2 threads) and `read_to_end`
 //! in steady state at 300 KB, 3 MiB, 9 MB, 25 MB and 64 MiB (64 KiB reads;
@@ -30,6 +32,12 @@ const SIZES: [usize; 5] = [300_000, 3 << 20, 9_000_000, 25_000_000, 64 << 20];
 
 fn main() {
     let subject = std::env::args().nth(1).unwrap_or_else(|| "tierpool".into());
+    if subject == "fast" {
+        // The fast path in wall time, both subjects in this process.
+        println!("fast-tierpool {:.2}", fast_path("tierpool"));
+        println!("fast-vec {:.2}", fast_path("vec"));
+        return;
+    }
     for threads in [1, 2] {
         let (time, misses) = mixed(&subject, threads);
         print!("mixed-{threads}t {}", time.as_micros());
@@ -46,6 +54,30 @@ fn main() {
         }
         println!();
     }
+}
+
+/// Nanoseconds per `get(4096)` + drop (for tierpool, of a cached class):
+/// the median of the rounds, each ten million pairs.
+fn fast_path(subject: &str) -> f64 {
+    const PAIRS: u32 = 10_000_000;
+    let pool = Pool::new();
+    drop(pool.get(4096));
+    let rounds = (0..ROUNDS)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..PAIRS {
+                if subject == "tierpool" {
+                    let buf = pool.get(black_box(4096));
+                    black_box(buf.as_ptr());
+                } else {
+                    let buf = Vec::<u8>::with_capacity(black_box(4096));
+                    black_box(buf.as_ptr());
+                }
+            }
+            started.elapsed()
+        })
+        .collect();
+    median(rounds).as_nanos() as f64 / f64::from(PAIRS)
 }
 
 fn median(mut rounds: Vec<Duration>) -> Duration {
