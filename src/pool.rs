@@ -861,10 +861,17 @@ impl PoolInner {
     }
 
     /// This thread's cache for the pool exists or was just made. `false`
-    /// when the pool is closed or the thread-local is being destroyed.
+    /// when the pool is closed, the thread-local is being destroyed, or
+    /// the process has no heavy barrier (`barrier::available`).
     fn ensure_cache(this: &Arc<PoolInner>) -> bool {
         if thread_cache::has_cache(this.slot, this.id) {
             return true;
+        }
+        // Without a heavy barrier no other thread could reach into the
+        // cache safely (see `thread_cache`): the pool then works from the
+        // shared tier alone.
+        if !crate::barrier::available() {
+            return false;
         }
         let cache = Arc::new(ThreadCache::new(
             this.id,
@@ -1172,14 +1179,12 @@ impl PoolInner {
         caches: &[Arc<ThreadCache>],
         mut f: impl FnMut(&mut CacheState),
     ) {
-        for cache in caches {
-            if let Some(mut guard) = cache.lock(LOCK_PATIENCE) {
-                guard.with(|state| {
-                    if !state.closed {
-                        f(state);
-                    }
-                });
-            }
+        for mut guard in thread_cache::lock_all(caches, LOCK_PATIENCE, LOCK_PATIENCE) {
+            guard.with(|state| {
+                if !state.closed {
+                    f(state);
+                }
+            });
         }
     }
 
@@ -1212,7 +1217,7 @@ impl PoolInner {
         let Some(cache) = thread_cache::uninstall(this.slot, this.id) else {
             return;
         };
-        if let Some(mut guard) = cache.lock(u32::MAX) {
+        if let Some(mut guard) = cache.lock_as_owner(u32::MAX) {
             guard.with(|state| {
                 if !state.closed {
                     // SAFETY: `this` is a handle's `Arc`, not a block's count.

@@ -67,8 +67,14 @@ impl SharedTier {
             self.len.fetch_sub(1, Ordering::Relaxed);
             return Err(ptr);
         }
+        // Inside the fork gate: a push cut short by a `fork` would leave its
+        // slot reserved but never written, and every pop in the child would
+        // wait for it for ever.
         #[cfg(not(tierpool_loom))]
-        self.queue.push(Block(ptr));
+        {
+            let _gate = crate::sync::fork_gate();
+            self.queue.push(Block(ptr));
+        }
         #[cfg(tierpool_loom)]
         self.queue.lock().push_back(Block(ptr));
         Ok(())
@@ -76,8 +82,13 @@ impl SharedTier {
 
     /// Takes the oldest block, if any.
     pub(crate) fn pop(&self) -> Option<NonNull<u8>> {
+        // Inside the fork gate: a pop cut short by a `fork` would lose its
+        // block in the child.
         #[cfg(not(tierpool_loom))]
-        let ptr = self.queue.pop().map(|Block(p)| p);
+        let ptr = {
+            let _gate = crate::sync::fork_gate();
+            self.queue.pop().map(|Block(p)| p)
+        };
         #[cfg(tierpool_loom)]
         let ptr = self.queue.lock().pop_front().map(|Block(p)| p);
         if ptr.is_some() {

@@ -8,7 +8,7 @@
 #[cfg(not(tierpool_loom))]
 mod imp {
     pub(crate) use std::sync::Arc;
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
     pub(crate) use std::thread::yield_now;
     pub(crate) use std::thread_local;
 }
@@ -16,7 +16,7 @@ mod imp {
 #[cfg(tierpool_loom)]
 mod imp {
     pub(crate) use loom::sync::Arc;
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
     pub(crate) use loom::thread::yield_now;
     pub(crate) use loom::thread_local;
 }
@@ -100,26 +100,95 @@ impl<T> std::ops::DerefMut for MutexGuard<'_, T> {
 /// crate is held across a `fork`, and a forked child never waits for a
 /// thread that did not come along. One uncontended atomic per slow-path
 /// lock; the get and return fast paths take none.
+///
+/// Hand-made of one atomic, never parking a thread: a lock that parks
+/// (`parking_lot`'s) keeps its waiters in a process-wide table whose locks a
+/// thread of the parent may hold at the `fork`, and the child then hangs
+/// opening the gate.
 #[cfg(not(any(tierpool_loom, miri)))]
-static FORK_GATE: parking_lot::RwLock<()> = parking_lot::const_rwlock(());
+mod fork_gate_imp {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A shared share of the fork gate.
-#[cfg(not(any(tierpool_loom, miri)))]
-pub(crate) type ForkGate = parking_lot::RwLockReadGuard<'static, ()>;
+    /// Shares held in the low bits; `CLOSED` while a `fork` is under way.
+    static GATE: AtomicUsize = AtomicUsize::new(0);
+    const CLOSED: usize = 1 << (usize::BITS - 1);
 
-/// Takes a shared share of the fork gate (recursive: a holder may take
-/// another while the prepare handler waits).
-#[cfg(not(any(tierpool_loom, miri)))]
-pub(crate) fn fork_gate() -> ForkGate {
-    FORK_GATE.read_recursive()
+    std::thread_local! {
+        /// Shares this thread holds: a holder takes more without waiting
+        /// (the closing side waits for it to let go).
+        static HELD: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// A shared share of the fork gate.
+    #[must_use]
+    pub(crate) struct ForkGate(());
+
+    impl Drop for ForkGate {
+        fn drop(&mut self) {
+            let _ = HELD.try_with(|held| held.set(held.get().saturating_sub(1)));
+            // Release: what the holder did is seen by the closing side.
+            GATE.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Takes a shared share of the fork gate (recursive: a holder may take
+    /// another while the prepare handler waits).
+    pub(crate) fn fork_gate() -> ForkGate {
+        // A thread-local being destroyed counts as holding nothing.
+        let nested = HELD.try_with(Cell::get).unwrap_or(0) > 0;
+        loop {
+            let before = GATE.fetch_add(1, Ordering::Acquire);
+            if before & CLOSED == 0 || nested {
+                let _ = HELD.try_with(|held| held.set(held.get() + 1));
+                return ForkGate(());
+            }
+            // A fork is under way: step back and wait for it.
+            GATE.fetch_sub(1, Ordering::Release);
+            while GATE.load(Ordering::Relaxed) & CLOSED != 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// The gate held exclusively, from the prepare handler of a `fork` to
+    /// the parent's or the child's handler.
+    #[must_use]
+    pub(crate) struct ClosedGate(());
+
+    /// Takes the fork gate exclusively: no lock of the crate is held, and
+    /// none can be taken, until [`open_in_parent`] or [`open_in_child`].
+    pub(crate) fn close_fork_gate() -> ClosedGate {
+        // One fork at a time.
+        while GATE.fetch_or(CLOSED, Ordering::Acquire) & CLOSED != 0 {
+            std::thread::yield_now();
+        }
+        // Wait for the holders to let go; newcomers step back.
+        while GATE.load(Ordering::Acquire) & !CLOSED != 0 {
+            std::thread::yield_now();
+        }
+        ClosedGate(())
+    }
+
+    /// Opens the gate again after the `fork`, in the parent.
+    pub(crate) fn open_in_parent(gate: ClosedGate) {
+        let _ = gate;
+        GATE.fetch_and(!CLOSED, Ordering::Release);
+    }
+
+    /// Opens the gate again after the `fork`, in the child, where the only
+    /// thread is the forking one and newcomers that stepped back in the
+    /// parent did not come along.
+    pub(crate) fn open_in_child(gate: ClosedGate) {
+        let _ = gate;
+        GATE.store(0, Ordering::Release);
+    }
 }
 
-/// Takes the fork gate exclusively: no lock of the crate is held, and none
-/// can be taken, until the guard drops (the prepare handler of a `fork`).
 #[cfg(not(any(tierpool_loom, miri)))]
-pub(crate) fn close_fork_gate() -> parking_lot::RwLockWriteGuard<'static, ()> {
-    FORK_GATE.write()
-}
+pub(crate) use fork_gate_imp::{
+    ClosedGate, ForkGate, close_fork_gate, fork_gate, open_in_child, open_in_parent,
+};
 
 /// No `fork` under loom or miri: the gate is nothing.
 #[cfg(any(tierpool_loom, miri))]

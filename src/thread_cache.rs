@@ -5,30 +5,38 @@
 //! This module is a leaf. It takes and puts blocks and counts them; it knows
 //! nothing of the shared tier, the retention budget or events. The pool
 //! refills, spills and trims a cache by running its own code on the cache's
-//! state ([`with_cache`], [`ThreadCache::lock`]).
+//! state ([`with_cache`], [`lock_all`]).
 //!
 //! # Ownership and locking
 //!
 //! A [`ThreadCache`] belongs to one thread, its owner, which finds it in
-//! O(1) in a per-thread table indexed by the pool's slot number. The pool's
-//! registry holds the same `Arc`, so the trimmer, `trim()`, `stats()` and
-//! the closing pool reach the caches of idle threads too. All of a cache's
-//! state sits behind one flag, `busy`:
+//! O(1) through a per-thread front pointer, else a per-thread table indexed
+//! by the pool's slot number. The pool's registry holds the same `Arc`, so
+//! the trimmer, `trim()`, `stats()` and the closing pool reach the caches of
+//! idle threads too. A cache's state is guarded by two flags, one per side
+//! of an asymmetric Dekker lock:
 //!
-//! - the owner takes it with [`try_lock`](ThreadCache::try_lock): one swap
-//!   on a cache line no other thread writes in steady state. It never
-//!   waits: if another thread holds the flag, the owner uses the shared tier
-//!   for that one operation;
-//! - other threads take it with [`lock`](ThreadCache::lock), spinning (the
-//!   owner holds it for a few dozen instructions), or with `try_lock` where
-//!   skipping a busy cache is fine (an idle tick: a busy cache is not idle).
+//! - `busy`, written only by the owner. The owner enters with
+//!   [`try_lock`](ThreadCache::try_lock): it stores `busy`, passes a
+//!   [light barrier](crate::barrier::light) (a compiler fence) and reads
+//!   `remote`; if `remote` is set it backs out and uses the shared tier for
+//!   that one operation. No atomic read-modify-write, no waiting.
+//! - `remote`, taken by compare-and-swap by any other thread
+//!   ([`lock_all`]), which then passes a [heavy
+//!   barrier](crate::barrier::heavy) (`membarrier`: a full barrier on every
+//!   thread of the process, one for a whole batch of caches) and waits for
+//!   `busy` to clear (the owner holds it for a few dozen instructions), or
+//!   skips the cache when skipping a busy cache is fine (an idle tick: a
+//!   busy cache is not idle).
 //!
-//! Acquire on taking the flag pairs with Release on dropping it, so each
-//! holder sees every write of the previous one, the blocks' contents
-//! included.
+//! The two barriers order each side's store before its load, so the owner
+//! and another thread are never inside together. Release on clearing a
+//! flag pairs with Acquire on reading it clear, so each holder sees every
+//! write of the previous one, the blocks' contents included.
 
 use std::ptr::NonNull;
 
+use crate::barrier;
 use crate::sync::{Arc, AtomicBool, Ordering, UnsafeCell, thread_local, yield_now};
 
 /// Where one class's slots are and what one of its blocks holds.
@@ -45,8 +53,10 @@ pub(crate) struct ClassLayout {
 pub(crate) struct ThreadCache {
     /// The pool this cache belongs to (ids are never reused; slot numbers are).
     pool_id: u64,
-    /// Held by whoever touches `state`; see the module docs.
+    /// Set by the owner while it is inside; see the module docs.
     busy: AtomicBool,
+    /// Held by another thread while it is inside; see the module docs.
+    remote: AtomicBool,
     state: UnsafeCell<CacheState>,
     /// Flushes the cache into its pool when the owning thread exits.
     exit: ExitFlush,
@@ -164,9 +174,13 @@ pub(crate) struct ClassCache {
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<ClassCache>() == 40);
 
-/// Proof that the holder has a cache's flag; dropping it lets go of the flag.
+/// Proof that the holder is inside a cache (see the module docs); dropping
+/// it lets go.
 pub(crate) struct CacheGuard<'a> {
     cache: &'a ThreadCache,
+    /// Whether the holder came in as another thread (`remote`) rather than
+    /// as the owner (`busy`).
+    remote: bool,
 }
 
 // === impl ThreadCache ===
@@ -194,6 +208,7 @@ impl ThreadCache {
         ThreadCache {
             pool_id,
             busy: AtomicBool::new(false),
+            remote: AtomicBool::new(false),
             state: UnsafeCell::new(CacheState {
                 closed: false,
                 credit: 0,
@@ -206,30 +221,120 @@ impl ThreadCache {
         }
     }
 
-    /// Takes the flag if it is free. The owner's way in: never waits.
+    /// The owner's way in: never waits, `None` while another thread is
+    /// inside. Only the owning thread may call this (it alone writes
+    /// `busy`).
     #[inline]
     pub(crate) fn try_lock(&self) -> Option<CacheGuard<'_>> {
-        // Acquire: pairs with the Release in `CacheGuard::drop`, so the last
+        self.busy.store(true, Ordering::Relaxed);
+        // Orders the store above before the load below, against the heavy
+        // barrier of another thread that sets `remote` and then reads `busy`.
+        barrier::light();
+        // Acquire: pairs with the Release that cleared `remote`, so the last
         // holder's writes (slots, counters, the blocks' bytes) are visible.
-        if self.busy.swap(true, Ordering::Acquire) {
+        if self.remote.load(Ordering::Acquire) {
+            release(&self.busy);
             return None;
         }
-        Some(CacheGuard { cache: self })
+        Some(CacheGuard {
+            cache: self,
+            remote: false,
+        })
     }
 
-    /// Takes the flag, yielding while the owner holds it (a few dozen
-    /// instructions, unless the owner was preempted right there). `None`
-    /// after `patience` attempts, so a cache whose owner vanished holding it
-    /// (a thread that did not survive a `fork`) cannot wedge the caller.
-    pub(crate) fn lock(&self, patience: u32) -> Option<CacheGuard<'_>> {
-        for _ in 0..patience.max(1) {
+    /// The owner's way in when it must get in (flushing its own cache):
+    /// retries while another thread is inside, `None` after `patience`
+    /// attempts.
+    pub(crate) fn lock_as_owner(&self, patience: u32) -> Option<CacheGuard<'_>> {
+        for attempt in 0..patience.max(1) {
+            // Wait for the other thread to leave before raising `busy`
+            // again, so that its wait for `busy` to clear ends.
+            if attempt > 0 && self.remote.load(Ordering::Relaxed) {
+                yield_now();
+                continue;
+            }
             if let Some(guard) = self.try_lock() {
                 return Some(guard);
             }
-            yield_now();
         }
         None
     }
+
+    /// Claims `remote`, trying `patience` times; the guard is not valid to
+    /// use until [`lock_all`] has passed the heavy barrier and seen `busy`
+    /// clear.
+    fn claim(&self, patience: u32) -> Option<CacheGuard<'_>> {
+        for attempt in 0..patience.max(1) {
+            if attempt > 0 {
+                yield_now();
+            }
+            // Acquire: pairs with the Release of the previous remote holder.
+            if self
+                .remote
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some(CacheGuard {
+                    cache: self,
+                    remote: true,
+                });
+            }
+        }
+        None
+    }
+
+    /// Waits for the owner to leave, `patience` looks at most. Run after
+    /// the heavy barrier that follows the claim.
+    fn owner_left(&self, patience: u32) -> bool {
+        for attempt in 0..patience.max(1) {
+            if attempt > 0 {
+                yield_now();
+            }
+            // Acquire: pairs with the owner's Release when it left.
+            if !self.busy.load(Ordering::Acquire) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Takes every cache of `caches` that can be had for another thread's
+/// pass, with one heavy barrier for all of them.
+///
+/// A cache that another non-owner holds is waited for, `patience` tries at
+/// most. A cache whose owner is inside is waited for `owner_patience` looks
+/// at most: 1 skips a busy cache at once (an idle tick: a busy cache is not
+/// idle); more leaves out only a cache whose owner vanished inside it (a
+/// thread lost in a `fork`). Nothing is taken where the heavy barrier
+/// cannot be had.
+pub(crate) fn lock_all(
+    caches: &[Arc<ThreadCache>],
+    patience: u32,
+    owner_patience: u32,
+) -> Vec<CacheGuard<'_>> {
+    let claimed: Vec<CacheGuard<'_>> = caches.iter().filter_map(|c| c.claim(patience)).collect();
+    if claimed.is_empty() || !barrier::heavy() {
+        return Vec::new();
+    }
+    claimed
+        .into_iter()
+        .filter(|guard| guard.cache.owner_left(owner_patience))
+        .collect()
+}
+
+/// Clears a flag as its holder.
+#[inline]
+fn release(flag: &AtomicBool) {
+    // Release: pairs with the Acquire of the next holder.
+    #[cfg(not(tierpool_loom))]
+    flag.store(false, Ordering::Release);
+    // loom may order a plain store before another thread's earlier swap,
+    // which the memory model forbids (tokio-rs/loom#282), and the flag then
+    // looks held for ever. A swap, equivalent here (only the holder writes
+    // `false`), is modelled correctly.
+    #[cfg(tierpool_loom)]
+    flag.swap(false, Ordering::Release);
 }
 
 // === impl CacheGuard ===
@@ -239,8 +344,9 @@ impl CacheGuard<'_> {
     #[inline]
     pub(crate) fn with<R>(&mut self, f: impl FnOnce(&mut CacheState) -> R) -> R {
         self.cache.state.with_mut(|state| {
-            // SAFETY: this guard holds `busy`, so no other reference to the
-            // state exists (module docs); `&mut self` keeps this one unique.
+            // SAFETY: this guard's holder is inside, so no other reference
+            // to the state exists (module docs); `&mut self` keeps this one
+            // unique.
             f(unsafe { &mut *state })
         })
     }
@@ -249,15 +355,11 @@ impl CacheGuard<'_> {
 impl Drop for CacheGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        // Release: pairs with the Acquire swap of the next holder.
-        #[cfg(not(tierpool_loom))]
-        self.cache.busy.store(false, Ordering::Release);
-        // loom may order a plain store before another thread's earlier
-        // swap, which the memory model forbids (tokio-rs/loom#282), and the
-        // flag then looks held for ever. A swap, equivalent here (only the
-        // holder writes `false`), is modelled correctly.
-        #[cfg(tierpool_loom)]
-        self.cache.busy.swap(false, Ordering::Release);
+        release(if self.remote {
+            &self.cache.remote
+        } else {
+            &self.cache.busy
+        });
     }
 }
 
@@ -603,7 +705,7 @@ pub(crate) fn uninstall(slot: usize, pool_id: u64) -> Option<Arc<ThreadCache>> {
 fn flush_exiting(cache: &ThreadCache) {
     // Unbounded patience would be wrong only for a cache whose flag is held
     // by a thread that no longer exists; the owner is this thread.
-    let Some(mut guard) = cache.lock(u32::MAX) else {
+    let Some(mut guard) = cache.lock_as_owner(u32::MAX) else {
         return;
     };
     let exit = &cache.exit;

@@ -18,6 +18,7 @@ use std::ptr::NonNull;
 use crate::event::{Event, TrimReason};
 use crate::pool::{PoolInner, arc_ptr};
 use crate::sync::{Arc, Ordering};
+use crate::thread_cache;
 
 /// What one trim pass freed.
 #[derive(Debug, Default, Clone, Copy)]
@@ -87,14 +88,18 @@ impl PoolInner {
             .zip(this.info.iter())
             .map(|(tier, info)| tier.len() * info.capacity)
             .sum();
-        for cache in &caches {
-            if let Some(mut guard) = cache.try_lock() {
-                guard.with(|state| {
-                    if !state.closed {
-                        idle += state.classes().iter().map(|c| c.bytes()).sum::<usize>();
-                    }
-                });
-            }
+        // Caches whose owner is inside right now are in use, not idle: the
+        // tick skips them (owner patience 1) and holds the rest for both
+        // passes. Another pass over a cache (`stats()`) lasts microseconds:
+        // a hundred tries wait it out, and do not stall every tick on a
+        // cache that a thread lost in a `fork` holds.
+        let mut guards = thread_cache::lock_all(&caches, 100, 1);
+        for guard in &mut guards {
+            guard.with(|state| {
+                if !state.closed {
+                    idle += state.classes().iter().map(|c| c.bytes()).sum::<usize>();
+                }
+            });
         }
         let budget = idle.saturating_sub(this.min_retained);
         let mut freed = Freed::default();
@@ -110,11 +115,7 @@ impl PoolInner {
             }
             tier.mark_tick();
         }
-        for cache in &caches {
-            // A cache whose owner holds it right now is in use, not idle.
-            let Some(mut guard) = cache.try_lock() else {
-                continue;
-            };
+        for guard in &mut guards {
             guard.with(|state| {
                 if state.closed {
                     return;
@@ -138,6 +139,7 @@ impl PoolInner {
                 unsafe { PoolInner::drop_counts(arc_ptr(this), freed.buffers - before) };
             });
         }
+        drop(guards);
         drop(caches);
         // A new interval of demand starts from what is in use now.
         let in_use = this
@@ -381,8 +383,8 @@ mod thread {
     /// What the forking thread holds across the fork; the schedule drops
     /// before the gate.
     struct ForkGuards {
-        _schedule: MutexGuard<'static, Vec<Entry>>,
-        _gate: parking_lot::RwLockWriteGuard<'static, ()>,
+        schedule: MutexGuard<'static, Vec<Entry>>,
+        gate: crate::sync::ClosedGate,
     }
 
     extern "C" fn before_fork() {
@@ -390,23 +392,24 @@ mod thread {
         // (a tick holds a share of it), then nothing can take one.
         let gate = crate::sync::close_fork_gate();
         let schedule = lock();
-        FORK_GUARD.with(|g| {
-            *g.borrow_mut() = Some(ForkGuards {
-                _schedule: schedule,
-                _gate: gate,
-            })
-        });
+        FORK_GUARD.with(|g| *g.borrow_mut() = Some(ForkGuards { schedule, gate }));
     }
 
     extern "C" fn after_fork_parent() {
-        FORK_GUARD.with(|g| drop(g.borrow_mut().take()));
+        if let Some(guards) = FORK_GUARD.with(|g| g.borrow_mut().take()) {
+            drop(guards.schedule);
+            crate::sync::open_in_parent(guards.gate);
+        }
     }
 
     extern "C" fn after_fork_child() {
         // The trimmer thread did not come along; the next slow path starts
         // a new one, which finds the schedule as the parent had it.
         RUNNING.store(false, Ordering::Release);
-        FORK_GUARD.with(|g| drop(g.borrow_mut().take()));
+        if let Some(guards) = FORK_GUARD.with(|g| g.borrow_mut().take()) {
+            drop(guards.schedule);
+            crate::sync::open_in_child(guards.gate);
+        }
     }
 
     fn register_atfork() {
