@@ -2,7 +2,8 @@
 # Wall time of tierpool against plain Vec on glibc, jemalloc and mimalloc
 # (one binary per global allocator) and against an oracle that reuses
 # pre-faulted buffers: the mixed steady state and read_to_end in steady
-# state, as ratios to the oracle, from one command.
+# state, as ratios to the oracle, from one command; then the fast path
+# (get(4096) + drop) in nanoseconds, tierpool and Vec in each binary.
 #
 #   scripts/peers.sh
 set -euo pipefail
