@@ -115,7 +115,9 @@ impl PoolInner {
             }
             tier.mark_tick();
         }
-        for guard in &mut guards {
+        // Each cache is let go as soon as it is done, so its owner is
+        // locked out only while its own blocks are freed.
+        for mut guard in guards {
             guard.with(|state| {
                 if state.closed {
                     return;
@@ -139,7 +141,6 @@ impl PoolInner {
                 unsafe { PoolInner::drop_counts(arc_ptr(this), freed.buffers - before) };
             });
         }
-        drop(guards);
         drop(caches);
         // A new interval of demand starts from what is in use now.
         let in_use = this

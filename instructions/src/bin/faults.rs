@@ -1,0 +1,64 @@
+//! Minor page faults per job of the mixed workload (jobs of 64 KiB–8 MiB
+//! written in 16 KiB rows, five held), tierpool against `Vec`, after two
+//! warm-up rounds: in the steady state, fresh page faults are most of what
+//! separates the pool from an oracle that reuses pre-faulted buffers.
+//!
+//! `faults` prints one line per subject. Counts, not time: they do not
+//! depend on the machine's load.
+
+#[path = "../../../benches/common/mod.rs"]
+mod common;
+
+#[path = "../global_alloc.rs"]
+mod global_alloc;
+
+use common::held_jobs;
+use tierpool::Pool;
+
+const JOBS: u64 = 400;
+
+/// Minor page faults of this process so far (`/proc/self/stat`, field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("procfs");
+    let after_name = &stat[stat.rfind(')').expect("a name field") + 2..];
+    after_name
+        .split(' ')
+        .nth(7)
+        .expect("a minflt field")
+        .parse()
+        .expect("a number")
+}
+
+fn main() {
+    let pool = Pool::new();
+    for subject in ["tierpool", "vec"] {
+        let mut faults = 0;
+        for _round in 0..3 {
+            let before = minor_faults();
+            if subject == "tierpool" {
+                held_jobs(0, JOBS, |s| pool.get(s), |b, r| b.extend_from_slice(r), |_, _| {});
+            } else {
+                held_jobs(
+                    0,
+                    JOBS,
+                    Vec::with_capacity,
+                    |b: &mut Vec<u8>, r| b.extend_from_slice(r),
+                    |_, _| {},
+                );
+            }
+            faults = minor_faults() - before;
+        }
+        print!("{subject}: {:.1} page faults per job", faults as f64 / JOBS as f64);
+        if subject == "tierpool" {
+            let stats = pool.stats();
+            let sum = |f: fn(&tierpool::ClassStats) -> u64| stats.classes.iter().map(f).sum::<u64>();
+            print!(
+                " (all rounds: {} misses, {} reshaped by fit, {} jobs)",
+                sum(|c| c.misses),
+                sum(|c| c.fit_hits),
+                3 * JOBS
+            );
+        }
+        println!();
+    }
+}
