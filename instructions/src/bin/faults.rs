@@ -3,8 +3,9 @@
 //! warm-up rounds: in the steady state, fresh page faults are most of what
 //! separates the pool from an oracle that reuses pre-faulted buffers.
 //!
-//! `faults` prints one line per subject. Counts, not time: they do not
-//! depend on the machine's load.
+//! `faults` prints one line per subject: the faults of the last round,
+//! which do not depend on the machine's load, and its wall time per job,
+//! which does.
 
 #[path = "../../../benches/common/mod.rs"]
 mod common;
@@ -33,10 +34,18 @@ fn main() {
     let pool = Pool::new();
     for subject in ["tierpool", "vec"] {
         let mut faults = 0;
+        let mut took = std::time::Duration::ZERO;
         for _round in 0..3 {
             let before = minor_faults();
+            let t = std::time::Instant::now();
             if subject == "tierpool" {
-                held_jobs(0, JOBS, |s| pool.get(s), |b, r| b.extend_from_slice(r), |_, _| {});
+                held_jobs(
+                    0,
+                    JOBS,
+                    |s| pool.get(s),
+                    |b, r| b.extend_from_slice(r),
+                    |_, _| {},
+                );
             } else {
                 held_jobs(
                     0,
@@ -47,11 +56,17 @@ fn main() {
                 );
             }
             faults = minor_faults() - before;
+            took = t.elapsed();
         }
-        print!("{subject}: {:.1} page faults per job", faults as f64 / JOBS as f64);
+        print!(
+            "{subject}: {:.1} page faults per job, {} us per job",
+            faults as f64 / JOBS as f64,
+            took.as_micros() / JOBS as u128
+        );
         if subject == "tierpool" {
             let stats = pool.stats();
-            let sum = |f: fn(&tierpool::ClassStats) -> u64| stats.classes.iter().map(f).sum::<u64>();
+            let sum =
+                |f: fn(&tierpool::ClassStats) -> u64| stats.classes.iter().map(f).sum::<u64>();
             print!(
                 " (all rounds: {} misses, {} reshaped by fit, {} jobs)",
                 sum(|c| c.misses),
