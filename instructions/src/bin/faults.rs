@@ -3,7 +3,8 @@
 //! warm-up rounds: in the steady state, fresh page faults are most of what
 //! separates the pool from an oracle that reuses pre-faulted buffers.
 //!
-//! `faults` prints one line per subject: the faults of the last round,
+//! `faults [THREAD_CACHE_BYTES]` prints one line per subject: the faults
+//! of the last round,
 //! which do not depend on the machine's load, and its wall time per job,
 //! which does.
 
@@ -31,7 +32,12 @@ fn minor_faults() -> u64 {
 }
 
 fn main() {
-    let pool = Pool::new();
+    let pool = match std::env::args().nth(1) {
+        Some(bytes) => Pool::builder()
+            .thread_cache_bytes(bytes.parse().expect("THREAD_CACHE_BYTES: a number"))
+            .build(),
+        None => Pool::new(),
+    };
     for subject in ["tierpool", "vec"] {
         let mut faults = 0;
         let mut took = std::time::Duration::ZERO;
