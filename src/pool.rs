@@ -410,6 +410,14 @@ impl PoolBuilder {
     /// most 32. So small classes keep many buffers per thread, and classes
     /// larger than `bytes` none: their buffers go straight to the shared
     /// tier, where every thread can reuse them. `0` turns thread caches off.
+    ///
+    /// On Linux, thread caches rely on the `membarrier` system call (4.3 and
+    /// later; fast from 4.14): it lets the trimmer and `stats()` reach into
+    /// a thread's cache while the owner's fast path stays free of atomic
+    /// read-modify-writes. Where the kernel or a seccomp profile refuses it,
+    /// the pool keeps no thread caches and serves every request from the
+    /// shared tier ([`Stats::thread_caches`](crate::Stats::thread_caches)
+    /// stays 0).
     pub fn thread_cache_bytes(mut self, bytes: usize) -> Self {
         self.thread_cache_bytes = bytes;
         self
