@@ -18,7 +18,7 @@ use image::{
     ImageResult, Limits, Luma, LumaA, Rgb, Rgba,
 };
 
-use crate::{Error, Pool, PooledBuf};
+use crate::{Error, Permit, Pool, PooledBuf};
 
 mod sealed {
     pub trait Sealed {}
@@ -51,11 +51,15 @@ pub struct Frame<T: Sample> {
 // === impl Frame ===
 
 impl<T: Sample> Frame<T> {
-    /// Takes a frame of `len` samples from `pool`, for a decoder to
+    /// Takes a frame of `len` samples through `get` (a pool's `try_get`, or
+    /// an admitted request's permit), for a decoder to
     /// overwrite whole. Its bytes are initialised but unspecified (zeros, or
     /// a previous user's bytes in a mapped block); they are only reachable
     /// through [`overwrite`](Self::overwrite) until the frame is filled.
-    fn take(pool: &Pool, len: usize) -> Result<Frame<T>, Error> {
+    fn take(
+        get: &mut dyn FnMut(usize) -> Result<PooledBuf, Error>,
+        len: usize,
+    ) -> Result<Frame<T>, Error> {
         let size = std::mem::size_of::<T>();
         let align = std::mem::align_of::<T>();
         let bytes = len
@@ -64,7 +68,7 @@ impl<T: Sample> Frame<T> {
             .ok_or(Error::CapacityOverflow {
                 requested: usize::MAX,
             })?;
-        let mut buf = pool.try_get(bytes)?;
+        let mut buf = get(bytes)?;
         let offset = buf.as_ptr().addr().wrapping_neg() % align;
         buf.extend_for_overwrite(offset + len * size);
         Ok(Frame {
@@ -381,12 +385,7 @@ impl Pool {
         reader: R,
         limits: Limits,
     ) -> Result<PooledImage, DecodeError> {
-        let mut reader = ImageReader::new(reader)
-            .with_guessed_format()
-            .map_err(ImageError::IoError)?;
-        reader.limits(limits.clone());
-        let decoder = reader.into_decoder()?;
-        self.decode_with(decoder, limits)
+        decode_reader(reader, limits, &mut |bytes| self.try_get(bytes))
     }
 
     /// Decodes with a decoder the caller made (a format chosen by hand, a
@@ -398,57 +397,140 @@ impl Pool {
     /// As `decode_image_with_limits`.
     pub fn decode_with<D: ImageDecoder>(
         &self,
-        mut decoder: D,
-        mut limits: Limits,
+        decoder: D,
+        limits: Limits,
     ) -> Result<PooledImage, DecodeError> {
-        let (width, height) = decoder.dimensions();
-        let color = decoder.color_type();
-        let frame_bytes = decoder.total_bytes();
-        let limit = limits.max_alloc.unwrap_or(u64::MAX);
-        if frame_bytes > limit {
-            return Err(DecodeError::TooLarge {
-                width,
-                height,
-                frame_bytes,
-                limit,
-            });
-        }
-        limits.reserve(frame_bytes)?;
-        decoder.set_limits(limits)?;
-        let bytes = usize::try_from(frame_bytes).map_err(|_| Error::CapacityOverflow {
-            requested: usize::MAX,
-        })?;
-        macro_rules! decode {
-            ($variant:ident, $sample:ty) => {{
-                let mut frame =
-                    Frame::<$sample>::take(self, bytes / std::mem::size_of::<$sample>())?;
-                decoder.read_image(frame.overwrite())?;
-                let image = ImageBuffer::from_raw(width, height, frame).ok_or_else(|| {
-                    ImageError::Parameter(image::error::ParameterError::from_kind(
-                        image::error::ParameterErrorKind::DimensionMismatch,
-                    ))
-                })?;
-                Ok(PooledImage::$variant(image))
-            }};
-        }
-        match color {
-            ColorType::L8 => decode!(L8, u8),
-            ColorType::La8 => decode!(La8, u8),
-            ColorType::Rgb8 => decode!(Rgb8, u8),
-            ColorType::Rgba8 => decode!(Rgba8, u8),
-            ColorType::L16 => decode!(L16, u16),
-            ColorType::La16 => decode!(La16, u16),
-            ColorType::Rgb16 => decode!(Rgb16, u16),
-            ColorType::Rgba16 => decode!(Rgba16, u16),
-            ColorType::Rgb32F => decode!(Rgb32F, f32),
-            ColorType::Rgba32F => decode!(Rgba32F, f32),
-            other => Err(DecodeError::Image(ImageError::Unsupported(
-                UnsupportedError::from_format_and_kind(
-                    ImageFormatHint::Unknown,
-                    UnsupportedErrorKind::Color(other.into()),
-                ),
-            ))),
-        }
+        decode_into(decoder, limits, &mut |bytes| self.try_get(bytes))
+    }
+}
+
+// === impl Permit (images) ===
+
+#[cfg_attr(docsrs, doc(cfg(feature = "image")))]
+impl Permit {
+    /// [`Pool::decode_image`] for an admitted request: the frame comes out
+    /// of what the permit set aside, and is never refused.
+    ///
+    /// ```
+    /// # let png = { let mut v = Vec::new(); image::RgbImage::new(64, 48).write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Png).unwrap(); v };
+    /// let pool = tierpool::Pool::new();
+    /// // Admitted for its frame: 64 × 48 RGB.
+    /// let permit = pool.admit(64 * 48 * 3, std::time::Duration::from_secs(1)).unwrap();
+    /// let upload = pool.read_to_end(&png[..])?;
+    /// let before = permit.remaining();
+    /// let image = permit.decode_image(upload).unwrap();
+    /// assert_eq!((image.width(), image.height()), (64, 48));
+    /// assert!(permit.remaining() < before, "the frame drew on the permit");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::decode_image_with_limits`], except that the frame is never
+    /// refused by admission.
+    pub fn decode_image<R: BufRead + Seek>(&self, reader: R) -> Result<PooledImage, DecodeError> {
+        self.decode_image_with_limits(reader, Limits::default())
+    }
+
+    /// [`Pool::decode_image_with_limits`] for an admitted request: the frame
+    /// comes out of what the permit set aside, and is never refused.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::decode_image_with_limits`], except that the frame is never
+    /// refused by admission.
+    pub fn decode_image_with_limits<R: BufRead + Seek>(
+        &self,
+        reader: R,
+        limits: Limits,
+    ) -> Result<PooledImage, DecodeError> {
+        decode_reader(reader, limits, &mut |bytes| Ok(self.get(bytes)))
+    }
+
+    /// [`Pool::decode_with`] for an admitted request: the frame comes out
+    /// of what the permit set aside, and is never refused.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::decode_with`], except that the frame is never refused by
+    /// admission.
+    pub fn decode_with<D: ImageDecoder>(
+        &self,
+        decoder: D,
+        limits: Limits,
+    ) -> Result<PooledImage, DecodeError> {
+        decode_into(decoder, limits, &mut |bytes| Ok(self.get(bytes)))
+    }
+}
+
+/// Reads the header, makes the decoder for the format it names (with
+/// `limits` on its own allocations) and decodes through [`decode_into`].
+fn decode_reader<R: BufRead + Seek>(
+    reader: R,
+    limits: Limits,
+    get: &mut dyn FnMut(usize) -> Result<PooledBuf, Error>,
+) -> Result<PooledImage, DecodeError> {
+    let mut reader = ImageReader::new(reader)
+        .with_guessed_format()
+        .map_err(ImageError::IoError)?;
+    reader.limits(limits.clone());
+    let decoder = reader.into_decoder()?;
+    decode_into(decoder, limits, get)
+}
+
+/// The checks and the decoding of [`Pool::decode_with`], the frame taken
+/// through `get`.
+fn decode_into<D: ImageDecoder>(
+    mut decoder: D,
+    mut limits: Limits,
+    get: &mut dyn FnMut(usize) -> Result<PooledBuf, Error>,
+) -> Result<PooledImage, DecodeError> {
+    let (width, height) = decoder.dimensions();
+    let color = decoder.color_type();
+    let frame_bytes = decoder.total_bytes();
+    let limit = limits.max_alloc.unwrap_or(u64::MAX);
+    if frame_bytes > limit {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            frame_bytes,
+            limit,
+        });
+    }
+    limits.reserve(frame_bytes)?;
+    decoder.set_limits(limits)?;
+    let bytes = usize::try_from(frame_bytes).map_err(|_| Error::CapacityOverflow {
+        requested: usize::MAX,
+    })?;
+    macro_rules! decode {
+        ($variant:ident, $sample:ty) => {{
+            let mut frame = Frame::<$sample>::take(get, bytes / std::mem::size_of::<$sample>())?;
+            decoder.read_image(frame.overwrite())?;
+            let image = ImageBuffer::from_raw(width, height, frame).ok_or_else(|| {
+                ImageError::Parameter(image::error::ParameterError::from_kind(
+                    image::error::ParameterErrorKind::DimensionMismatch,
+                ))
+            })?;
+            Ok(PooledImage::$variant(image))
+        }};
+    }
+    match color {
+        ColorType::L8 => decode!(L8, u8),
+        ColorType::La8 => decode!(La8, u8),
+        ColorType::Rgb8 => decode!(Rgb8, u8),
+        ColorType::Rgba8 => decode!(Rgba8, u8),
+        ColorType::L16 => decode!(L16, u16),
+        ColorType::La16 => decode!(La16, u16),
+        ColorType::Rgb16 => decode!(Rgb16, u16),
+        ColorType::Rgba16 => decode!(Rgba16, u16),
+        ColorType::Rgb32F => decode!(Rgb32F, f32),
+        ColorType::Rgba32F => decode!(Rgba32F, f32),
+        other => Err(DecodeError::Image(ImageError::Unsupported(
+            UnsupportedError::from_format_and_kind(
+                ImageFormatHint::Unknown,
+                UnsupportedErrorKind::Color(other.into()),
+            ),
+        ))),
     }
 }
 

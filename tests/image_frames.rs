@@ -208,6 +208,32 @@ fn admission_refuses_a_frame_with_a_typed_error() {
 }
 
 #[test]
+fn an_admitted_request_decodes_on_its_permit_where_a_plain_get_is_refused() {
+    // 320 × 240 RGB: a 230 400-byte frame, in a 256 KiB class.
+    let pool = Pool::builder().max_in_use_bytes(300_000).build();
+    let file = encode(&photo(320, 240, 3), ImageFormat::Png);
+    let permit = pool
+        .admit(320 * 240 * 3, std::time::Duration::from_secs(1))
+        .expect("room for one frame");
+    // The permit holds the room: a request that was not admitted is refused.
+    match pool.decode_image(Cursor::new(&file)).unwrap_err() {
+        DecodeError::Pool(e) => assert!(e.is_refused(), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The admitted one decodes on what it was given, equal to image's own.
+    let before = permit.remaining();
+    let image = permit.decode_image(Cursor::new(&file)).unwrap();
+    assert_eq!(image.to_dynamic(), reference(&file));
+    assert!(
+        before - permit.remaining() >= 320 * 240 * 3,
+        "the frame drew on the permit"
+    );
+    drop(image);
+    drop(permit);
+    assert_eq!(pool.stats().in_use_bytes, 0);
+}
+
+#[test]
 fn decode_resize_encode_all_in_the_pool() {
     let pool = Pool::new();
     let file = encode(&photo(1200, 900, 2), ImageFormat::Jpeg);
