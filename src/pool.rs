@@ -1180,9 +1180,10 @@ impl PoolInner {
         this.finish_pass(freed, TrimReason::PoolClosed);
     }
 
-    /// Runs `f` on every open cache of `caches`, each locked in turn. A
-    /// cache whose flag cannot be had within [`LOCK_PATIENCE`] (held by a
-    /// thread lost in a `fork`) is skipped.
+    /// Runs `f` on every open cache of `caches`, all entered together with
+    /// one heavy barrier ([`thread_cache::lock_all`]) and each let go once
+    /// done. A cache that cannot be entered within [`LOCK_PATIENCE`] tries
+    /// (held by a thread lost in a `fork`) is skipped.
     pub(crate) fn for_each_open_cache(
         caches: &[Arc<ThreadCache>],
         mut f: impl FnMut(&mut CacheState),
