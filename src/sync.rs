@@ -116,17 +116,19 @@ mod fork_gate_imp {
 
     std::thread_local! {
         /// Shares this thread holds: a holder takes more without waiting
-        /// (the closing side waits for it to let go).
+        /// (the closing side waits for it to let go). No destructor, so it
+        /// is there for the whole life of the thread.
         static HELD: Cell<usize> = const { Cell::new(0) };
     }
 
-    /// A shared share of the fork gate.
+    /// A shared share of the fork gate, this thread's (not `Send`: `HELD`
+    /// counts it).
     #[must_use]
-    pub(crate) struct ForkGate(());
+    pub(crate) struct ForkGate(std::marker::PhantomData<*const ()>);
 
     impl Drop for ForkGate {
         fn drop(&mut self) {
-            let _ = HELD.try_with(|held| held.set(held.get().saturating_sub(1)));
+            HELD.with(|held| held.set(held.get() - 1));
             // Release: what the holder did is seen by the closing side.
             GATE.fetch_sub(1, Ordering::Release);
         }
@@ -135,13 +137,12 @@ mod fork_gate_imp {
     /// Takes a shared share of the fork gate (recursive: a holder may take
     /// another while the prepare handler waits).
     pub(crate) fn fork_gate() -> ForkGate {
-        // A thread-local being destroyed counts as holding nothing.
-        let nested = HELD.try_with(Cell::get).unwrap_or(0) > 0;
+        let nested = HELD.with(Cell::get) > 0;
         loop {
             let before = GATE.fetch_add(1, Ordering::Acquire);
             if before & CLOSED == 0 || nested {
-                let _ = HELD.try_with(|held| held.set(held.get() + 1));
-                return ForkGate(());
+                HELD.with(|held| held.set(held.get() + 1));
+                return ForkGate(std::marker::PhantomData);
             }
             // A fork is under way: step back and wait for it.
             GATE.fetch_sub(1, Ordering::Release);
