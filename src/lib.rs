@@ -11,6 +11,7 @@ pub mod event;
 #[cfg_attr(docsrs, doc(cfg(feature = "image")))]
 pub mod frame;
 pub mod io;
+mod large;
 mod limits;
 mod os;
 mod pool;
@@ -36,7 +37,7 @@ pub use limits::{
 };
 pub use pool::{Pool, PoolBuilder, global};
 pub use size_class::SizeClasses;
-pub use stats::{ClassStats, Stats};
+pub use stats::{ClassStats, LargeStats, Stats};
 
 // The unit tests use real threads and atomics; under loom only the model
 // tests build.

@@ -10,9 +10,11 @@
 //! A *block* is `size` (non-zero) bytes from [`alloc`]: mapped straight from
 //! the OS when [`is_mapped`]`(size)` (Unix, 128 KiB and up), otherwise from
 //! the global allocator with `u8`'s layout, the layout `Vec<u8>` uses. A block
-//! is freed exactly once, by [`free`] with the same `size`; [`remap`] turns a
-//! mapped block of one size into a mapped block of another, keeping its
-//! physical pages. Nothing here tracks ownership: the callers do.
+//! is freed exactly once, by [`free`] with the same `size`, or, mapped, page
+//! by page with [`unmap`]. [`move_pages`] and [`grow_pages`] move physical
+//! pages between mappings (`mremap`), which is how the large tier
+//! (`large.rs`) reuses idle pages for a block of any size. Nothing here
+//! tracks ownership: the callers do.
 
 #![allow(clippy::disallowed_methods)] // this is the one module allowed to
 
@@ -70,7 +72,7 @@ pub(crate) fn alloc(size: usize) -> Result<NonNull<u8>, Error> {
 ///
 /// # Safety
 ///
-/// `ptr` is a block of exactly `size` bytes (from [`alloc`] or [`remap`])
+/// `ptr` is a block of exactly `size` bytes from [`alloc`]
 /// that the caller owns, and nothing uses it afterwards.
 pub(crate) unsafe fn free(ptr: NonNull<u8>, size: usize) -> bool {
     #[cfg(all(unix, not(miri)))]
@@ -87,25 +89,99 @@ pub(crate) unsafe fn free(ptr: NonNull<u8>, size: usize) -> bool {
     false
 }
 
-/// Resizes a mapped block in place or by moving its pages (`mremap`), so
-/// the physical pages it has keep serving: shrinking hands the tail back,
-/// growing faults only the extension. `None` leaves the block as it was
-/// (other platforms, or the kernel refused).
+/// The bytes a block of `size` occupies: whole pages when it is mapped
+/// (the kernel maps and unmaps whole pages), `size` itself otherwise.
+#[inline]
+pub(crate) fn span(size: usize) -> usize {
+    if is_mapped(size) {
+        size.next_multiple_of(PAGE)
+    } else {
+        size
+    }
+}
+
+/// Whether the kernel can move pages between mappings ([`move_pages`],
+/// [`grow_pages`]): Linux only.
+pub(crate) const CAN_MOVE_PAGES: bool = cfg!(all(target_os = "linux", not(miri)));
+
+/// Unmaps `[ptr, ptr + len)`: whole pages of mappings made here (by
+/// [`alloc`], [`grow_pages`] or [`move_pages`]), which may span several of
+/// them.
 ///
 /// # Safety
 ///
-/// `ptr` is a block of exactly `old` bytes that the caller owns, and both
-/// `old` and `new` are mapped sizes ([`is_mapped`]). On `Some`, the old
-/// pointer is gone and the new one is a block of `new` bytes whose first
-/// `min(old, new)` bytes are the old contents.
+/// `ptr` is page-aligned, `len` a non-zero multiple of [`PAGE`], every page
+/// of the range is mapped by this module, the caller owns them all, and
+/// nothing uses them afterwards.
 #[allow(unused_variables)]
-pub(crate) unsafe fn remap(ptr: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
-    debug_assert!(is_mapped(old) && is_mapped(new));
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    debug_assert!(ptr.as_ptr() as usize % PAGE == 0 && len % PAGE == 0 && len > 0);
+    #[cfg(all(unix, not(miri)))]
+    {
+        // SAFETY: by the caller's promise, pages of our own mappings that
+        // nothing uses any more.
+        let rc = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
+        debug_assert_eq!(rc, 0, "munmap of pages we mapped");
+    }
+}
+
+/// Moves the pages of `[from, from + len)` to `[to, to + len)`
+/// (`mremap(MREMAP_FIXED)`): the physical pages go along, nothing is
+/// copied or faulted, whatever was mapped at `to` is unmapped first, and
+/// `from` is left unmapped. `false` (the kernel refused, or not Linux)
+/// leaves both ranges as they were.
+///
+/// # Safety
+///
+/// Both addresses page-aligned, `len` a non-zero multiple of [`PAGE`]; the
+/// source lies in one mapping made by this module (a kernel before 6.17
+/// refuses a range across several); the destination is pages of our own
+/// mappings; the caller owns both ranges, the ranges do not overlap, and
+/// the caller does not need the destination's contents.
+#[allow(unused_variables)]
+pub(crate) unsafe fn move_pages(from: NonNull<u8>, len: usize, to: NonNull<u8>) -> bool {
+    debug_assert!(from.as_ptr() as usize % PAGE == 0 && to.as_ptr() as usize % PAGE == 0);
+    debug_assert!(len % PAGE == 0 && len > 0);
     #[cfg(all(target_os = "linux", not(miri)))]
     {
-        // SAFETY: by the caller's promise, `ptr` is a private anonymous
-        // mapping of `old` bytes that nothing else uses; MREMAP_MAYMOVE lets
-        // the kernel move it, and on failure it is left untouched.
+        // SAFETY: by the caller's promise, both ranges are private
+        // anonymous pages the caller owns and nothing else uses;
+        // MREMAP_FIXED replaces the destination's pages, and on failure the
+        // kernel leaves both ranges untouched.
+        let moved = unsafe {
+            libc::mremap(
+                from.as_ptr().cast(),
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        return moved != libc::MAP_FAILED;
+    }
+    #[allow(unreachable_code)]
+    false
+}
+
+/// Turns the pages of `[ptr, ptr + old)` into a mapping of `new` (> `old`)
+/// bytes, in place or moved (`mremap(MREMAP_MAYMOVE)`): the first `old`
+/// bytes keep their physical pages, the rest is fresh. `None` (the kernel
+/// refused, or not Linux) leaves the range as it was.
+///
+/// # Safety
+///
+/// `ptr` page-aligned, `old` and `new` non-zero multiples of [`PAGE`]; the
+/// range lies in one mapping made by this module, the caller owns it, and
+/// on `Some` the old address is gone.
+#[allow(unused_variables)]
+pub(crate) unsafe fn grow_pages(ptr: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+    debug_assert!(ptr.as_ptr() as usize % PAGE == 0 && old % PAGE == 0 && new % PAGE == 0);
+    debug_assert!(0 < old && old < new);
+    #[cfg(all(target_os = "linux", not(miri)))]
+    {
+        // SAFETY: by the caller's promise, a range of one private anonymous
+        // mapping that nothing else uses; MREMAP_MAYMOVE lets the kernel
+        // move it, and on failure it is left untouched.
         let moved = unsafe { libc::mremap(ptr.as_ptr().cast(), old, new, libc::MREMAP_MAYMOVE) };
         if moved != libc::MAP_FAILED {
             return NonNull::new(moved.cast::<u8>());

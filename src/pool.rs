@@ -5,6 +5,10 @@
 //!  drop ──► thread cache ──(full: spill oldest)──► shared tier ──(full)──► os::free
 //! ```
 //!
+//! Mapped classes (128 KiB and up on Unix) have no shared queues: their
+//! idle memory is the large tier's pages (`large.rs`), which a request is
+//! cut from or assembled from, and a return or a spill goes back to.
+//!
 //! The thread cache (`thread_cache.rs`) is a leaf; this file refills and
 //! spills it. The retention budget is `retention.rs`, trimming `trim.rs`,
 //! the container's memory and admission `limits/`.
@@ -17,6 +21,7 @@ use std::time::Duration;
 use crate::buf::PooledBuf;
 use crate::event::{AllocReason, DropReason, Event, EventHook, Events, TrimReason};
 use crate::io::label::{AdapterCounters, Labels};
+use crate::large::{LargeTier, Source};
 use crate::limits::{Limits, LimitsConfig, MemoryLimit, PageCache, Thresholds};
 use crate::os;
 use crate::retention::Retention;
@@ -103,6 +108,11 @@ pub struct PoolBuilder {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClassInfo {
     pub(crate) capacity: usize,
+    /// The bytes a block occupies: `capacity` in whole pages when mapped.
+    pub(crate) span: usize,
+    /// Whether idle blocks of the class live in the large tier
+    /// (`large.rs`) rather than a queue of their own.
+    pub(crate) large: bool,
     /// Slots per thread cache (0: the class goes straight to the shared tier).
     pub(crate) depth: usize,
     /// Buffers moved per refill or spill.
@@ -129,15 +139,14 @@ pub(crate) struct PoolInner {
     /// Most credit a thread cache keeps after a slow path.
     credit_limit: usize,
     pub(crate) shared: Box<[SharedTier]>,
+    /// Idle pages of the mapped classes.
+    pub(crate) large: LargeTier,
     pub(crate) retention: Retention,
     /// Live thread caches, for trimming and statistics.
     pub(crate) registry: Mutex<Vec<Arc<ThreadCache>>>,
     pub(crate) counters: PoolCounters,
     /// Bytes allocated and not yet freed or detached: in use plus idle.
     pub(crate) footprint: AtomicUsize,
-    /// The most bytes in use seen on a slow path since the last idle tick:
-    /// the recent demand that retention is bounded by.
-    pub(crate) peak_in_use: AtomicUsize,
     /// Idle capacity that trimming on idle leaves pooled.
     pub(crate) min_retained: usize,
     /// Read by the trimmer thread, which loom and miri builds do not have.
@@ -510,6 +519,8 @@ impl PoolBuilder {
                 let depth = (self.thread_cache_bytes / capacity).min(MAX_THREAD_CACHE_DEPTH);
                 ClassInfo {
                     capacity,
+                    span: os::span(capacity),
+                    large: os::is_mapped(capacity),
                     depth,
                     batch: (depth / 2).max(1),
                 }
@@ -550,7 +561,7 @@ impl PoolBuilder {
             registry: Mutex::new(Vec::new()),
             counters: PoolCounters::new(classes),
             footprint: AtomicUsize::new(0),
-            peak_in_use: AtomicUsize::new(0),
+            large: LargeTier::default(),
             min_retained: self.min_retained_bytes,
             trim_interval,
             closed: AtomicBool::new(false),
@@ -661,15 +672,19 @@ impl PoolInner {
         if admission == Admission::Check {
             this.limits.admit(this, capacity)?;
         }
-        if let Some(block) = PoolInner::take_by_fit(this, class) {
-            // SAFETY: reshaped from an idle block out of the shared tier, so
-            // ours; `take_by_fit` took a pool count for it.
+        if let Some(block) = PoolInner::take_assembled(this, class) {
+            // SAFETY: made of idle pages of the large tier, so ours;
+            // `take_assembled` took a pool count for it.
             return Ok(unsafe { PooledBuf::from_block(block, this, class as u32) });
         }
+        let info = this.info[class];
         this.limits.note_allocation(this, capacity);
-        let block = os::alloc(capacity)?;
-        let footprint = this.footprint.fetch_add(capacity, Ordering::Relaxed) + capacity;
-        this.note_in_use(footprint.saturating_sub(this.retention.reserved()));
+        let block = if info.large {
+            this.large.map(capacity)?
+        } else {
+            os::alloc(capacity)?
+        };
+        this.footprint.fetch_add(info.span, Ordering::Relaxed);
         this.counters.class[class]
             .misses
             .fetch_add(1, Ordering::Relaxed);
@@ -689,6 +704,19 @@ impl PoolInner {
     /// shared tier with a pool count, and refills this thread's cache for
     /// `class` from the same queue.
     fn take_shared(this: &Arc<PoolInner>, class: usize) -> Option<(NonNull<u8>, usize)> {
+        let info = this.info[class];
+        if info.large {
+            // Idle pages cut from a run that holds the block: no system call.
+            let taken = this.large.take(info.span, false)?;
+            debug_assert_eq!(taken.source, Source::Run);
+            this.retention.unreserve(info.span);
+            this.counters.class[class]
+                .shared_hits
+                .fetch_add(1, Ordering::Relaxed);
+            // SAFETY: `this` is a live `Arc`; the block owns this count.
+            unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
+            return Some((taken.block, class));
+        }
         let last = (class + BORROW_CLASSES_ABOVE).min(this.info.len() - 1);
         let has_cache = this.info[class].depth > 0 && PoolInner::ensure_cache(this);
         for c in class..=last {
@@ -698,12 +726,6 @@ impl PoolInner {
             this.counters.class[c]
                 .shared_hits
                 .fetch_add(1, Ordering::Relaxed);
-            let capacity_c = this.info[c].capacity;
-            this.note_in_use(
-                this.footprint
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(this.retention.reserved().saturating_sub(capacity_c)),
-            );
             // SAFETY: `this` is a live `Arc`; the block owns this count.
             unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
             let capacity = this.info[c].capacity;
@@ -729,90 +751,42 @@ impl PoolInner {
         None
     }
 
-    /// Match by fit: serves a miss of a mapped class with the nearest idle
-    /// mapped block of any other class in the shared tier, reshaped with
-    /// `mremap`: its physical pages keep serving, so a burst of mixed sizes
-    /// reuses the memory it already has instead of faulting fresh pages
-    /// while idle blocks of the wrong classes pile up. Shrinking hands the
-    /// tail back; growing faults only the extension. Linux only.
-    fn take_by_fit(this: &Arc<PoolInner>, class: usize) -> Option<NonNull<u8>> {
-        let capacity = this.info[class].capacity;
-        if !cfg!(target_os = "linux") || !os::is_mapped(capacity) {
+    /// Match by fit: serves a miss of a mapped class from the large tier's
+    /// idle pages: a run that holds the block (another thread returned one
+    /// since `take_shared` looked), else the largest runs moved together
+    /// with `mremap` and completed with fresh pages. So a miss faults only
+    /// what the idle pages do not cover, and what the pool holds stays
+    /// within what was in use at the peak. Linux only (elsewhere runs are
+    /// still cut, never moved).
+    fn take_assembled(this: &Arc<PoolInner>, class: usize) -> Option<NonNull<u8>> {
+        let info = this.info[class];
+        if !info.large {
             return None;
         }
-        // Some idle memory beyond what is in use is worth keeping as it is,
-        // for exact reuse; past that slack, reshape rather than grow.
-        // Retention bounded by recent demand: while the memory held stays
-        // within the peak of the memory in use since the last idle tick, a
-        // miss maps fresh memory and idle blocks wait for exact reuse; past
-        // it, the miss reshapes an idle block instead. (Measured on the
-        // burst benchmark, 2026-12-01: bounding by the memory in use *now*
-        // peaked lower but halved the steady-state speed; any slack above
-        // the recent peak raised the burst's peak above plain Vec's.)
-        let footprint = this.footprint.load(Ordering::Relaxed);
-        let in_use = footprint.saturating_sub(this.retention.reserved());
-        if footprint + capacity <= this.note_in_use(in_use) {
-            return None;
-        }
-        // Nearest first: one class below, one class past the borrowing
-        // range above, and outwards.
-        let above = class + BORROW_CLASSES_ABOVE + 1;
-        let classes = this.info.len();
-        for step in 0..classes {
-            let candidates = [
-                class.checked_sub(step + 1),
-                Some(above + step).filter(|&c| c < classes),
-            ];
-            if candidates.iter().all(Option::is_none) {
-                break;
+        let taken = this.large.take(info.span, true)?;
+        let counters = &this.counters.class[class];
+        match taken.source {
+            Source::Run => {
+                this.retention.unreserve(info.span);
+                counters.shared_hits.fetch_add(1, Ordering::Relaxed);
             }
-            for from in candidates.into_iter().flatten() {
-                let old = this.info[from].capacity;
-                if !os::is_mapped(old) {
-                    continue;
-                }
-                let Some(block) = this.shared[from].pop() else {
-                    continue;
-                };
-                this.retention.unreserve(old);
-                // SAFETY: popped from the shared tier, so ours: a mapped
-                // block of `old` bytes; `capacity` is a mapped size too.
-                match unsafe { os::remap(block, old, capacity) } {
-                    Some(block) => {
-                        if capacity > old {
-                            this.footprint.fetch_add(capacity - old, Ordering::Relaxed);
-                        } else {
-                            this.footprint.fetch_sub(old - capacity, Ordering::Relaxed);
-                            this.counters
-                                .released_bytes
-                                .fetch_add((old - capacity) as u64, Ordering::Relaxed);
-                        }
-                        let counters = &this.counters.class[class];
-                        counters.fit_hits.fetch_add(1, Ordering::Relaxed);
-                        counters
-                            .fit_grown_bytes
-                            .fetch_add(capacity.saturating_sub(old) as u64, Ordering::Relaxed);
-                        // SAFETY: `this` is a live `Arc`; the block owns
-                        // this count from now on.
-                        unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
-                        return Some(block);
-                    }
-                    None => {
-                        // SAFETY: a failed remap leaves the block as it was.
-                        unsafe { this.free_memory(block, old) };
-                        return None;
-                    }
+            Source::Assembled { moved, .. } => {
+                // The moved pages were idle (reserved); the rest is new.
+                this.retention.unreserve(moved);
+                this.footprint
+                    .fetch_add(info.span - moved, Ordering::Relaxed);
+                counters.fit_hits.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .fit_grown_bytes
+                    .fetch_add((info.span - moved) as u64, Ordering::Relaxed);
+                if moved < info.span {
+                    this.limits.note_allocation(this, info.span - moved);
                 }
             }
         }
-        None
-    }
-
-    /// Records `in_use` in the recent peak and returns the peak.
-    fn note_in_use(&self, in_use: usize) -> usize {
-        self.peak_in_use
-            .fetch_max(in_use, Ordering::Relaxed)
-            .max(in_use)
+        // SAFETY: `this` is a live `Arc`; the block owns this count.
+        unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
+        Some(taken.block)
     }
 
     /// Moves up to a batch less one of idle blocks from the shared tier
@@ -970,7 +944,7 @@ impl PoolInner {
                 .returns
                 .fetch_add(1, Ordering::Relaxed);
             if pool.retention.try_reserve(capacity) {
-                match pool.shared[class].push(block) {
+                match pool.stash(block, class) {
                     Ok(()) => {
                         pool.report_freed_full(capacity, freed_full);
                         return Returned::Uncached;
@@ -982,7 +956,7 @@ impl PoolInner {
                 .dropped_full
                 .fetch_add(1, Ordering::Relaxed);
             // SAFETY: the caller gave this block up.
-            unsafe { pool.free_memory(block, capacity) };
+            unsafe { pool.free_memory(block, class) };
             pool.report_freed_full(capacity, freed_full);
             pool.events.emit(Event::Dropped {
                 capacity,
@@ -994,7 +968,7 @@ impl PoolInner {
             .returns
             .fetch_add(1, Ordering::Relaxed);
         // SAFETY: the caller gave this block up.
-        unsafe { pool.free_memory(block, capacity) };
+        unsafe { pool.free_memory(block, class) };
         pool.events.emit(Event::Dropped { capacity, reason });
         Returned::Uncached
     }
@@ -1042,7 +1016,7 @@ impl PoolInner {
             if cache.is_full(class) {
                 cache.take_oldest(class, info.batch, |old| {
                     spilled += 1;
-                    if let Err(old) = pool.shared[class].push(old) {
+                    if let Err(old) = pool.stash(old, class) {
                         // SAFETY: handed back by the queue: ours.
                         unsafe { pool.free_idle(old, class) };
                         *freed_full += 1;
@@ -1089,8 +1063,13 @@ impl PoolInner {
 
     /// Frees an oversize block. The caller drops its pool count afterwards.
     pub(crate) fn give_back_oversize(&self, block: NonNull<u8>, size: usize) {
+        self.footprint.fetch_sub(size, Ordering::Relaxed);
         // SAFETY: the caller owned this block of `size` bytes and gives it up.
-        unsafe { self.free_memory(block, size) };
+        if unsafe { os::free(block, size) } {
+            self.counters
+                .released_bytes
+                .fetch_add(size as u64, Ordering::Relaxed);
+        }
         self.counters.oversize_returned(size);
         self.limits.note_return();
         self.events.emit(Event::Dropped {
@@ -1126,22 +1105,68 @@ impl PoolInner {
         }
     }
 
-    /// Frees a block's memory, counting the bytes whose pages went straight
-    /// back to the OS. It wakes no admission waiter: it may run under a
-    /// thread cache's flag, where no outside code may run; the callers wake
-    /// them once out ([`Limits::note_return`]).
+    /// Frees a block of `class`, counting the bytes whose pages went
+    /// straight back to the OS. It wakes no admission waiter: it may run
+    /// under a thread cache's flag, where no outside code may run; the
+    /// callers wake them once out ([`Limits::note_return`]).
     ///
     /// # Safety
     ///
-    /// As [`os::free`].
-    pub(crate) unsafe fn free_memory(&self, block: NonNull<u8>, size: usize) {
-        self.footprint.fetch_sub(size, Ordering::Relaxed);
-        // SAFETY: forwarded from the caller.
-        if unsafe { os::free(block, size) } {
+    /// `block` is a block of `class` of this pool that the caller owns and
+    /// gives up.
+    pub(crate) unsafe fn free_memory(&self, block: NonNull<u8>, class: usize) {
+        let info = self.info[class];
+        self.footprint.fetch_sub(info.span, Ordering::Relaxed);
+        let released = if info.large {
+            // SAFETY: blocks of large classes come from the large tier.
+            unsafe { self.large.unmap(block, info.span) };
+            true
+        } else {
+            // SAFETY: forwarded from the caller: a block of the class's
+            // capacity from `os::alloc`.
+            unsafe { os::free(block, info.capacity) }
+        };
+        if released {
             self.counters
                 .released_bytes
-                .fetch_add(size as u64, Ordering::Relaxed);
+                .fetch_add(info.span as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Queues an idle block that holds a reservation of its capacity: in
+    /// its class's shared queue, or as idle pages of the large tier (which
+    /// keeps whole pages reserved: the rounding up to a page is reserved
+    /// here). On `Err` the block is the caller's again, still reserved.
+    pub(crate) fn stash(&self, block: NonNull<u8>, class: usize) -> Result<(), NonNull<u8>> {
+        let info = self.info[class];
+        if !info.large {
+            return self.shared[class].push(block);
+        }
+        let slack = info.span - info.capacity;
+        if slack > 0 && !self.retention.try_reserve(slack) {
+            return Err(block);
+        }
+        // SAFETY: an idle block of a large class, so from the large tier,
+        // of `span` bytes; the caller hands it over.
+        unsafe { self.large.put(block, info.span) };
+        Ok(())
+    }
+
+    /// Unmaps up to `bytes` of the large tier's idle pages as trimmed.
+    pub(crate) fn release_large(&self, bytes: usize, freed: &mut Freed) {
+        let released = self.large.release(bytes);
+        if released == 0 {
+            return;
+        }
+        self.footprint.fetch_sub(released, Ordering::Relaxed);
+        self.retention.unreserve(released);
+        self.counters
+            .released_bytes
+            .fetch_add(released as u64, Ordering::Relaxed);
+        self.counters
+            .large_trimmed_bytes
+            .fetch_add(released as u64, Ordering::Relaxed);
+        freed.bytes += released;
     }
 
     /// Frees an idle block that held a reservation (and no pool count: a
@@ -1151,10 +1176,9 @@ impl PoolInner {
     ///
     /// `block` is an idle block of `class` that the caller took out of a tier.
     pub(crate) unsafe fn free_idle(&self, block: NonNull<u8>, class: usize) {
-        let capacity = self.info[class].capacity;
         // SAFETY: the caller took the block out of its tier: it is ours.
-        unsafe { self.free_memory(block, capacity) };
-        self.retention.unreserve(capacity);
+        unsafe { self.free_memory(block, class) };
+        self.retention.unreserve(self.info[class].capacity);
     }
 }
 
@@ -1219,6 +1243,7 @@ impl PoolInner {
                 unsafe { self.trim_block(block, class, freed) };
             }
         }
+        self.release_large(usize::MAX, freed);
     }
 
     /// Flushes this thread's cache into the shared tier and forgets it.
@@ -1252,7 +1277,7 @@ impl PoolInner {
         let mut counts = 0;
         state.drain(|class, block| {
             counts += 1;
-            if let Err(block) = pool.shared[class].push(block) {
+            if let Err(block) = pool.stash(block, class) {
                 // SAFETY: handed back by the queue: ours.
                 unsafe { pool.free_idle(block, class) };
                 pool.counters.class[class]
@@ -1291,8 +1316,9 @@ unsafe fn flush_exiting(pool: NonNull<()>, cache: *const ThreadCache, state: &mu
 }
 
 impl Drop for PoolInner {
-    /// Frees what is still queued in the shared tier (blocks pushed after
-    /// the closing trim by an exiting thread) and gives the slot back.
+    /// Frees what is still queued in the shared tier and the large tier
+    /// (blocks pushed after the closing trim by an exiting thread) and
+    /// gives the slot back.
     fn drop(&mut self) {
         for (class, tier) in self.shared.iter().enumerate() {
             while let Some(block) = tier.pop() {
@@ -1301,6 +1327,7 @@ impl Drop for PoolInner {
                 unsafe { os::free(block, self.info[class].capacity) };
             }
         }
+        self.large.release_all();
         slots::recycle(self.slot);
         crate::trim::forget_soon();
     }

@@ -15,8 +15,9 @@ use crate::thread_cache::{CacheState, ThreadCache};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Idle capacity held in every tier (thread caches and shared tier), in
-    /// bytes. Never above `max_retained_bytes`.
+    /// Idle capacity held in every tier (thread caches, shared tier, and
+    /// the idle pages of the large tier), in bytes. Never above
+    /// `max_retained_bytes`.
     pub retained_bytes: usize,
     /// Retention budget reserved: `retained_bytes` plus the thread caches'
     /// credit (budget a thread holds for its next returns, reserved in
@@ -70,11 +71,52 @@ pub struct Stats {
     pub set_aside_bytes: usize,
     /// One entry per class, smallest first.
     pub classes: Vec<ClassStats>,
+    /// The large tier: the idle pages of the mapped classes (128 KiB and
+    /// up on Unix), shared by all of them.
+    pub large: LargeStats,
     /// What the adapters (`read_to_end`, writers) did, all labels included.
     pub adapters: AdapterStats,
     /// Per label of [`Pool::label`](crate::Pool::label): activity and the
     /// final-size distribution, so a dashboard shows which pipeline grows.
     pub labels: Vec<LabelStats>,
+}
+
+/// The large tier, in [`Stats::large`]: idle pages of the mapped classes,
+/// kept as runs that any of them is cut from or assembled from, instead of
+/// idle blocks of each class.
+///
+/// A request first takes the front of the smallest idle run that holds it
+/// (`cut`, no system call); failing that, the largest runs are moved side
+/// by side with `mremap` (`assembled`, `moves`, `moved_bytes`) and the rest
+/// of the block is fresh (`assembled_fresh_bytes`, counted per class as
+/// [`ClassStats::fit_grown_bytes`]). Fresh bytes are the pages a block may
+/// fault for the first time: the estimate assumes the whole block is
+/// written, and counts pages moved in as already faulted (they were
+/// written by their previous user, or handed back by a trim of the
+/// previous chunk in `read_to_end`, which then faults them again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LargeStats {
+    /// Idle bytes in the tier (included in [`Stats::retained_bytes`]).
+    pub idle_bytes: usize,
+    /// Idle runs (address ranges) they form.
+    pub runs: usize,
+    /// Mappings the tier tracks, idle or in use: each assembly adds some,
+    /// trimming removes them.
+    pub mappings: usize,
+    /// Blocks cut from an idle run.
+    pub cut: u64,
+    /// Blocks assembled from moved runs.
+    pub assembled: u64,
+    /// Ranges moved by `mremap` into assembled blocks.
+    pub moves: u64,
+    /// Bytes of idle pages moved into assembled blocks.
+    pub moved_bytes: u64,
+    /// Bytes of assembled blocks that no idle page covered.
+    pub assembled_fresh_bytes: u64,
+    /// Idle bytes unmapped by trimming (also in
+    /// [`Stats::trimmed_bytes`] and [`Stats::released_bytes`]).
+    pub trimmed_bytes: u64,
 }
 
 /// The figures of one size class, in [`Stats::classes`].
@@ -89,13 +131,13 @@ pub struct ClassStats {
     /// Hits served by the requesting thread's own cache.
     pub thread_cache_hits: u64,
     /// Hits served by the shared tier (including requests of up to two classes
-    /// below that borrowed an idle buffer of this class).
+    /// below that borrowed an idle buffer of this class), or, for a mapped
+    /// class, cut from one idle run of the large tier.
     pub shared_hits: u64,
-    /// Hits served by an idle mapped buffer of another class, reshaped to
-    /// this class with `mremap` (its pages kept; shrinking hands the tail
-    /// back, growing faults only the extension).
+    /// Hits served by idle pages of the large tier moved together with
+    /// `mremap` (see [`LargeStats`]): no idle run held the block whole.
     pub fit_hits: u64,
-    /// Bytes that fit hits grew by: the pages they faulted fresh.
+    /// Bytes of fit hits that no idle page covered: fresh pages.
     pub fit_grown_bytes: u64,
     /// Requests that found no idle buffer and allocated one.
     pub misses: u64,
@@ -170,6 +212,23 @@ impl fmt::Display for Stats {
                 c.detached,
                 Size(c.retained_bytes),
                 Size(c.in_use_bytes),
+            )?;
+        }
+        let l = &self.large;
+        if l.cut + l.assembled + l.idle_bytes as u64 > 0 {
+            writeln!(
+                f,
+                "large tier: {} idle in {} runs, {} mappings; {} cut, {} assembled \
+                 ({} moves, {} moved, {} fresh), {} trimmed",
+                Mib(l.idle_bytes),
+                l.runs,
+                l.mappings,
+                l.cut,
+                l.assembled,
+                l.moves,
+                Mib(l.moved_bytes as usize),
+                Mib(l.assembled_fresh_bytes as usize),
+                Mib(l.trimmed_bytes as usize),
             )?;
         }
         let a = &self.adapters;
@@ -275,6 +334,7 @@ pub(crate) struct PoolCounters {
     trim_passes: AtomicU64,
     trimmed_bytes: AtomicU64,
     pub(crate) released_bytes: AtomicU64,
+    pub(crate) large_trimmed_bytes: AtomicU64,
 }
 
 impl PoolCounters {
@@ -287,6 +347,7 @@ impl PoolCounters {
             trim_passes: AtomicU64::new(0),
             trimmed_bytes: AtomicU64::new(0),
             released_bytes: AtomicU64::new(0),
+            large_trimmed_bytes: AtomicU64::new(0),
         }
     }
 
@@ -379,6 +440,11 @@ impl PoolInner {
             stats.in_use_buffers += class.in_use_buffers;
         }
         stats.classes = classes;
+        stats.large = LargeStats {
+            trimmed_bytes: load(&c.large_trimmed_bytes),
+            ..self.large.stats()
+        };
+        stats.retained_bytes += stats.large.idle_bytes;
         stats.adapters = self.adapters.snapshot();
         stats.labels = self.labels.stats(self.classes.sizes());
         self.limits.fill_stats(&mut stats);

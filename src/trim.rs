@@ -52,7 +52,7 @@ impl PoolInner {
     /// statistics and events always agree.
     pub(crate) fn finish_pass(&self, freed: Freed, reason: TrimReason) {
         self.counters.trimmed(freed.bytes);
-        if freed.buffers > 0 {
+        if freed.bytes > 0 {
             self.limits.note_return();
         }
         self.events.emit(Event::Trimmed {
@@ -87,7 +87,8 @@ impl PoolInner {
             .iter()
             .zip(this.info.iter())
             .map(|(tier, info)| tier.len() * info.capacity)
-            .sum();
+            .sum::<usize>()
+            + this.large.idle_bytes();
         // Caches whose owner is inside right now are in use, not idle: the
         // tick skips them (owner patience 1) and holds the rest for both
         // passes. Another pass over a cache (`stats()`) lasts microseconds:
@@ -115,6 +116,9 @@ impl PoolInner {
             }
             tier.mark_tick();
         }
+        // Idle pages of the large tier that no request needed all interval.
+        let unused = this.large.idle_since_tick();
+        this.release_large(unused.min(budget - freed.bytes), &mut freed);
         // Each cache is let go as soon as it is done, so its owner is
         // locked out only while its own blocks are freed.
         for mut guard in guards {
@@ -142,12 +146,6 @@ impl PoolInner {
             });
         }
         drop(caches);
-        // A new interval of demand starts from what is in use now.
-        let in_use = this
-            .footprint
-            .load(Ordering::Relaxed)
-            .saturating_sub(this.retention.reserved());
-        this.peak_in_use.store(in_use, Ordering::Relaxed);
         this.finish_pass(freed, TrimReason::Idle);
     }
 
@@ -166,6 +164,9 @@ impl PoolInner {
         PoolInner::for_each_open_cache(&caches, |state| {
             this.retention.unreserve(std::mem::take(&mut state.credit));
         });
+        // The large tier's idle pages first: the smallest runs, the least
+        // reusable.
+        this.release_large(this.retention.reserved().saturating_sub(limit), &mut freed);
         for (class, tier) in this.shared.iter().enumerate().rev() {
             while over() {
                 let Some(block) = tier.pop() else { break };

@@ -498,7 +498,7 @@ fn admit_async_resolves_when_memory_comes_back() {
 #[test]
 fn a_refusable_request_is_not_served_by_growing_an_idle_block_past_the_budget() {
     // A 128 KiB block idle, 1 MiB of budget: a 4 MiB request must be
-    // refused, not served by reshaping the idle block into 4 MiB.
+    // refused, not served by assembling the idle pages into 4 MiB.
     let pool = Pool::builder()
         .memory_limit(MemoryLimit::Unlimited)
         .max_in_use_bytes(1 << 20)

@@ -4,8 +4,8 @@
 //!
 //! Invariants:
 //! 1. A new buffer is empty, and its capacity is its class (or at most two
-//!    classes above, when it borrowed an idle larger buffer; with mapped
-//!    classes an idle block of another class may be reshaped to it), or
+//!    classes above, when it borrowed an idle larger buffer; a mapped class
+//!    gets exactly its class, cut from or assembled out of idle pages), or
 //!    exactly the request above the largest class.
 //! 2. No buffer is handed out twice: live buffers never share memory.
 //! 3. Contents are exactly what was written; no stale byte is ever visible.
@@ -15,8 +15,9 @@
 //!    the caches of the (idle, alive) worker threads.
 //!
 //! Two configurations: small heap classes (100, 200, 300 bytes), and mapped
-//! classes of 128 KiB to 4 MiB (Linux), where misses at the recent peak are
-//! matched by fit (an idle block of another class reshaped with `mremap`).
+//! classes of 128 KiB to 4 MiB (Linux), whose idle memory is the large
+//! tier's pages: a request is cut from an idle run or assembled from moved
+//! runs (`mremap`).
 //! Threads are real, but driven one command at a time, so every run is
 //! deterministic and failures shrink.
 
@@ -333,8 +334,8 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
-    /// Mapped classes: match by fit (an idle block reshaped with `mremap`)
-    /// keeps capacities, contents and the statistics exact.
+    /// Mapped classes: blocks cut from idle runs and assembled from moved
+    /// ones (`mremap`) keep capacities, contents and the statistics exact.
     #[test]
     fn mapped_pool_matches_the_model(ops in prop::collection::vec(op(), 1..60)) {
         run(ops, MAPPED)?;

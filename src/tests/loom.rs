@@ -180,34 +180,48 @@ fn a_waiter_woken_by_a_return_races_its_timeout() {
 }
 
 #[test]
-fn a_block_reshaped_by_fit_races_a_return_and_a_trim() {
+fn a_block_assembled_from_idle_pages_races_a_return_and_a_trim() {
     loom::model(|| {
-        // Two mapped-size classes far apart, no thread caches: a miss of
-        // the small class takes the idle large block and reshapes it while
-        // another thread returns a second block and trims.
+        // Mapped classes: idle memory is pages of the large tier. The 128
+        // KiB class also has thread-cache slots, so its blocks move between
+        // a thread and the tier. A 2 MiB request that no idle run holds is
+        // assembled from the idle pages (moved with mremap) while another
+        // thread returns a block into its cache, flushes it into the tier,
+        // and trims the tier.
         let pool = Pool::builder()
             .size_classes(
-                SizeClasses::from_sizes(&[128 << 10, 256 << 10, 512 << 10, 1 << 20]).unwrap(),
+                SizeClasses::from_sizes(&[128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20])
+                    .unwrap(),
             )
-            .thread_cache_bytes(0)
+            .thread_cache_bytes(256 << 10)
             .memory_limit(crate::MemoryLimit::Unlimited)
             .build();
-        drop(pool.get(1 << 20)); // idle, three classes above 128 KiB
-        let out = pool.get(1 << 20);
+        drop(pool.get(1 << 20)); // 1 MiB of idle pages
+        let out = pool.get(128 << 10); // cut from them
         let p = pool.clone();
         let other = thread::spawn(move || {
             drop(out);
+            p.flush_thread_cache();
             p.trim();
         });
-        let small = pool.get(128 << 10);
-        assert_eq!(small.capacity(), 128 << 10);
-        drop(small);
+        let mut big = pool.get(2 << 20);
+        assert_eq!(big.capacity(), 2 << 20);
+        big.extend_from_slice(&[7; 4096]);
+        assert!(big.iter().all(|&b| b == 7));
+        drop(big);
         other.join().unwrap();
-        // Whether the miss reshaped the idle block or mapped fresh memory,
-        // nothing is in use and a trim leaves nothing behind.
+        // Whether the request took idle pages or the trim took them first,
+        // nothing is in use, and a trim unmaps every page and mapping.
         let stats = pool.stats();
         assert_eq!(stats.in_use_bytes, 0, "{stats}");
+        assert_eq!(
+            stats.large.assembled + stats.classes[4].misses,
+            1,
+            "assembled, or fresh after the trim: {stats}"
+        );
         pool.trim();
-        assert_eq!(pool.stats().retained_bytes, 0);
+        let stats = pool.stats();
+        assert_eq!(stats.retained_bytes, 0, "{stats}");
+        assert_eq!(stats.large.mappings, 0, "{stats}");
     });
 }

@@ -854,62 +854,101 @@ fn mapped_pool() -> Pool {
 
 #[cfg(all(target_os = "linux", not(miri)))]
 #[test]
-fn a_miss_is_served_by_reshaping_the_nearest_idle_block() {
+fn a_request_is_cut_from_an_idle_run_of_any_class_and_assembled_when_none_holds_it() {
     const K: usize = 1 << 10;
     let pool = mapped_pool();
     let mut big = pool.get(2048 * K);
     big.resize(2048 * K, 0xAB);
-    drop(big); // idle in the shared tier, four classes above 128 KiB
+    drop(big); // 2 MiB of idle pages in the large tier
     let mut small = pool.get(100 * K);
     assert_eq!(small.capacity(), 128 * K);
     assert!(small.is_empty(), "never the old bytes");
     small.resize(128 * K, 1);
     let stats = pool.stats();
-    assert_eq!(stats.classes[0].fit_hits, 1, "{stats}");
+    assert_eq!(stats.classes[0].shared_hits, 1, "cut from the run: {stats}");
     assert_eq!(stats.classes[0].misses, 0);
+    assert_eq!(stats.large.cut, 1);
     assert_eq!(
-        stats.retained_bytes, 0,
-        "the 2 MiB block became the 128 KiB one"
+        stats.retained_bytes,
+        (2048 - 128) * K,
+        "the rest stays idle"
     );
     assert_eq!(stats.in_use_bytes, 128 * K);
-    drop(small);
-    // And back up: growing faults only the extension.
-    let grown = pool.get(2048 * K);
+    // 1920 KiB idle cannot hold 2 MiB: its pages move into a new block and
+    // only the missing 128 KiB are fresh.
+    let mut grown = pool.get(2048 * K);
+    grown.resize(2048 * K, 2);
+    assert!(grown.iter().all(|&b| b == 2));
     let stats = pool.stats();
     assert_eq!(stats.classes[4].fit_hits, 1, "{stats}");
-    assert_eq!(
-        stats.classes[4].fit_grown_bytes,
-        (2048 - 128) as u64 * K as u64
-    );
+    assert_eq!(stats.classes[4].fit_grown_bytes, 128 * K as u64);
     assert_eq!(stats.classes[4].misses, 1, "only the first 2 MiB was fresh");
-    drop(grown);
+    assert_eq!(stats.large.assembled, 1);
+    assert_eq!(stats.large.moved_bytes, (2048 - 128) * K as u64);
+    assert_eq!(stats.retained_bytes, 0);
+    assert!(
+        small.iter().all(|&b| b == 1),
+        "the cut block kept its bytes"
+    );
+    drop((small, grown));
+    assert_eq!(pool.stats().retained_bytes, (2048 + 128) * K);
     pool.trim();
-    assert_eq!(pool.stats().in_use_bytes, 0);
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0);
+    assert_eq!(stats.retained_bytes, 0);
+    assert_eq!(stats.large.trimmed_bytes, (2048 + 128) * K as u64);
+    assert_eq!(stats.large.mappings, 0, "every mapping unmapped: {stats}");
 }
 
 #[cfg(all(target_os = "linux", not(miri)))]
 #[test]
-fn within_the_recent_peak_a_miss_maps_fresh_memory_and_idle_blocks_wait_for_their_class() {
+fn idle_pages_of_four_blocks_serve_one_four_times_their_size_without_fresh_pages() {
     const K: usize = 1 << 10;
     let pool = mapped_pool();
-    let held: Vec<_> = (0..3).map(|_| pool.get(2048 * K)).collect(); // 6 MiB in use
-    let mut held = held.into_iter();
-    let last = held.next_back().unwrap();
-    drop(held); // 4 MiB idle
-    pool.trim(); // freed: 2 MiB held, the recent peak still 6 MiB
-    drop(last); // 2 MiB idle, nothing in use
-    let small = pool.get(100 * K);
+    let held: Vec<_> = (0..4u8)
+        .map(|i| {
+            let mut b = pool.get(512 * K);
+            b.resize(512 * K, i);
+            b
+        })
+        .collect();
+    drop(held);
+    let mut big = pool.get(2048 * K);
+    assert!(big.is_empty());
+    big.resize(2048 * K, 9);
+    assert!(big.iter().all(|&b| b == 9));
     let stats = pool.stats();
-    assert_eq!(
-        stats.classes[0].misses, 1,
-        "fresh, within the recent peak: {stats}"
-    );
-    assert_eq!(stats.classes[0].fit_hits, 0);
-    let big = pool.get(2048 * K);
-    assert_eq!(
-        pool.stats().classes[4].shared_hits,
-        1,
-        "the idle 2 MiB served its own class"
-    );
-    drop((small, big));
+    let class = &stats.classes[4];
+    assert_eq!(class.misses, 0, "{stats}");
+    assert_eq!(class.shared_hits + class.fit_hits, 1);
+    assert_eq!(class.fit_grown_bytes, 0, "no fresh pages");
+    assert_eq!(stats.retained_bytes, 0);
+    drop(big);
+    assert_eq!(pool.stats().retained_bytes, 2048 * K);
+}
+
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn the_idle_tick_unmaps_large_pages_that_stayed_idle_all_interval() {
+    const K: usize = 1 << 10;
+    let pool = mapped_pool();
+    let inner = pool.inner_arc().clone();
+    let a = pool.get(1024 * K);
+    let b = pool.get(1024 * K);
+    drop(a);
+    tick(&inner); // idle during the interval's end only: kept
+    assert_eq!(pool.stats().retained_bytes, 1024 * K);
+    drop(b);
+    let again = pool.get(512 * K); // 1.5 MiB idle, never less than 1 MiB
+    tick(&inner); // what stayed idle all interval: 1 MiB
+    let stats = pool.stats();
+    assert_eq!(stats.retained_bytes, 512 * K, "{stats}");
+    assert_eq!(stats.large.trimmed_bytes, 1024 * K as u64);
+    drop(again);
+    tick(&inner);
+    tick(&inner);
+    let stats = pool.stats();
+    assert_eq!(stats.retained_bytes, 0, "{stats}");
+    assert_eq!(stats.large.mappings, 0);
+    assert_eq!(stats.released_bytes, 2048 * K as u64);
 }

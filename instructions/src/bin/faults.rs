@@ -74,9 +74,13 @@ fn main() {
             let sum =
                 |f: fn(&tierpool::ClassStats) -> u64| stats.classes.iter().map(f).sum::<u64>();
             print!(
-                " (all rounds: {} misses, {} reshaped by fit, {} jobs)",
+                " (all rounds: {} misses, {} cut from idle runs, {} assembled \
+                 ({} moves, {:.1} MiB fresh), {} jobs)",
                 sum(|c| c.misses),
-                sum(|c| c.fit_hits),
+                stats.large.cut,
+                stats.large.assembled,
+                stats.large.moves,
+                stats.large.assembled_fresh_bytes as f64 / (1 << 20) as f64,
                 3 * JOBS
             );
         }
