@@ -349,6 +349,8 @@ impl LargeTier {
         let mut extents = self.extents.lock();
         let block = os::alloc(capacity)?;
         extents.add_region(block.as_ptr().expose_provenance(), span);
+        // SAFETY: the fresh mapping of `span` bytes just made, ours.
+        unsafe { os::populate(block, span) };
         Ok(block)
     }
 
@@ -404,6 +406,11 @@ impl LargeTier {
         // Pieces not moved (the kernel refused one) stay idle.
         for &(s, l) in pieces {
             extents.insert_idle(s, l);
+        }
+        if filled < span {
+            // SAFETY: the fresh part of the block just made, ours, page
+            // aligned (every piece is whole pages).
+            unsafe { os::populate(address(to + filled), span - filled) };
         }
         let counters = &mut extents.counters;
         counters.assembled += 1;

@@ -100,6 +100,42 @@ pub(crate) fn span(size: usize) -> usize {
     }
 }
 
+/// Faults in every page of `[ptr, ptr + len)` now, writable
+/// (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14; before that, one write per
+/// page), so the range is resident from the start.
+///
+/// The large tier does this to every page it maps: what it holds is then
+/// resident, so the pool's byte count is the memory it really uses, and
+/// admission's estimate (the last sample plus what the pool grew by since)
+/// cannot miss pages that were mapped but untouched at the sample and
+/// written after it.
+///
+/// # Safety
+///
+/// `ptr` page-aligned, `len` a multiple of [`PAGE`], the range lies in
+/// writable mappings made here that the caller owns, and nothing in it
+/// needs its contents (a page written here may read as zero or not).
+#[allow(unused_variables)]
+pub(crate) unsafe fn populate(ptr: NonNull<u8>, len: usize) {
+    debug_assert!(ptr.as_ptr() as usize % PAGE == 0 && len % PAGE == 0);
+    #[cfg(all(target_os = "linux", not(miri)))]
+    {
+        // SAFETY: by the caller's promise, a range of our own writable
+        // private anonymous mappings; MADV_POPULATE_WRITE only faults the
+        // pages in (contents unchanged).
+        let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_POPULATE_WRITE) };
+        if rc == 0 {
+            return;
+        }
+    }
+    #[cfg(all(unix, not(miri)))]
+    for page in (0..len).step_by(PAGE) {
+        // SAFETY: inside the caller's writable range, whose contents the
+        // caller does not need.
+        unsafe { ptr.as_ptr().add(page).write_volatile(0) };
+    }
+}
+
 /// Whether the kernel can move pages between mappings ([`move_pages`],
 /// [`grow_pages`]): Linux only.
 pub(crate) const CAN_MOVE_PAGES: bool = cfg!(all(target_os = "linux", not(miri)));

@@ -952,3 +952,26 @@ fn the_idle_tick_unmaps_large_pages_that_stayed_idle_all_interval() {
     assert_eq!(stats.large.mappings, 0);
     assert_eq!(stats.released_bytes, 2048 * K as u64);
 }
+
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn the_large_tier_holds_no_untouched_pages() {
+    // Every page the large tier maps is resident from the start, so the
+    // pool's byte count is what it really uses (admission's estimate adds
+    // growth of that count to the last sample of the container's memory).
+    const K: usize = 1 << 10;
+    let pool = mapped_pool();
+    let buf = pool.get(1024 * K);
+    let mut resident = vec![0u8; 1024 * K / crate::os::PAGE];
+    // SAFETY: the buffer's pages are a mapping of 1 MiB that `buf` keeps
+    // alive; `resident` has one byte per page.
+    let rc = unsafe {
+        libc::mincore(
+            buf.as_ptr().cast_mut().cast(),
+            1024 * K,
+            resident.as_mut_ptr().cast(),
+        )
+    };
+    assert_eq!(rc, 0);
+    assert!(resident.iter().all(|&r| r & 1 == 1), "an untouched page");
+}
