@@ -342,15 +342,20 @@ pub(crate) struct LargeTier {
 }
 
 impl LargeTier {
-    /// Maps a fresh block of `span` bytes (a whole number of pages) for
-    /// a class of `capacity` bytes.
+    /// Maps a fresh block for a class of `capacity` bytes: its span (whole
+    /// pages), faulted in at once (`os::populate`).
     pub(crate) fn map(&self, capacity: usize) -> Result<NonNull<u8>, crate::Error> {
         let span = os::span(capacity);
-        let mut extents = self.extents.lock();
+        // Mapped and faulted in outside the lock (faulting 8 MiB takes a
+        // millisecond). Recorded after: an address the kernel hands out
+        // was unmapped before, and every unmap here forgets its regions
+        // before the lock goes, so the record cannot overlap.
         let block = os::alloc(capacity)?;
-        extents.add_region(block.as_ptr().expose_provenance(), span);
         // SAFETY: the fresh mapping of `span` bytes just made, ours.
         unsafe { os::populate(block, span) };
+        self.extents
+            .lock()
+            .add_region(block.as_ptr().expose_provenance(), span);
         Ok(block)
     }
 
@@ -407,16 +412,17 @@ impl LargeTier {
         for &(s, l) in pieces {
             extents.insert_idle(s, l);
         }
-        if filled < span {
-            // SAFETY: the fresh part of the block just made, ours, page
-            // aligned (every piece is whole pages).
-            unsafe { os::populate(address(to + filled), span - filled) };
-        }
         let counters = &mut extents.counters;
         counters.assembled += 1;
         counters.moves += moves as u64;
         counters.moved_bytes += filled as u64;
         counters.assembled_fresh_bytes += (span - filled) as u64;
+        drop(extents);
+        if filled < span {
+            // SAFETY: the fresh part of the block just made, ours (out of
+            // every run), page aligned (every piece is whole pages).
+            unsafe { os::populate(address(to + filled), span - filled) };
+        }
         Some(Taken {
             block,
             source: Source::Assembled {
