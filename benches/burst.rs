@@ -137,10 +137,12 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
 
     // The summary first: what was compared, what is better, by how much.
     let (vec, trim) = (&runs[0].1, &runs[2].1);
-    let kept = |r: &Run| {
+    let kept_at = |r: &Run, kib: u64| {
         let rise = r.peak_kib.saturating_sub(r.before_kib).max(1);
-        100.0 * r.idle_kib.saturating_sub(r.before_kib) as f64 / rise as f64
+        100.0 * kib.saturating_sub(r.before_kib) as f64 / rise as f64
     };
+    let kept = |r: &Run| kept_at(r, r.idle_kib);
+    let kept_two = |r: &Run| kept_at(r, r.two_kib);
     println!(
         "A service burst ({} threads x {} jobs of 64 KiB-8 MiB written in 16 KiB rows, {} held \
          per thread, an upload every 4th job), then {} s idle; plain Vec against tierpool, \
@@ -153,25 +155,31 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
     );
     println!(
         "  tierpool ran the burst {:.2}x as fast as Vec, peaked at {:.2}x Vec's resident memory,\n  \
-         and {:.1} s after the burst kept {:.1}% of the burst's rise (Vec: {:.1}%).\n",
+         kept {:.1}% of the burst's rise two trim intervals ({} ms) after it, and {:.1}% \
+         {:.1} s after it (Vec: {:.1}%, {:.1}%).\n",
         vec.elapsed.as_secs_f64() / trim.elapsed.as_secs_f64(),
         trim.peak_kib as f64 / vec.peak_kib.max(1) as f64,
-        IDLE.as_secs_f64(),
+        kept_two(trim),
+        (2 * TRIM_INTERVAL).as_millis(),
         kept(trim),
+        IDLE.as_secs_f64(),
+        kept_two(vec),
         kept(vec),
     );
     println!(
-        "{:<13} {:>7} {:>11} {:>15} {:>13} {:>22}",
-        "mode", "burst", "peak RSS", "after burst", "after idle", "kept of the burst rise"
+        "{:<13} {:>7} {:>11} {:>15} {:>13} {:>13} {:>14}",
+        "mode", "burst", "peak RSS", "after burst", "2 intervals", "after idle", "kept (2 / idle)"
     );
     for (mode, r) in &runs {
         println!(
-            "{:<13} {:>6.2}s {:>11} {:>15} {:>13} {:>21.1}%",
+            "{:<13} {:>6.2}s {:>11} {:>15} {:>13} {:>13} {:>6.1}% {:>5.1}%",
             mode,
             r.elapsed.as_secs_f64(),
             mib(r.peak_kib),
             mib(r.burst_kib),
+            mib(r.two_kib),
             mib(r.idle_kib),
+            kept_two(r),
             kept(r),
         );
     }
@@ -179,9 +187,11 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
         "\nmodes: vec = plain Vec and Vec::read_to_end; pool-no-trim = tierpool with trimming \
          off; pool-trim = tierpool trimming on idle every {} s.\n\
          burst: wall time of the burst. peak RSS: the process's high-water resident memory. \
-         after burst / after idle: resident memory when the burst ended and {} s later. kept of \
-         the burst rise: (after idle - before) / (peak - before).",
+         after burst / 2 intervals / after idle: resident memory when the burst ended, two trim \
+         intervals later and {} s later. kept: (resident - before) / (peak - before), two \
+         intervals and {} s after the burst.",
         TRIM_INTERVAL.as_secs_f64(),
+        IDLE.as_secs_f64(),
         IDLE.as_secs_f64(),
     );
     println!(
@@ -223,6 +233,8 @@ struct Run {
     before_kib: u64,
     peak_kib: u64,
     burst_kib: u64,
+    /// Two trim intervals after the burst.
+    two_kib: u64,
     idle_kib: u64,
     /// (milliseconds since the burst started, resident KiB)
     samples: Vec<(u64, u64)>,
@@ -241,12 +253,14 @@ impl Run {
         let peak_kib = median(|r| r.peak_kib, tries);
         let burst_kib = median(|r| r.burst_kib, tries);
         let idle_kib = median(|r| r.idle_kib, tries);
+        let two_kib = median(|r| r.two_kib, tries);
         tries.sort_by_key(|(r, _)| r.elapsed);
         Run {
             elapsed: tries[mid].0.elapsed,
             before_kib,
             peak_kib,
             burst_kib,
+            two_kib,
             idle_kib,
             samples: tries[mid].0.samples.clone(),
         }
@@ -270,6 +284,7 @@ impl Run {
             before_kib: field(result, "before_kib")?,
             peak_kib: field(result, "peak_kib")?,
             burst_kib: field(result, "burst_kib")?,
+            two_kib: field(result, "two_kib")?,
             idle_kib: field(result, "idle_kib")?,
             samples,
         })
@@ -289,7 +304,7 @@ fn run_child(mode: &str, config: Config) {
     let before = status_kib("VmRSS");
     let started = Instant::now();
     let done = AtomicBool::new(false);
-    let (elapsed, burst_kib) = std::thread::scope(|s| {
+    let (elapsed, burst_kib, two_kib) = std::thread::scope(|s| {
         s.spawn(|| {
             // The sampler: every 50 ms until the idle phase is over.
             while !done.load(Ordering::Relaxed) {
@@ -334,16 +349,19 @@ fn run_child(mode: &str, config: Config) {
         });
         let elapsed = started.elapsed();
         let burst_kib = status_kib("VmRSS");
-        std::thread::sleep(IDLE);
+        std::thread::sleep(2 * TRIM_INTERVAL);
+        let two_kib = status_kib("VmRSS");
+        std::thread::sleep(IDLE - 2 * TRIM_INTERVAL);
         done.store(true, Ordering::Relaxed);
-        (elapsed, burst_kib)
+        (elapsed, burst_kib, two_kib)
     });
     println!(
-        "RESULT micros={} before_kib={} peak_kib={} burst_kib={} idle_kib={}",
+        "RESULT micros={} before_kib={} peak_kib={} burst_kib={} two_kib={} idle_kib={}",
         elapsed.as_micros(),
         before,
         status_kib("VmHWM"),
         burst_kib,
+        two_kib,
         status_kib("VmRSS"),
     );
     if mode != "vec" {
