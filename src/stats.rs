@@ -29,7 +29,9 @@ pub struct Stats {
     /// The retention limit in force: `max_retained_bytes`, lowered under
     /// memory pressure.
     pub retention_limit_bytes: usize,
-    /// Idle buffers held in every tier.
+    /// Idle buffers held in the thread caches and the shared tier. The
+    /// large tier's idle memory is pages, not buffers: it is counted in
+    /// `retained_bytes` and in [`large`](Self::large).
     pub retained_buffers: usize,
     /// Capacity handed out and not yet returned (oversize buffers included),
     /// in bytes.
@@ -150,7 +152,8 @@ pub struct ClassStats {
     pub trimmed: u64,
     /// Buffers taken out of the pool with `into_vec`.
     pub detached: u64,
-    /// Idle buffers held in all tiers.
+    /// Idle buffers of this class held in the thread caches and the
+    /// shared tier (a mapped class's idle pages are in [`Stats::large`]).
     pub retained_buffers: usize,
     /// Their capacity in bytes.
     pub retained_bytes: usize,
