@@ -18,6 +18,19 @@ pub enum Event {
         /// Why no pooled buffer was used.
         reason: AllocReason,
     },
+    /// A buffer of a mapped class (128 KiB and up on Unix) was assembled
+    /// from idle pages of the large tier moved side by side (`mremap`),
+    /// because no idle run held it whole: a reuse, with only what the idle
+    /// pages did not cover faulted fresh. Counted in
+    /// [`ClassStats::fit_hits`](crate::ClassStats::fit_hits).
+    Assembled {
+        /// The buffer's capacity in bytes.
+        capacity: usize,
+        /// Bytes of idle pages moved into it.
+        moved: usize,
+        /// Bytes mapped and faulted fresh.
+        fresh: usize,
+    },
     /// A buffer went back to the allocator instead of into the pool.
     Dropped {
         /// The buffer's capacity in bytes.
@@ -34,9 +47,10 @@ pub enum Event {
     },
     /// One trim pass finished.
     Trimmed {
-        /// Buffers freed by this pass.
+        /// Buffers freed by this pass (the large tier's idle pages are not
+        /// buffers: they count in `bytes` only).
         buffers: usize,
-        /// Their capacity in bytes.
+        /// Bytes freed: the buffers' capacity and the large tier's pages.
         bytes: usize,
         /// What started the pass.
         reason: TrimReason,
@@ -86,10 +100,12 @@ pub enum TrimReason {
 
 impl Event {
     /// A stable snake_case name for the event's kind (`"allocated"`,
-    /// `"dropped"`, `"pressure"`, `"trimmed"`), for logs and metric labels.
+    /// `"assembled"`, `"dropped"`, `"pressure"`, `"trimmed"`), for logs and
+    /// metric labels.
     pub fn name(&self) -> &'static str {
         match self {
             Event::Allocated { .. } => "allocated",
+            Event::Assembled { .. } => "assembled",
             Event::Dropped { .. } => "dropped",
             Event::Pressure { .. } => "pressure",
             Event::Trimmed { .. } => "trimmed",
@@ -97,10 +113,12 @@ impl Event {
     }
 
     /// A stable snake_case name for the event's reason (`"miss"`,
-    /// `"pool_full"`, `"idle"`, …), or the new level of a `Pressure` event.
+    /// `"pool_full"`, `"idle"`, …; `"fit"` for an assembly), or the new
+    /// level of a `Pressure` event.
     pub fn reason(&self) -> &'static str {
         match self {
             Event::Allocated { reason, .. } => reason.as_str(),
+            Event::Assembled { .. } => "fit",
             Event::Dropped { reason, .. } => reason.as_str(),
             Event::Pressure { to, .. } => to.as_str(),
             Event::Trimmed { reason, .. } => reason.as_str(),
@@ -150,6 +168,14 @@ impl fmt::Display for Event {
             Event::Allocated { capacity, reason } => {
                 write!(f, "allocated {capacity} bytes ({})", reason.as_str())
             }
+            Event::Assembled {
+                capacity,
+                moved,
+                fresh,
+            } => write!(
+                f,
+                "assembled {capacity} bytes from idle pages ({moved} moved, {fresh} fresh)"
+            ),
             Event::Dropped { capacity, reason } => {
                 write!(f, "dropped {capacity} bytes ({})", reason.as_str())
             }

@@ -782,6 +782,11 @@ impl PoolInner {
                 if moved < info.span {
                     this.limits.note_allocation(this, info.span - moved);
                 }
+                this.events.emit(Event::Assembled {
+                    capacity: info.capacity,
+                    moved,
+                    fresh: info.span - moved,
+                });
             }
         }
         // SAFETY: `this` is a live `Arc`; the block owns this count.

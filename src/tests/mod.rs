@@ -975,3 +975,41 @@ fn the_large_tier_holds_no_untouched_pages() {
     assert_eq!(rc, 0);
     assert!(resident.iter().all(|&r| r & 1 == 1), "an untouched page");
 }
+
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn an_assembly_emits_its_moved_and_fresh_bytes() {
+    const K: usize = 1 << 10;
+    let (pool, events) = recording_pool(
+        Pool::builder()
+            .size_classes(SizeClasses::from_sizes(&[128 * K, 2048 * K]).unwrap())
+            .thread_cache_bytes(0)
+            .trim_interval(std::time::Duration::ZERO)
+            .memory_limit(crate::MemoryLimit::Unlimited),
+    );
+    drop(pool.get(2048 * K));
+    let small = pool.get(128 * K); // cut from the idle run: no event
+    let big = pool.get(2048 * K);
+    let events = events.lock().unwrap().clone();
+    assert_eq!(
+        events,
+        vec![
+            Event::Allocated {
+                capacity: 2048 * K,
+                reason: crate::AllocReason::Miss
+            },
+            Event::Assembled {
+                capacity: 2048 * K,
+                moved: 1920 * K,
+                fresh: 128 * K
+            },
+        ]
+    );
+    assert_eq!(events[1].name(), "assembled");
+    assert_eq!(events[1].reason(), "fit");
+    assert_eq!(
+        events[1].to_string(),
+        "assembled 2097152 bytes from idle pages (1966080 moved, 131072 fresh)"
+    );
+    drop((small, big));
+}
