@@ -31,6 +31,11 @@ const READS: &str = "tierpool_adapter_reads_total";
 const READ_BYTES: &str = "tierpool_adapter_bytes_total";
 const READ_ERRORS: &str = "tierpool_adapter_errors_total";
 const TOO_LARGE: &str = "tierpool_adapter_too_large_total";
+const LARGE_IDLE: &str = "tierpool_large_idle_bytes";
+const LARGE_MAPPINGS: &str = "tierpool_large_mappings";
+const LARGE_ASSEMBLED: &str = "tierpool_large_assembled_total";
+const LARGE_MOVED: &str = "tierpool_large_moved_bytes_total";
+const LARGE_FRESH: &str = "tierpool_large_fresh_bytes_total";
 
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 impl Pool {
@@ -42,7 +47,8 @@ impl Pool {
     /// Gauges: `tierpool_retained_bytes`, `tierpool_in_use_bytes`,
     /// `tierpool_working_set_bytes` and `tierpool_memory_limit_bytes` (0
     /// without a limit or a sample), `tierpool_pressure` (0 normal,
-    /// 1 elevated, 2 critical), `tierpool_retention_limit_bytes`.
+    /// 1 elevated, 2 critical), `tierpool_retention_limit_bytes`, and the
+    /// large tier's `tierpool_large_idle_bytes` and `tierpool_large_mappings`.
     ///
     /// Counters, per class (label `class`, the capacity in bytes):
     /// `tierpool_hits_total`, `tierpool_misses_total`,
@@ -50,7 +56,11 @@ impl Pool {
     /// `tierpool_released_bytes_total`, `tierpool_refused_total`,
     /// `tierpool_oversize_allocations_total`, and the adapters'
     /// `tierpool_adapter_reads_total`, `tierpool_adapter_bytes_total`,
-    /// `tierpool_adapter_errors_total`, `tierpool_adapter_too_large_total`.
+    /// `tierpool_adapter_errors_total`, `tierpool_adapter_too_large_total`;
+    /// the large tier's `tierpool_large_assembled_total` (blocks assembled
+    /// from moved idle pages), `tierpool_large_moved_bytes_total` and
+    /// `tierpool_large_fresh_bytes_total` (what assemblies moved, and what
+    /// they had to fault fresh).
     ///
     /// Every figure is published, zeros included, so dashboards see the
     /// series from the first publish.
@@ -120,6 +130,26 @@ fn describe() {
             "Adapter reads that failed (the reader's, the allocator's or admission's error)."
         );
         describe_counter!(TOO_LARGE, "Adapter reads refused for passing their limit.");
+        describe_gauge!(
+            LARGE_IDLE,
+            Unit::Bytes,
+            "Idle pages of the large tier (mapped classes), in bytes."
+        );
+        describe_gauge!(LARGE_MAPPINGS, "Mappings the large tier tracks.");
+        describe_counter!(
+            LARGE_ASSEMBLED,
+            "Large blocks assembled from idle pages moved together."
+        );
+        describe_counter!(
+            LARGE_MOVED,
+            Unit::Bytes,
+            "Idle bytes moved into assembled large blocks."
+        );
+        describe_counter!(
+            LARGE_FRESH,
+            Unit::Bytes,
+            "Bytes of assembled large blocks that no idle page covered."
+        );
     }
 }
 
@@ -152,6 +182,8 @@ pub(crate) fn publish(inner: &PoolInner) {
         },
     );
     set(RETENTION_LIMIT, stats.retention_limit_bytes as f64);
+    set(LARGE_IDLE, stats.large.idle_bytes as f64);
+    set(LARGE_MAPPINGS, stats.large.mappings as f64);
     for class in &stats.classes {
         let labels = [
             ("pool", pool.clone()),
@@ -172,4 +204,7 @@ pub(crate) fn publish(inner: &PoolInner) {
     total(READ_BYTES, stats.adapters.bytes);
     total(READ_ERRORS, stats.adapters.errors);
     total(TOO_LARGE, stats.adapters.too_large);
+    total(LARGE_ASSEMBLED, stats.large.assembled);
+    total(LARGE_MOVED, stats.large.moved_bytes);
+    total(LARGE_FRESH, stats.large.assembled_fresh_bytes);
 }

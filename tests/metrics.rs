@@ -91,6 +91,18 @@ fn publish_metrics_reports_the_contract_s_figures() {
         1.0
     );
     assert_eq!(get("tierpool_adapter_errors_total{pool=thumbnails}"), 0.0);
+    // No mapped class here: the large tier's series are there, at 0.
+    assert_eq!(get("tierpool_large_idle_bytes{pool=thumbnails}"), 0.0);
+    assert_eq!(get("tierpool_large_mappings{pool=thumbnails}"), 0.0);
+    assert_eq!(get("tierpool_large_assembled_total{pool=thumbnails}"), 0.0);
+    assert_eq!(
+        get("tierpool_large_moved_bytes_total{pool=thumbnails}"),
+        0.0
+    );
+    assert_eq!(
+        get("tierpool_large_fresh_bytes_total{pool=thumbnails}"),
+        0.0
+    );
     drop(held);
 
     // Counters are absolute: publishing again after more traffic moves
@@ -163,4 +175,44 @@ fn the_trimmer_publishes_on_every_tick_and_prometheus_renders_it() {
         assert!(Instant::now() < deadline, "no tick published:\n{text}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_large_tier_s_figures_are_published() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let pool = Pool::builder()
+        .name("frames")
+        .size_classes(SizeClasses::from_sizes(&[1 << 20, 2 << 20]).unwrap())
+        .memory_limit(MemoryLimit::Unlimited)
+        .thread_cache_bytes(0)
+        .build();
+    drop(pool.get(1 << 20)); // 1 MiB of idle pages
+    let big = pool.get(2 << 20); // assembled: 1 MiB moved, 1 MiB fresh
+    metrics::with_local_recorder(&recorder, || pool.publish_metrics());
+    let f = figures(&snapshotter);
+    let stats = pool.stats();
+    assert_eq!(stats.large.assembled, 1, "{stats}");
+    assert_eq!(f["tierpool_large_assembled_total{pool=frames}"], 1.0);
+    assert_eq!(
+        f["tierpool_large_moved_bytes_total{pool=frames}"],
+        (1 << 20) as f64
+    );
+    assert_eq!(
+        f["tierpool_large_fresh_bytes_total{pool=frames}"],
+        (1 << 20) as f64
+    );
+    assert_eq!(
+        f["tierpool_large_mappings{pool=frames}"],
+        stats.large.mappings as f64
+    );
+    assert_eq!(f["tierpool_large_idle_bytes{pool=frames}"], 0.0);
+    drop(big);
+    metrics::with_local_recorder(&recorder, || pool.publish_metrics());
+    let f = figures(&snapshotter);
+    assert_eq!(
+        f["tierpool_large_idle_bytes{pool=frames}"],
+        (2 << 20) as f64
+    );
 }
