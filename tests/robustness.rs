@@ -266,7 +266,10 @@ fn trimmed_events_and_stats_agree() {
 fn a_forked_child_builds_pools_and_trims() {
     // Threads that keep building and dropping pools whose hooks count and
     // now and then panic, so the fork lands while one of them may hold the
-    // trimmer's schedule, a pool's registry, or be inside a hook.
+    // trimmer's schedule, a pool's registry, or be inside a hook; and that
+    // churn large blocks of a pool the child uses too, so the fork may land
+    // in the middle of a cut, an assembly (`mremap`) or a trim of its large
+    // tier.
     static EVENTS: AtomicUsize = AtomicUsize::new(0);
     // Hooks panic only in this process. In a child, a panic would run the
     // test harness's panic hook, whose output-capture lock a thread of the
@@ -275,9 +278,11 @@ fn a_forked_child_builds_pools_and_trims() {
     static PARENT: AtomicUsize = AtomicUsize::new(0);
     PARENT.store(std::process::id() as usize, Ordering::Relaxed);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let before = base().trim_interval(Duration::from_millis(10)).build();
     let churn: Vec<_> = (0..2)
         .map(|_| {
             let stop = stop.clone();
+            let shared = before.clone();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let p = base()
@@ -292,11 +297,14 @@ fn a_forked_child_builds_pools_and_trims() {
                         .build();
                     drop(p.get(4096));
                     drop(p.get(1 << 20));
+                    let held = shared.get(512 << 10);
+                    drop(shared.get(1 << 20));
+                    drop(shared.get(3 << 20)); // assembled from idle pages
+                    drop(held);
                 }
             })
         })
         .collect();
-    let before = base().trim_interval(Duration::from_millis(10)).build();
     for _ in 0..20 {
         // SAFETY: the child only uses this crate and exits with `_exit`.
         let pid = unsafe { libc::fork() };
@@ -306,6 +314,7 @@ fn a_forked_child_builds_pools_and_trims() {
                 let pool = base().trim_interval(Duration::from_millis(10)).build();
                 drop(pool.get(4096));
                 drop(before.get(4096));
+                drop(before.get(2 << 20));
                 let start = Instant::now();
                 while pool.stats().retained_bytes + before.stats().retained_bytes > 0 {
                     if start.elapsed() > Duration::from_secs(10) {
