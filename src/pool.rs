@@ -418,7 +418,8 @@ impl PoolBuilder {
     /// [`Pool::DEFAULT_THREAD_CACHE_BYTES`]): `bytes / capacity` buffers, at
     /// most 32. So small classes keep many buffers per thread, and classes
     /// larger than `bytes` none: their buffers go straight to the shared
-    /// tier, where every thread can reuse them. `0` turns thread caches off.
+    /// tier (for mapped classes, the large tier's pages), where every thread
+    /// can reuse them. `0` turns thread caches off.
     ///
     /// On Linux, thread caches rely on the `membarrier` system call (4.3 and
     /// later; fast from 4.14): it lets the trimmer and `stats()` reach into
@@ -434,7 +435,9 @@ impl PoolBuilder {
 
     /// How many bytes the shared tier may queue per class (default
     /// [`Pool::DEFAULT_SHARED_TIER_BYTES`]): `bytes / capacity` buffers, at
-    /// least two and at most 4096.
+    /// least two and at most 4096. Mapped classes (128 KiB and up on Unix)
+    /// have no queue: their idle memory is the large tier's pages, bounded
+    /// by [`max_retained_bytes`](Self::max_retained_bytes) alone.
     pub fn shared_tier_bytes(mut self, bytes: usize) -> Self {
         self.shared_tier_bytes = bytes;
         self
