@@ -20,6 +20,13 @@
 //! So the pool faults fresh pages only when what is idle does not cover a
 //! request, and what it holds stays within what was in use at the peak.
 //!
+//! In front of the runs, each class has one *hot* slot: the block of that
+//! class returned last, kept whole. The next request of the class takes it
+//! with one atomic swap, no lock and no search, and gets the pages written
+//! most recently (the warmest in the caches). Before anything is assembled
+//! or mapped, and at every trim, the hot blocks join the runs, so they
+//! never keep a size waiting while another one faults fresh pages.
+//!
 //! # Mappings
 //!
 //! `mremap` moves or grows a range that lies in one kernel mapping (VMA);
@@ -44,7 +51,7 @@ use std::ptr::NonNull;
 
 use crate::os::{self, PAGE};
 use crate::stats::LargeStats;
-use crate::sync::Mutex;
+use crate::sync::{AtomicUsize, Mutex, Ordering};
 
 /// Runs smaller than this are not worth a system call to move: faulting
 /// 16 pages costs about what one `mremap` does.
@@ -335,13 +342,81 @@ impl Extents {
 }
 
 /// The tier of one pool: [`Extents`] behind a mutex, and the system calls
-/// that keep the address space in step with it.
-#[derive(Debug, Default)]
+/// that keep the address space in step with it; in front, a hot slot per
+/// class.
+#[derive(Debug)]
 pub(crate) struct LargeTier {
     extents: Mutex<Extents>,
+    /// Per class: the address of an idle block of the class kept whole, or
+    /// 0. Only the classes the tier serves (`spans[class] > 0`) use theirs.
+    hot: Box<[AtomicUsize]>,
+    /// Per class: the span of its blocks, 0 for classes the tier does not
+    /// serve.
+    spans: Box<[usize]>,
 }
 
 impl LargeTier {
+    /// A tier for classes whose blocks span `spans[class]` bytes (0: a
+    /// class the tier does not serve).
+    pub(crate) fn new(spans: Box<[usize]>) -> Self {
+        LargeTier {
+            extents: Mutex::new(Extents::default()),
+            hot: spans.iter().map(|_| AtomicUsize::new(0)).collect(),
+            spans,
+        }
+    }
+
+    /// Takes the hot block of `class`, if there is one: one swap.
+    pub(crate) fn take_hot(&self, class: usize) -> Option<NonNull<u8>> {
+        // Acquire: the block's bytes were written before its release.
+        match self.hot[class].swap(0, Ordering::Acquire) {
+            0 => None,
+            at => Some(address(at)),
+        }
+    }
+
+    /// Makes `block` the hot block of its class; the one it replaces (the
+    /// older, colder one) joins the runs.
+    ///
+    /// # Safety
+    ///
+    /// As [`put`](Self::put), with `span` the class's span.
+    pub(crate) unsafe fn put_hot(&self, class: usize, block: NonNull<u8>) {
+        debug_assert!(self.spans[class] > 0);
+        // Release: the block's bytes are written before another thread
+        // takes it.
+        let old = self.hot[class].swap(block.as_ptr().expose_provenance(), Ordering::AcqRel);
+        if old != 0 {
+            // SAFETY: a hot block is an idle block of the class, from this
+            // tier; the swap made it ours.
+            unsafe { self.put(address(old), self.spans[class]) };
+        }
+    }
+
+    /// Moves every hot block into the runs, so its pages serve any size
+    /// (before assembling or mapping, and before trimming).
+    pub(crate) fn drain_hot(&self) {
+        for (slot, &span) in self.hot.iter().zip(self.spans.iter()) {
+            if span == 0 || slot.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let at = slot.swap(0, Ordering::Acquire);
+            if at != 0 {
+                // SAFETY: as in `put_hot`.
+                unsafe { self.put(address(at), span) };
+            }
+        }
+    }
+
+    /// Bytes and blocks in the hot slots (a snapshot).
+    fn hot_bytes(&self) -> (usize, usize) {
+        self.hot
+            .iter()
+            .zip(self.spans.iter())
+            .filter(|(slot, _)| slot.load(Ordering::Relaxed) != 0)
+            .fold((0, 0), |(bytes, n), (_, &span)| (bytes + span, n + 1))
+    }
+
     /// Maps a fresh block for a class of `capacity` bytes: its span (whole
     /// pages), faulted in at once (`os::populate`).
     pub(crate) fn map(&self, capacity: usize) -> Result<NonNull<u8>, crate::Error> {
@@ -364,6 +439,10 @@ impl LargeTier {
     /// runs and completed with fresh pages. `None` when nothing idle
     /// serves it.
     pub(crate) fn take(&self, span: usize, assemble: bool) -> Option<Taken> {
+        if assemble {
+            // The hot blocks' pages serve any size once they are runs.
+            self.drain_hot();
+        }
         let mut extents = self.extents.lock();
         if let Some(start) = extents.cut(span) {
             return Some(Taken {
@@ -477,8 +556,10 @@ impl LargeTier {
         released
     }
 
-    /// Unmaps every idle page. Returns the bytes unmapped.
+    /// Unmaps every idle page, the hot blocks' included. Returns the bytes
+    /// unmapped.
     pub(crate) fn release_all(&self) -> usize {
+        self.drain_hot();
         self.release(usize::MAX)
     }
 
@@ -489,18 +570,20 @@ impl LargeTier {
 
     /// The tier's figures (all but `trimmed_bytes`, which the pool counts).
     pub(crate) fn stats(&self) -> LargeStats {
+        let (hot_bytes, hot_blocks) = self.hot_bytes();
         let e = self.extents.lock();
         LargeStats {
-            idle_bytes: e.idle_bytes(),
+            idle_bytes: e.idle_bytes() + hot_bytes,
+            hot_blocks,
             runs: e.runs(),
             mappings: e.regions(),
             ..e.counters.clone()
         }
     }
 
-    /// Idle bytes.
+    /// Idle bytes, the hot blocks' included.
     pub(crate) fn idle_bytes(&self) -> usize {
-        self.extents.lock().idle_bytes()
+        self.hot_bytes().0 + self.extents.lock().idle_bytes()
     }
 }
 

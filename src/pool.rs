@@ -551,6 +551,11 @@ impl PoolBuilder {
                 .clamp(Pool::MIN_TRIM_INTERVAL, Pool::MAX_TRIM_INTERVAL)
         };
         let classes = self.classes.len();
+        let large = LargeTier::new(
+            info.iter()
+                .map(|c| if c.large { c.span } else { 0 })
+                .collect(),
+        );
         let inner = Arc::new(PoolInner {
             id: slots::next_id(),
             slot: slots::acquire(),
@@ -564,7 +569,7 @@ impl PoolBuilder {
             registry: Mutex::new(Vec::new()),
             counters: PoolCounters::new(classes),
             footprint: AtomicUsize::new(0),
-            large: LargeTier::default(),
+            large,
             min_retained: self.min_retained_bytes,
             trim_interval,
             closed: AtomicBool::new(false),
@@ -709,16 +714,23 @@ impl PoolInner {
     fn take_shared(this: &Arc<PoolInner>, class: usize) -> Option<(NonNull<u8>, usize)> {
         let info = this.info[class];
         if info.large {
-            // Idle pages cut from a run that holds the block: no system call.
-            let taken = this.large.take(info.span, false)?;
-            debug_assert_eq!(taken.source, Source::Run);
+            // The class's hot block, else idle pages cut from a run that
+            // holds the block: no system call either way.
+            let block = match this.large.take_hot(class) {
+                Some(block) => block,
+                None => {
+                    let taken = this.large.take(info.span, false)?;
+                    debug_assert_eq!(taken.source, Source::Run);
+                    taken.block
+                }
+            };
             this.retention.unreserve(info.span);
             this.counters.class[class]
                 .shared_hits
                 .fetch_add(1, Ordering::Relaxed);
             // SAFETY: `this` is a live `Arc`; the block owns this count.
             unsafe { Arc::increment_strong_count(Arc::as_ptr(this)) };
-            return Some((taken.block, class));
+            return Some((block, class));
         }
         let last = (class + BORROW_CLASSES_ABOVE).min(this.info.len() - 1);
         let has_cache = this.info[class].depth > 0 && PoolInner::ensure_cache(this);
@@ -1156,7 +1168,7 @@ impl PoolInner {
         }
         // SAFETY: an idle block of a large class, so from the large tier,
         // of `span` bytes; the caller hands it over.
-        unsafe { self.large.put(block, info.span) };
+        unsafe { self.large.put_hot(class, block) };
         Ok(())
     }
 
@@ -1251,6 +1263,7 @@ impl PoolInner {
                 unsafe { self.trim_block(block, class, freed) };
             }
         }
+        self.large.drain_hot();
         self.release_large(usize::MAX, freed);
     }
 

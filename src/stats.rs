@@ -87,8 +87,9 @@ pub struct Stats {
 /// kept as runs that any of them is cut from or assembled from, instead of
 /// idle blocks of each class.
 ///
-/// A request first takes the front of the smallest idle run that holds it
-/// (`cut`, no system call); failing that, the largest runs are moved side
+/// A request first takes its class's hot block, the one returned last,
+/// if there is one (counted as a shared-tier hit); then the front of the
+/// smallest idle run that holds it (`cut`, no system call); failing that, the largest runs are moved side
 /// by side with `mremap` (`assembled`, `moves`, `moved_bytes`) and the rest
 /// of the block is fresh (`assembled_fresh_bytes`, counted per class as
 /// [`ClassStats::fit_grown_bytes`]). Fresh bytes are the pages a block may
@@ -99,8 +100,12 @@ pub struct Stats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LargeStats {
-    /// Idle bytes in the tier (included in [`Stats::retained_bytes`]).
+    /// Idle bytes in the tier, hot blocks included (included in
+    /// [`Stats::retained_bytes`]).
     pub idle_bytes: usize,
+    /// Hot blocks: per class, the block returned last, kept whole for the
+    /// class's next request (taken with one atomic swap).
+    pub hot_blocks: usize,
     /// Idle runs (address ranges) they form.
     pub runs: usize,
     /// Mappings the tier tracks, idle or in use: each assembly adds some,
@@ -221,10 +226,11 @@ impl fmt::Display for Stats {
         if l.cut + l.assembled + l.idle_bytes as u64 > 0 {
             writeln!(
                 f,
-                "large tier: {} idle in {} runs, {} mappings; {} cut, {} assembled \
-                 ({} moves, {} moved, {} fresh), {} trimmed",
+                "large tier: {} idle in {} runs and {} hot blocks, {} mappings; {} cut, \
+                 {} assembled ({} moves, {} moved, {} fresh), {} trimmed",
                 Mib(l.idle_bytes),
                 l.runs,
+                l.hot_blocks,
                 l.mappings,
                 l.cut,
                 l.assembled,

@@ -117,6 +117,10 @@ impl PoolInner {
             tier.mark_tick();
         }
         // Idle pages of the large tier that no request needed all interval.
+        // Hot blocks join the runs first: one returned before this tick
+        // and not taken since is idle from now on, and goes at the next
+        // tick unless a request uses it.
+        this.large.drain_hot();
         let unused = this.large.idle_since_tick();
         this.release_large(unused.min(budget - freed.bytes), &mut freed);
         // Each cache is let go as soon as it is done, so its owner is
@@ -166,6 +170,7 @@ impl PoolInner {
         });
         // The large tier's idle pages first: the smallest runs, the least
         // reusable.
+        this.large.drain_hot();
         this.release_large(this.retention.reserved().saturating_sub(limit), &mut freed);
         for (class, tier) in this.shared.iter().enumerate().rev() {
             while over() {

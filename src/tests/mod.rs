@@ -939,11 +939,14 @@ fn the_idle_tick_unmaps_large_pages_that_stayed_idle_all_interval() {
     tick(&inner); // idle during the interval's end only: kept
     assert_eq!(pool.stats().retained_bytes, 1024 * K);
     drop(b);
-    let again = pool.get(512 * K); // 1.5 MiB idle, never less than 1 MiB
-    tick(&inner); // what stayed idle all interval: 1 MiB
+    let again = pool.get(512 * K); // cut from the idle 1 MiB; `b` is hot
+    // What stayed idle all interval: the other 512 KiB of `a`. The hot
+    // block joins the runs now and goes at the next tick if unused.
+    tick(&inner);
     let stats = pool.stats();
-    assert_eq!(stats.retained_bytes, 512 * K, "{stats}");
-    assert_eq!(stats.large.trimmed_bytes, 1024 * K as u64);
+    assert_eq!(stats.retained_bytes, 1024 * K, "{stats}");
+    assert_eq!(stats.large.trimmed_bytes, 512 * K as u64);
+    assert_eq!(stats.large.hot_blocks, 0);
     drop(again);
     tick(&inner);
     tick(&inner);
@@ -1012,4 +1015,38 @@ fn an_assembly_emits_its_moved_and_fresh_bytes() {
         "assembled 2097152 bytes from idle pages (1966080 moved, 131072 fresh)"
     );
     drop((small, big));
+}
+
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn the_block_returned_last_serves_its_class_next_whole() {
+    const K: usize = 1 << 10;
+    let pool = mapped_pool();
+    let mut a = pool.get(1024 * K);
+    a.resize(1024 * K, 3);
+    let at = a.as_ptr();
+    drop(a);
+    let stats = pool.stats();
+    assert_eq!(stats.large.hot_blocks, 1, "{stats}");
+    assert_eq!(stats.retained_bytes, 1024 * K);
+    assert_eq!(stats.large.runs, 0, "kept whole, not in the runs");
+    let b = pool.get(1000 * K);
+    assert_eq!(b.as_ptr(), at, "the same block: its pages are the warmest");
+    assert!(b.is_empty(), "never the old bytes");
+    let stats = pool.stats();
+    assert_eq!(stats.classes[3].shared_hits, 1);
+    assert_eq!(stats.large.cut, 0, "no search");
+    assert_eq!(stats.large.hot_blocks, 0);
+    drop(b);
+    // Another class's request drains the hot block into the runs and cuts
+    // from it.
+    let c = pool.get(256 * K);
+    let stats = pool.stats();
+    assert_eq!(stats.large.cut, 1, "{stats}");
+    assert_eq!(stats.classes[1].misses, 0);
+    assert_eq!(stats.retained_bytes, 768 * K);
+    drop(c);
+    pool.trim();
+    assert_eq!(pool.stats().retained_bytes, 0);
+    assert_eq!(pool.stats().large.mappings, 0);
 }
