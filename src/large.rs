@@ -408,13 +408,19 @@ impl LargeTier {
         }
     }
 
-    /// Bytes and blocks in the hot slots (a snapshot).
-    fn hot_bytes(&self) -> (usize, usize) {
+    /// Whether `class` has a hot block now (a snapshot).
+    pub(crate) fn is_hot(&self, class: usize) -> bool {
+        self.hot[class].load(Ordering::Relaxed) != 0
+    }
+
+    /// Bytes in the hot slots (a snapshot).
+    fn hot_bytes(&self) -> usize {
         self.hot
             .iter()
             .zip(self.spans.iter())
             .filter(|(slot, _)| slot.load(Ordering::Relaxed) != 0)
-            .fold((0, 0), |(bytes, n), (_, &span)| (bytes + span, n + 1))
+            .map(|(_, &span)| span)
+            .sum()
     }
 
     /// Maps a fresh block for a class of `capacity` bytes: its span (whole
@@ -568,13 +574,12 @@ impl LargeTier {
         self.extents.lock().idle_since_tick()
     }
 
-    /// The tier's figures (all but `trimmed_bytes`, which the pool counts).
+    /// The tier's figures (all but `trimmed_bytes` and `hot_blocks`, which
+    /// the pool fills in).
     pub(crate) fn stats(&self) -> LargeStats {
-        let (hot_bytes, hot_blocks) = self.hot_bytes();
         let e = self.extents.lock();
         LargeStats {
-            idle_bytes: e.idle_bytes() + hot_bytes,
-            hot_blocks,
+            idle_bytes: e.idle_bytes(),
             runs: e.runs(),
             mappings: e.regions(),
             ..e.counters.clone()
@@ -583,7 +588,7 @@ impl LargeTier {
 
     /// Idle bytes, the hot blocks' included.
     pub(crate) fn idle_bytes(&self) -> usize {
-        self.hot_bytes().0 + self.extents.lock().idle_bytes()
+        self.hot_bytes() + self.extents.lock().idle_bytes()
     }
 }
 

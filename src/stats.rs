@@ -29,9 +29,9 @@ pub struct Stats {
     /// The retention limit in force: `max_retained_bytes`, lowered under
     /// memory pressure.
     pub retention_limit_bytes: usize,
-    /// Idle buffers held in the thread caches and the shared tier. The
-    /// large tier's idle memory is pages, not buffers: it is counted in
-    /// `retained_bytes` and in [`large`](Self::large).
+    /// Idle buffers held in every tier (the large tier's hot blocks
+    /// included). The large tier's runs are pages, not buffers: they are
+    /// counted in `retained_bytes` and in [`large`](Self::large).
     pub retained_buffers: usize,
     /// Capacity handed out and not yet returned (oversize buffers included),
     /// in bytes.
@@ -100,11 +100,12 @@ pub struct Stats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LargeStats {
-    /// Idle bytes in the tier, hot blocks included (included in
-    /// [`Stats::retained_bytes`]).
+    /// Idle bytes in the runs (included in [`Stats::retained_bytes`]).
     pub idle_bytes: usize,
     /// Hot blocks: per class, the block returned last, kept whole for the
-    /// class's next request (taken with one atomic swap).
+    /// class's next request (taken with one atomic swap). They are idle
+    /// buffers of their class, counted in its
+    /// [`retained_buffers`](ClassStats::retained_buffers).
     pub hot_blocks: usize,
     /// Idle runs (address ranges) they form.
     pub runs: usize,
@@ -157,8 +158,9 @@ pub struct ClassStats {
     pub trimmed: u64,
     /// Buffers taken out of the pool with `into_vec`.
     pub detached: u64,
-    /// Idle buffers of this class held in the thread caches and the
-    /// shared tier (a mapped class's idle pages are in [`Stats::large`]).
+    /// Idle buffers of this class held in the thread caches, the shared
+    /// tier, or the large tier's hot slot (a mapped class's idle pages in
+    /// runs are in [`Stats::large`]).
     pub retained_buffers: usize,
     /// Their capacity in bytes.
     pub retained_bytes: usize,
@@ -226,7 +228,7 @@ impl fmt::Display for Stats {
         if l.cut + l.assembled + l.idle_bytes as u64 > 0 {
             writeln!(
                 f,
-                "large tier: {} idle in {} runs and {} hot blocks, {} mappings; {} cut, \
+                "large tier: {} in {} idle runs, {} hot blocks, {} mappings; {} cut, \
                  {} assembled ({} moves, {} moved, {} fresh), {} trimmed",
                 Mib(l.idle_bytes),
                 l.runs,
@@ -419,8 +421,17 @@ impl PoolInner {
             }
         });
         drop(caches);
-        for (counters, out) in self.counters.class.iter().zip(classes.iter_mut()) {
+        for (class, (counters, out)) in self
+            .counters
+            .class
+            .iter()
+            .zip(classes.iter_mut())
+            .enumerate()
+        {
             counters.add_to(out);
+            if self.info[class].large && self.large.is_hot(class) {
+                out.retained_buffers += 1;
+            }
         }
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -451,6 +462,9 @@ impl PoolInner {
         stats.classes = classes;
         stats.large = LargeStats {
             trimmed_bytes: load(&c.large_trimmed_bytes),
+            hot_blocks: (0..self.info.len())
+                .filter(|&class| self.info[class].large && self.large.is_hot(class))
+                .count(),
             ..self.large.stats()
         };
         stats.retained_bytes += stats.large.idle_bytes;

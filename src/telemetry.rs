@@ -133,7 +133,7 @@ fn describe() {
         describe_gauge!(
             LARGE_IDLE,
             Unit::Bytes,
-            "Idle pages of the large tier (mapped classes), in bytes."
+            "Idle bytes in the large tier's runs (mapped classes; hot blocks are in retained bytes)."
         );
         describe_gauge!(LARGE_MAPPINGS, "Mappings the large tier tracks.");
         describe_counter!(
