@@ -682,6 +682,32 @@ mod tests {
         e.check();
     }
 
+    // Safe code only, and thousands of B-tree operations: minutes under
+    // miri for nothing it could find.
+    #[cfg_attr(miri, ignore)]
+    #[test]
+    fn nothing_is_assembled_past_the_bound_on_mappings() {
+        let pages = MIN_PIECE / P;
+        let mut e = Extents::default();
+        // MAX_REGIONS mappings, every other one idle.
+        for i in 0..MAX_REGIONS {
+            let s = (1000 + i * 2 * pages) * P;
+            e.add_region(s, pages * P);
+            if i % 2 == 0 {
+                e.insert_idle(s, pages * P);
+            }
+        }
+        e.check();
+        assert!(e.pick_pieces(4 * pages * P).is_empty());
+        assert_eq!(e.idle_bytes(), MAX_REGIONS / 2 * pages * P, "nothing taken");
+        // Unmapping brings the count under the bound, and moves resume.
+        for (s, l) in e.pick_release(pages * P) {
+            e.remove_regions(s, l);
+        }
+        assert_eq!(e.pick_pieces(2 * pages * P).len(), 2);
+        e.check();
+    }
+
     #[test]
     fn removing_regions_splits_those_cut_through() {
         let mut e = Extents::default();
