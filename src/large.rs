@@ -69,7 +69,7 @@ pub(crate) enum Source {
     /// Cut from one idle run: its pages served as they were.
     Run,
     /// Assembled: `moved` bytes of idle pages moved in, the rest fresh.
-    Assembled { moved: usize, moves: usize },
+    Assembled { moved: usize },
 }
 
 /// A block handed out by the tier.
@@ -147,13 +147,15 @@ impl Extents {
         self.by_len.remove(&(len, start));
     }
 
-    /// Takes `[start, start + len)`, the front of a run of `run` bytes, out
-    /// of the idle runs; the rest of the run stays idle.
-    fn take_front(&mut self, start: usize, run: usize, len: usize) {
+    /// Takes `len` bytes out of the run of `run` bytes at `start`: its
+    /// front (`from_end` false) or its end. The rest of the run stays idle
+    /// where it was.
+    fn take_from_run(&mut self, start: usize, run: usize, len: usize, from_end: bool) {
         self.remove_run(start, run);
         if run > len {
-            self.idle.insert(start + len, run - len);
-            self.by_len.insert((run - len, start + len));
+            let rest = if from_end { start } else { start + len };
+            self.idle.insert(rest, run - len);
+            self.by_len.insert((run - len, rest));
         }
         self.idle_bytes -= len;
         self.low_water = self.low_water.min(self.idle_bytes);
@@ -163,7 +165,7 @@ impl Extents {
     /// that holds them.
     pub(crate) fn cut(&mut self, len: usize) -> Option<usize> {
         let &(run, start) = self.by_len.range((len, 0)..).next()?;
-        self.take_front(start, run, len);
+        self.take_from_run(start, run, len, false);
         self.counters.cut += 1;
         Some(start)
     }
@@ -197,7 +199,7 @@ impl Extents {
             if taken == 0 {
                 break;
             }
-            self.take_front(start, run, taken);
+            self.take_from_run(start, run, taken, false);
             need -= taken;
         }
         pieces
@@ -278,17 +280,10 @@ impl Extents {
                 break;
             };
             let len = run.min(left);
-            // From the run's end: its front stays where it was.
-            self.remove_run(start, run);
-            if len < run {
-                self.idle.insert(start, run - len);
-                self.by_len.insert((run - len, start));
-            }
-            self.idle_bytes -= len;
+            self.take_from_run(start, run, len, true);
             out.push((start + run - len, len));
             left -= len;
         }
-        self.low_water = self.low_water.min(self.idle_bytes);
         out
     }
 
@@ -313,9 +308,6 @@ impl Extents {
             last_end = Some(s + l);
             assert!(self.by_len.contains(&(l, s)));
             sum += l;
-            for (rs, rl) in self.segments(s, l) {
-                assert!(rl > 0 && rs >= s);
-            }
         }
         assert_eq!(self.by_len.len(), self.idle.len());
         assert_eq!(sum, self.idle_bytes);
@@ -510,10 +502,7 @@ impl LargeTier {
         }
         Some(Taken {
             block,
-            source: Source::Assembled {
-                moved: filled,
-                moves,
-            },
+            source: Source::Assembled { moved: filled },
         })
     }
 

@@ -785,7 +785,7 @@ impl PoolInner {
                 this.retention.unreserve(info.span);
                 counters.shared_hits.fetch_add(1, Ordering::Relaxed);
             }
-            Source::Assembled { moved, .. } => {
+            Source::Assembled { moved } => {
                 // The moved pages were idle (reserved); the rest is new.
                 this.retention.unreserve(moved);
                 this.footprint

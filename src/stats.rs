@@ -421,6 +421,7 @@ impl PoolInner {
             }
         });
         drop(caches);
+        let mut hot_blocks = 0;
         for (class, (counters, out)) in self
             .counters
             .class
@@ -431,6 +432,7 @@ impl PoolInner {
             counters.add_to(out);
             if self.info[class].large && self.large.is_hot(class) {
                 out.retained_buffers += 1;
+                hot_blocks += 1;
             }
         }
         let c = &self.counters;
@@ -462,9 +464,7 @@ impl PoolInner {
         stats.classes = classes;
         stats.large = LargeStats {
             trimmed_bytes: load(&c.large_trimmed_bytes),
-            hot_blocks: (0..self.info.len())
-                .filter(|&class| self.info[class].large && self.large.is_hot(class))
-                .count(),
+            hot_blocks,
             ..self.large.stats()
         };
         stats.retained_bytes += stats.large.idle_bytes;
