@@ -19,6 +19,30 @@
 //! `SeqCst` fence and `heavy` another, which is the same contract at the
 //! price of a fence on the fast path.
 
+/// Whether a test refused the heavy barrier on this thread, as a seccomp
+/// filter refusing `membarrier` to one thread would.
+#[cfg(all(test, not(tierpool_loom)))]
+fn refused_here() -> bool {
+    REFUSED.with(std::cell::Cell::get)
+}
+
+#[cfg(not(all(test, not(tierpool_loom))))]
+#[inline(always)]
+fn refused_here() -> bool {
+    false
+}
+
+#[cfg(all(test, not(tierpool_loom)))]
+std::thread_local! {
+    static REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes [`heavy`] fail on this thread from now on (tests only).
+#[cfg(all(test, not(tierpool_loom)))]
+pub(crate) fn refuse_on_this_thread() {
+    REFUSED.with(|r| r.set(true));
+}
+
 #[cfg(any(tierpool_loom, miri, not(target_os = "linux")))]
 mod imp {
     use crate::sync::{Ordering, fence};
@@ -34,7 +58,7 @@ mod imp {
 
     pub(crate) fn heavy() -> bool {
         fence(Ordering::SeqCst);
-        true
+        !super::refused_here()
     }
 }
 
@@ -145,7 +169,7 @@ mod imp {
             }
             Mode::Global => membarrier(CMD_GLOBAL) == 0,
             Mode::None => false,
-        };
+        } && !super::refused_here();
         fence(Ordering::SeqCst);
         done
     }

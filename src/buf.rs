@@ -12,7 +12,7 @@ use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
 use crate::os;
-use crate::pool::{Admission, OVERSIZE, PoolInner, Returned, arc_ptr};
+use crate::pool::{Admission, OVERSIZE, PoolInner, PoolRef, Returned, arc_ptr};
 use crate::sync::Arc;
 use crate::thread_cache;
 use crate::{Error, global};
@@ -276,12 +276,9 @@ impl PooledBuf {
                 requested: usize::MAX,
             })?;
         let pool: Arc<PoolInner> = match self.pool {
-            // SAFETY: our block holds a strong count, so the pool is alive and
-            // lives in an `Arc` (every `PoolInner` does).
-            Some(p) => unsafe {
-                Arc::increment_strong_count(p.as_ptr().cast_const());
-                Arc::from_raw(p.as_ptr().cast_const())
-            },
+            // SAFETY: `p` came from `arc_ptr`, and our block holds a count
+            // across the call.
+            Some(p) => unsafe { PoolRef::upgrade(p) },
             None => global().inner_arc().clone(),
         };
         let largest = pool.classes.largest();
@@ -398,9 +395,9 @@ impl PooledBuf {
         // SAFETY: that is exactly what a `Vec<u8>` of capacity `cap` frees
         // with; `len <= cap` bytes are initialised; `this` is never dropped.
         let vec = unsafe { Vec::from_raw_parts(this.ptr.as_ptr(), this.len, this.cap) };
-        // SAFETY: drops the count the block held; the pool may go now,
-        // and nothing below touches it.
-        unsafe { Arc::decrement_strong_count(pool.as_ptr().cast_const()) };
+        // SAFETY: the count the block held; the pool may go now, and
+        // nothing below touches it.
+        drop(unsafe { PoolRef::from_raw(pool) });
         vec
     }
 }
@@ -465,7 +462,7 @@ unsafe fn release(pool: NonNull<PoolInner>, ptr: NonNull<u8>, cap: usize, class:
     // SAFETY: the block was freed or queued in the shared tier; drop the
     // count it held. This may drop the pool, so it comes last, after every
     // use of `inner`.
-    unsafe { Arc::decrement_strong_count(pool.as_ptr().cast_const()) };
+    drop(unsafe { PoolRef::from_raw(pool) });
 }
 
 impl Default for PooledBuf {

@@ -73,8 +73,8 @@ unsafe impl Sync for ThreadCache {}
 /// What the pool runs on a cache when its owning thread exits.
 #[derive(Debug)]
 pub(crate) struct ExitFlush {
-    /// The pool, type-erased; valid while the cache is not closed (see
-    /// [`CacheState::closed`]).
+    /// The pool, type-erased, with the count the open cache owns; valid
+    /// while the cache is not closed (see [`CacheState::closed`]).
     pub(crate) pool: NonNull<()>,
     /// # Safety
     ///
@@ -88,8 +88,8 @@ pub(crate) struct ExitFlush {
 pub(crate) struct CacheState {
     /// Set (by the pool) when the pool closes or the cache is flushed for
     /// good: from then on nothing is put, and the pool may be gone. While it
-    /// is `false`, the pool is alive: the pool closes every registered cache
-    /// before it can be freed.
+    /// is `false`, the cache owns a count of its pool, which keeps it alive;
+    /// whoever sets it drops that count.
     pub(crate) closed: bool,
     /// Retention budget this cache reserved from the pool and holds for
     /// future returns, in bytes. The pool reserves it and gives it back; a put

@@ -16,7 +16,7 @@
 use std::ptr::NonNull;
 
 use crate::event::{Event, TrimReason};
-use crate::pool::{PoolInner, arc_ptr};
+use crate::pool::{PoolInner, PoolRef, arc_ptr};
 use crate::sync::{Arc, Ordering};
 use crate::thread_cache;
 
@@ -146,7 +146,7 @@ impl PoolInner {
                 }
                 state.mark_tick();
                 // SAFETY: the freed blocks' counts; `this` is another.
-                unsafe { PoolInner::drop_counts(arc_ptr(this), freed.buffers - before) };
+                unsafe { PoolRef::drop_many(arc_ptr(this), freed.buffers - before) };
             });
         }
         drop(caches);

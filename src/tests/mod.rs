@@ -8,6 +8,8 @@ use bytes::BufMut;
 
 use crate::{AllocReason, DropReason, Error, Event, Pool, PooledBuf, SizeClasses, TrimReason};
 
+mod close;
+
 const ROUNDS: usize = if cfg!(miri) { 20 } else { 2_000 };
 
 fn small_pool_builder() -> crate::PoolBuilder {

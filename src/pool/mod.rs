@@ -1,0 +1,330 @@
+//! `Pool` and its builder: the get and return paths through the tiers.
+//!
+//! ```text
+//!  get ──► thread cache ──(empty)──► shared tier (+2 classes up) ──► os::alloc
+//!  drop ──► thread cache ──(full: spill oldest)──► shared tier ──(full)──► os::free
+//! ```
+//!
+//! Mapped classes (128 KiB and up on Unix) have no shared queues: their
+//! idle memory is the large tier's pages (`large.rs`), which a request is
+//! cut from or assembled from, and a return or a spill goes back to.
+//!
+//! The thread cache (`thread_cache.rs`) is a leaf; this file refills and
+//! spills it. The retention budget is `retention.rs`, trimming `trim.rs`,
+//! the container's memory and admission `limits/`.
+
+mod builder;
+mod caches;
+mod get;
+mod give_back;
+mod inner;
+mod pool_ref;
+
+pub(crate) use inner::{Admission, ClassInfo, PoolInner, Returned};
+pub(crate) use pool_ref::{PoolRef, arc_ptr};
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::buf::PooledBuf;
+use crate::event::{AllocReason, DropReason, Event, EventHook, Events, TrimReason};
+use crate::io::label::{AdapterCounters, Labels};
+use crate::large::{LargeTier, Source};
+use crate::limits::{Limits, LimitsConfig, MemoryLimit, PageCache, Thresholds};
+use crate::os;
+use crate::retention::Retention;
+use crate::shared_tier::SharedTier;
+use crate::stats::PoolCounters;
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
+use crate::thread_cache::{self, CacheState, ClassLayout, ExitFlush, ThreadCache};
+use crate::trim::Freed;
+use crate::{Error, SizeClasses};
+
+/// How many classes above the requested one a miss may borrow an idle
+/// buffer from before allocating: a reuse instead of fresh page faults, at
+/// the price of at most two classes' rounding.
+const BORROW_CLASSES_ABOVE: usize = 2;
+/// The most buffers a thread cache keeps per class, however small the class.
+const MAX_THREAD_CACHE_DEPTH: usize = 32;
+/// The most buffers the shared tier queues per class.
+const MAX_SHARED_TIER_DEPTH: usize = 4096;
+/// How often another thread retries a busy thread cache before giving up
+/// on it for this pass (its owner holds it for a few dozen instructions).
+pub(crate) const LOCK_PATIENCE: u32 = 10_000;
+/// The class tag of buffers above the largest class.
+pub(crate) const OVERSIZE: u32 = u32::MAX;
+
+/// A tiered buffer pool: a cheap, cloneable handle (`Clone + Send + Sync`).
+///
+/// Requests are rounded up to a size class and served from the calling
+/// thread's cache, then the shared tier, then the allocator. Buffers go back
+/// when dropped, on any thread. See the [crate docs](crate) for the tiers.
+///
+/// ```
+/// let pool = tierpool::Pool::new();
+/// let mut buf = pool.get(10_000);
+/// assert!(buf.capacity() >= 10_000);
+/// buf.extend_from_slice(b"pixels");
+/// assert_eq!(&buf[..], b"pixels");
+/// drop(buf); // back into this thread's cache
+/// assert_eq!(pool.stats().retained_buffers, 1);
+/// ```
+///
+/// Dropping the last handle frees every idle buffer; buffers still out free
+/// themselves when dropped, and the pool's memory goes with the last one.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+    _handle: Arc<Handle>,
+}
+
+/// Closes the pool when the last `Pool` handle goes.
+struct Handle(Arc<PoolInner>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        PoolInner::close(&self.0);
+    }
+}
+
+/// Configures and builds a [`Pool`].
+///
+/// ```
+/// use tierpool::{Pool, SizeClasses};
+///
+/// let pool = Pool::builder()
+///     .size_classes(SizeClasses::from_sizes(&[100, 200, 300])?)
+///     .max_retained_bytes(64 << 20)
+///     .thread_cache_bytes(1024)
+///     .build();
+/// assert_eq!(pool.get(150).capacity(), 200);
+/// # Ok::<(), tierpool::Error>(())
+/// ```
+pub struct PoolBuilder {
+    classes: SizeClasses,
+    max_retained_bytes: usize,
+    thread_cache_bytes: usize,
+    shared_tier_bytes: usize,
+    trim_interval: Duration,
+    min_retained_bytes: usize,
+    hook: Option<EventHook>,
+    limits: LimitsConfig,
+    name: Option<String>,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Default cap on idle memory across all tiers: 256 MiB (lowered under
+    /// memory pressure, see [`MemoryLimit`]).
+    pub const DEFAULT_MAX_RETAINED_BYTES: usize = 256 << 20;
+    /// Default bytes each thread may keep per class in its cache: 256 KiB.
+    pub const DEFAULT_THREAD_CACHE_BYTES: usize = 256 << 10;
+    /// Default bytes the shared tier may queue per class: 128 MiB, so a
+    /// 64 MiB body read in 4 MiB chunks comes back whole;
+    /// `max_retained_bytes` bounds all classes together.
+    pub const DEFAULT_SHARED_TIER_BYTES: usize = 128 << 20;
+    /// Default interval of trimming on idle: 5 seconds.
+    ///
+    /// A buffer idle for one whole interval is freed by the end of the next,
+    /// so memory is back within 10 s of the last traffic: well inside the
+    /// 15–60 s that metrics scrapers and autoscalers look at. Under steady
+    /// traffic, anything used within 5 s stays pooled. A pass costs a few
+    /// microseconds per thread cache.
+    pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+    /// The shortest trim interval; shorter ones are raised to it.
+    pub const MIN_TRIM_INTERVAL: Duration = Duration::from_millis(10);
+    /// The longest trim interval; longer ones are lowered to it.
+    pub const MAX_TRIM_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+    /// A pool with the default classes (4 KiB–64 MiB, 4 per doubling) and caps.
+    pub fn new() -> Pool {
+        Pool::builder().build()
+    }
+
+    /// A builder to choose classes, caps, tier depths and limits.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            classes: SizeClasses::default(),
+            max_retained_bytes: Pool::DEFAULT_MAX_RETAINED_BYTES,
+            thread_cache_bytes: Pool::DEFAULT_THREAD_CACHE_BYTES,
+            shared_tier_bytes: Pool::DEFAULT_SHARED_TIER_BYTES,
+            trim_interval: Pool::DEFAULT_TRIM_INTERVAL,
+            min_retained_bytes: 0,
+            hook: None,
+            limits: LimitsConfig::default(),
+            name: None,
+        }
+    }
+
+    /// A buffer with `len() == 0` and `capacity() >= min_capacity`: the
+    /// class's capacity, or exactly `min_capacity` above the largest class.
+    ///
+    /// `get` always allocates when nothing idle fits, like `Vec`: it ignores
+    /// [`max_in_use_bytes`](PoolBuilder::max_in_use_bytes) and memory
+    /// pressure. Use [`try_get`](Self::try_get), [`get_timeout`](Self::get_timeout)
+    /// or [`acquire`](Self::acquire) where a request may be refused.
+    ///
+    /// # Panics
+    ///
+    /// When `min_capacity` exceeds `isize::MAX` bytes, like `Vec`; when the
+    /// allocator fails, the process aborts through
+    /// [`handle_alloc_error`](std::alloc::handle_alloc_error), like `Vec`.
+    #[inline(always)]
+    pub fn get(&self, min_capacity: usize) -> PooledBuf {
+        let (block, capacity, class) = match PoolInner::take_cached(&self.inner, min_capacity) {
+            Some(taken) => taken,
+            None => {
+                // Out of line, and no 40-byte buffer through memory: the
+                // parts come back in two registers.
+                let (block, capacity) = get_or_fail(&self.inner, min_capacity);
+                (block, capacity, class_of(&self.inner, capacity))
+            }
+        };
+        // SAFETY: a block of `class` with `capacity` bytes, owned by nobody
+        // else, carrying one pool count: from the cache, or given up by the
+        // buffer `get_or_fail` made (whose class `class_of` recovers).
+        unsafe { PooledBuf::from_cached(block, capacity, &self.inner, class) }
+    }
+
+    /// Like [`get`](Self::get), but never aborts: an absurd size or a failed
+    /// allocation is an error, and so is a request that admission control
+    /// refuses (over [`max_in_use_bytes`](PoolBuilder::max_in_use_bytes), or
+    /// the container's memory under critical pressure). A buffer already
+    /// idle in this thread's cache is always handed out.
+    ///
+    /// ```
+    /// let pool = tierpool::Pool::new();
+    /// assert!(pool.try_get(usize::MAX).is_err());
+    /// assert!(pool.try_get(1 << 50).is_err()); // 1 PiB: the allocator says no
+    /// assert_eq!(pool.stats().in_use_bytes, 0);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CapacityOverflow`] above `isize::MAX` bytes,
+    /// [`Error::AllocFailed`] when the allocator refuses,
+    /// [`Error::OverBudget`] and [`Error::MemoryPressure`] when admission
+    /// refuses.
+    #[inline]
+    pub fn try_get(&self, min_capacity: usize) -> Result<PooledBuf, Error> {
+        PoolInner::get(&self.inner, min_capacity, Admission::Check)
+    }
+
+    /// Frees every idle buffer now, in every tier: the shared tier and the
+    /// caches of all threads, idle ones included (exited threads flushed
+    /// theirs into the shared tier when they exited). Thread caches' unused
+    /// retention credit goes back too.
+    ///
+    /// Buffers returned while the trim runs may stay.
+    pub fn trim(&self) {
+        PoolInner::trim(&self.inner, TrimReason::Manual);
+    }
+
+    /// Moves this thread's idle buffers for this pool to the shared tier and
+    /// drops this thread's cache. A thread does this by itself when it
+    /// exits; a long-lived thread about to go idle for a while can do it
+    /// early so other threads reuse its buffers. The next `get` on this
+    /// thread starts a new cache.
+    pub fn flush_thread_cache(&self) {
+        PoolInner::flush_current_thread(&self.inner);
+    }
+
+    /// A snapshot of memory and traffic; see [`Stats`](crate::Stats).
+    pub fn stats(&self) -> crate::Stats {
+        self.inner.stats()
+    }
+
+    /// The classes this pool rounds requests up to.
+    pub fn size_classes(&self) -> &SizeClasses {
+        &self.inner.classes
+    }
+
+    /// The cap on idle memory across all tiers, as built.
+    pub fn max_retained_bytes(&self) -> usize {
+        self.inner.retention.configured()
+    }
+
+    /// The name given with [`PoolBuilder::name`], if any.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
+    pub(crate) fn inner_arc(&self) -> &Arc<PoolInner> {
+        &self.inner
+    }
+}
+
+// A panic anywhere (an event callback, a caller between two pool calls)
+// leaves the pool's books right: every operation moves a block and its
+// counts before it calls out, and callbacks are caught. So a `Pool` may be
+// used across `catch_unwind`.
+impl std::panic::UnwindSafe for Pool {}
+impl std::panic::RefUnwindSafe for Pool {}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::new()
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.inner.name)
+            .field("classes", &self.inner.classes)
+            .field("max_retained_bytes", &self.inner.retention.configured())
+            .field("on_event", &self.inner.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process-wide pool, built with the defaults on first use.
+///
+/// ```
+/// let buf = tierpool::global().get(4096);
+/// assert_eq!(buf.capacity(), 4096);
+/// ```
+pub fn global() -> &'static Pool {
+    static GLOBAL: OnceLock<Pool> = OnceLock::new();
+    GLOBAL.get_or_init(Pool::new)
+}
+
+/// [`Pool::get`] past its fast path: out of line, so the fast path saves
+/// no registers and tail-calls this.
+#[cold]
+#[inline(never)]
+fn get_or_fail(pool: &Arc<PoolInner>, min_capacity: usize) -> (NonNull<u8>, usize) {
+    match PoolInner::get_slow(pool, min_capacity, Admission::Bypass) {
+        Ok(buf) => buf.into_block(),
+        Err(e) => fail(e),
+    }
+}
+
+/// The class of a block of `capacity` bytes that `get_slow` handed out:
+/// class capacities are exact, and anything above the largest is an exact
+/// oversize allocation.
+#[cold]
+#[inline(never)]
+fn class_of(pool: &PoolInner, capacity: usize) -> u32 {
+    match pool.classes.index_for(capacity) {
+        Some(class) if pool.info[class].capacity == capacity => class as u32,
+        _ => OVERSIZE,
+    }
+}
+
+#[cold]
+#[track_caller]
+pub(crate) fn fail(e: Error) -> ! {
+    match e {
+        Error::AllocFailed { size } => {
+            // Same as `Vec`: out of memory is not a panic.
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<u8>(size).expect("an allocatable size"),
+            )
+        }
+        e => panic!("tierpool: {e}"),
+    }
+}
