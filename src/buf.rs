@@ -313,37 +313,6 @@ impl PooledBuf {
         }
     }
 
-    /// Lengthens the buffer to `new_len` (within its capacity) for a caller
-    /// that overwrites every new byte before anyone reads them: a decoder
-    /// handed the bytes as `&mut [u8]`. A mapped block (128 KiB and up) is
-    /// initialised memory as it stands (zeros from the kernel, or a previous
-    /// user's bytes), so nothing is written and no page is touched; a block
-    /// from the allocator is zeroed first, since its bytes may never have
-    /// been initialised.
-    ///
-    /// The new bytes may still hold a previous user's data when this
-    /// returns: the caller must overwrite them all, or not let the buffer
-    /// be read (drop it) if it could not.
-    #[cfg_attr(not(feature = "image"), allow(dead_code))]
-    pub(crate) fn extend_for_overwrite(&mut self, new_len: usize) {
-        assert!(
-            new_len <= self.cap,
-            "extend_for_overwrite({new_len}) past the capacity {}",
-            self.cap
-        );
-        if new_len <= self.len {
-            return;
-        }
-        if !os::is_mapped(self.cap) {
-            // SAFETY: `[len, new_len)` lies within the block's capacity.
-            unsafe { ptr::write_bytes(self.ptr.as_ptr().add(self.len), 0, new_len - self.len) };
-        }
-        // Mapped: every byte of a private anonymous mapping is initialised
-        // (the kernel zero-fills, `mremap` extensions and `MADV_DONTNEED`d
-        // pages read back as zeros), so the length may cover them as they are.
-        self.len = new_len;
-    }
-
     /// Sets the length without writing anything.
     ///
     /// # Safety

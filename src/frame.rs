@@ -52,10 +52,9 @@ pub struct Frame<T: Sample> {
 
 impl<T: Sample> Frame<T> {
     /// Takes a frame of `len` samples through `get` (a pool's `try_get`, or
-    /// an admitted request's permit), for a decoder to
-    /// overwrite whole. Its bytes are initialised but unspecified (zeros, or
-    /// a previous user's bytes in a mapped block); they are only reachable
-    /// through [`overwrite`](Self::overwrite) until the frame is filled.
+    /// an admitted request's permit), zeroed: a decoder is safe code that
+    /// may read its buffer or leave some of it unwritten, and neither may
+    /// show a previous user's bytes.
     fn take(
         get: &mut dyn FnMut(usize) -> Result<PooledBuf, Error>,
         len: usize,
@@ -70,7 +69,7 @@ impl<T: Sample> Frame<T> {
             })?;
         let mut buf = get(bytes)?;
         let offset = buf.as_ptr().addr().wrapping_neg() % align;
-        buf.extend_for_overwrite(offset + len * size);
+        buf.resize(offset + len * size, 0);
         Ok(Frame {
             buf,
             offset,
@@ -359,9 +358,8 @@ impl Pool {
     /// 100 000 × 100 000 pixels cost nothing. The decoder then gets what is
     /// left of `max_alloc` for its own buffers.
     ///
-    /// The frame is not zero-filled when it is a mapped block (128 KiB and
-    /// up): the decoder overwrites every byte, and a frame whose decoding
-    /// fails is dropped without being shown to anyone.
+    /// The frame is zeroed before the decoder gets it: whatever a decoder
+    /// reads or leaves unwritten, no previous user's bytes show.
     ///
     /// ```
     /// # let png = { let mut v = Vec::new(); image::RgbImage::new(64, 48).write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Png).unwrap(); v };
@@ -536,6 +534,9 @@ fn decode_into<D: ImageDecoder>(
 
 #[cfg(all(test, not(tierpool_loom)))]
 mod tests {
+    use std::sync::Arc as StdArc;
+    use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+
     use super::*;
 
     /// A decoder of a `width` × `height` image of `color` whose bytes count
@@ -660,5 +661,72 @@ mod tests {
         );
         let stats = pool.stats();
         assert_eq!(stats.in_use_bytes + stats.retained_bytes, 0);
+    }
+
+    /// The lazy decoder's width: its frame is 1 MiB, a mapped block whose
+    /// pages the pool keeps as they are (smaller under miri).
+    const LAZY_WIDTH: u32 = if cfg!(miri) { 32 } else { 1024 };
+
+    /// A safe decoder that records what its buffer held and writes nothing.
+    struct Lazy {
+        saw_nonzero: StdArc<AtomicBool>,
+    }
+
+    impl ImageDecoder for Lazy {
+        fn dimensions(&self) -> (u32, u32) {
+            (LAZY_WIDTH, 256)
+        }
+
+        fn color_type(&self) -> ColorType {
+            ColorType::Rgba8
+        }
+
+        fn read_image(self, buf: &mut [u8]) -> ImageResult<()> {
+            if buf.iter().any(|&b| b != 0) {
+                self.saw_nonzero.store(true, AtomicOrdering::Relaxed);
+            }
+            Ok(())
+        }
+
+        fn read_image_boxed(self: Box<Self>, buf: &mut [u8]) -> ImageResult<()> {
+            (*self).read_image(buf)
+        }
+    }
+
+    #[test]
+    fn a_custom_decoder_sees_and_leaves_only_zeros_in_a_reused_frame() {
+        let pool = Pool::new();
+        // A previous user's bytes in the block the frame will reuse.
+        let size = LAZY_WIDTH as usize * 256 * 4;
+        let mut secret = pool.get(size);
+        secret.resize(size, 0xA5);
+        let ptr = secret.as_ptr();
+        drop(secret);
+        let saw_nonzero = StdArc::new(AtomicBool::new(false));
+        let image = pool
+            .decode_with(
+                Lazy {
+                    saw_nonzero: saw_nonzero.clone(),
+                },
+                Limits::default(),
+            )
+            .unwrap();
+        let PooledImage::Rgba8(image) = image else {
+            panic!("an RGBA frame")
+        };
+        assert_eq!(image.as_raw().capacity(), size);
+        assert_eq!(
+            image.as_raw().as_bytes().as_ptr().addr() & !63,
+            ptr.addr() & !63,
+            "the block was reused"
+        );
+        assert!(
+            !saw_nonzero.load(AtomicOrdering::Relaxed),
+            "the decoder saw stale bytes"
+        );
+        assert!(
+            image.as_raw().as_bytes().iter().all(|&b| b == 0),
+            "stale bytes in the image"
+        );
     }
 }

@@ -157,15 +157,20 @@ mod fork_gate_imp {
     #[must_use]
     pub(crate) struct ClosedGate(());
 
-    /// Takes the fork gate exclusively: no lock of the crate is held, and
-    /// none can be taken, until [`open_in_parent`] or [`open_in_child`].
+    /// Takes the fork gate exclusively: no other thread holds a share, and
+    /// none can take one, until [`open_in_parent`] or [`open_in_child`].
+    ///
+    /// The forking thread's own shares (a `fork` from an event hook that a
+    /// trim pass runs) are not waited for: that thread is the one that
+    /// comes along into the child and finishes what it holds them for.
     pub(crate) fn close_fork_gate() -> ClosedGate {
         // One fork at a time.
         while GATE.fetch_or(CLOSED, Ordering::Acquire) & CLOSED != 0 {
             std::thread::yield_now();
         }
-        // Wait for the holders to let go; newcomers step back.
-        while GATE.load(Ordering::Acquire) & !CLOSED != 0 {
+        // Wait for the other holders to let go; newcomers step back.
+        let own = HELD.with(Cell::get);
+        while GATE.load(Ordering::Acquire) & !CLOSED != own {
             std::thread::yield_now();
         }
         ClosedGate(())
@@ -182,7 +187,9 @@ mod fork_gate_imp {
     /// parent did not come along.
     pub(crate) fn open_in_child(gate: ClosedGate) {
         let _ = gate;
-        GATE.store(0, Ordering::Release);
+        // The forking thread's own shares came along; they are let go as
+        // usual.
+        GATE.store(HELD.with(Cell::get), Ordering::Release);
     }
 }
 

@@ -353,3 +353,51 @@ fn a_forked_child_builds_pools_and_trims() {
         t.join().unwrap();
     }
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_fork_from_a_hook_on_the_trimmer_wedges_nothing() {
+    // 0: not yet; 1: forking; 2: the child ran and exited.
+    static FORKED: AtomicUsize = AtomicUsize::new(0);
+    let pool = base()
+        .trim_interval(Duration::from_millis(10))
+        .on_event(|e| {
+            let on_trimmer = std::thread::current().name() == Some("tierpool-trimmer");
+            if matches!(e, Event::Trimmed { .. })
+                && on_trimmer
+                && FORKED
+                    .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                // SAFETY: the child calls only `_exit`.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: ends the child at once.
+                    unsafe { libc::_exit(0) };
+                }
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                FORKED.store(2, Ordering::SeqCst);
+            }
+        })
+        .build();
+    drop(pool.get(4096));
+    eventually("a fork from a hook on the trimmer returned", || {
+        FORKED.load(Ordering::SeqCst) == 2
+    });
+    // Every lock of the crate still works, on another thread and pool too.
+    let (done_tx, done_rx) = mpsc::channel();
+    let p = pool.clone();
+    std::thread::spawn(move || {
+        p.trim();
+        drop(p.get(1 << 20));
+        let other = base().build();
+        drop(other.get(4096));
+        other.trim();
+        done_tx.send(()).unwrap();
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the pool's locks are wedged after a fork from a hook");
+}
