@@ -282,10 +282,14 @@ impl PooledBuf {
             None => global().inner_arc().clone(),
         };
         let largest = pool.classes.largest();
+        let doubled = self.cap.saturating_mul(2);
         let target = if requested <= largest {
-            requested.max(self.cap.saturating_mul(2)).min(largest)
+            requested.max(doubled).min(largest)
         } else {
-            requested
+            // Past the largest class, exact allocations that still double,
+            // as `Vec`'s do: appends stay amortised O(1). Never past
+            // `isize::MAX` for the doubling alone.
+            requested.max(doubled.min(isize::MAX as usize))
         };
         let mut bigger = PoolInner::get(&pool, target, Admission::Bypass)?;
         // SAFETY: `bigger` has at least `target >= len` bytes of room and is

@@ -105,3 +105,45 @@ fn stats_display_is_a_table() {
     assert!(text.contains("5K"), "{text}");
     assert!(text.contains("1 oversize allocations"), "{text}");
 }
+
+/// Appends past the largest class double the exact allocation as `Vec`
+/// does, so writing `n` bytes moves them O(log n) times, not O(n / write).
+#[test]
+fn appends_past_the_largest_class_stay_amortised() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let oversize = Arc::new(AtomicUsize::new(0));
+    let counter = oversize.clone();
+    let pool = Pool::builder()
+        .size_classes(SizeClasses::from_sizes(&[4096, 8192]).unwrap())
+        .on_event(move |e| {
+            if matches!(
+                e,
+                tierpool::Event::Allocated {
+                    reason: tierpool::AllocReason::Oversize,
+                    ..
+                }
+            ) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .build();
+    let total: usize = if cfg!(miri) { 256 << 10 } else { 16 << 20 };
+    let row = [7u8; 4096];
+    let mut buf = pool.get(0);
+    for _ in 0..total / row.len() {
+        buf.write_all(&row).unwrap();
+    }
+    assert_eq!(buf.len(), total);
+    assert!(buf.iter().all(|&b| b == 7));
+    let grown = oversize.load(Ordering::Relaxed);
+    // 8 KiB doubled up to `total`: log2(total / 8 KiB) allocations.
+    let doublings = (total / 8192).ilog2() as usize;
+    assert!(
+        grown <= doublings + 1,
+        "{grown} oversize allocations for {total} bytes (at most {})",
+        doublings + 1
+    );
+    assert!(buf.capacity() < 2 * total + 8192);
+}
