@@ -17,7 +17,8 @@ use crate::thread_cache::{CacheState, ThreadCache};
 pub struct Stats {
     /// Idle capacity held in every tier (thread caches, shared tier, and
     /// the idle pages of the large tier), in bytes. Never above
-    /// `max_retained_bytes`.
+    /// `reserved_bytes`, so never above `max_retained_bytes`, also in a
+    /// snapshot taken during traffic.
     pub retained_bytes: usize,
     /// Retention budget reserved: `retained_bytes` plus the thread caches'
     /// credit (budget a thread holds for its next returns, reserved in
@@ -468,6 +469,12 @@ impl PoolInner {
             ..self.large.stats()
         };
         stats.retained_bytes += stats.large.idle_bytes;
+        // Every idle byte holds a reservation, so the reserved bytes bound
+        // what is idle. The scan above is not atomic: mid-traffic, a block
+        // that moves between tiers while it runs (a refill, a spill, a hot
+        // block joining the runs) can be met twice. Quiescent, the bound
+        // changes nothing (`reserved = retained + credit + page rounding`).
+        stats.retained_bytes = stats.retained_bytes.min(stats.reserved_bytes);
         stats.adapters = self.adapters.snapshot();
         stats.labels = self.labels.stats(self.classes.sizes());
         self.limits.fill_stats(&mut stats);

@@ -401,3 +401,67 @@ fn a_fork_from_a_hook_on_the_trimmer_wedges_nothing() {
         .recv_timeout(Duration::from_secs(20))
         .expect("the pool's locks are wedged after a fork from a hook");
 }
+
+#[test]
+fn the_retention_cap_holds_under_concurrent_churn() {
+    const CAP: usize = 8 << 20;
+    let pools: Vec<Pool> = (0..5)
+        .map(|_| {
+            base()
+                .max_retained_bytes(CAP)
+                .trim_interval(Duration::from_millis(20))
+                .build()
+        })
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|t| {
+            let pools = pools.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                let mut i: usize = t * 7919;
+                while !stop.load(Ordering::Relaxed) {
+                    i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345) % (1 << 30);
+                    let pool = &pools[i % pools.len()];
+                    // 4 KiB to 2 MiB, between class boundaries too.
+                    let size = 4096 + (i >> 4) % (2 << 20);
+                    held.push(pool.get(size));
+                    if held.len() > 6 {
+                        held.swap_remove(i % held.len());
+                    }
+                    if i % 97 == 0 {
+                        held.clear();
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut samples = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        for pool in &pools {
+            let stats = pool.stats();
+            assert!(
+                stats.retained_bytes <= CAP,
+                "retained {} over the cap {CAP}",
+                stats.retained_bytes
+            );
+            assert!(
+                stats.reserved_bytes <= CAP,
+                "reserved {} over the cap",
+                stats.reserved_bytes
+            );
+            samples += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(samples > 10);
+    for pool in &pools {
+        let stats = pool.stats();
+        assert!(stats.retained_bytes <= CAP);
+    }
+}
