@@ -96,6 +96,10 @@ pub enum TrimReason {
     Pressure,
     /// The last handle of the pool was dropped.
     PoolClosed,
+    /// The large tiers of the process keep as many kernel mappings as they
+    /// may (see the crate docs, "Failure behaviour"): this pool's idle
+    /// pages were unmapped before it mapped a fresh block.
+    Mappings,
 }
 
 impl Event {
@@ -158,6 +162,7 @@ impl TrimReason {
             TrimReason::Idle => "idle",
             TrimReason::Pressure => "pressure",
             TrimReason::PoolClosed => "pool_closed",
+            TrimReason::Mappings => "mappings",
         }
     }
 }

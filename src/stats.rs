@@ -113,6 +113,13 @@ pub struct LargeStats {
     /// Mappings the tier tracks, idle or in use: each assembly adds some,
     /// trimming removes them.
     pub mappings: usize,
+    /// Kernel mappings that the large tiers of every pool of the process
+    /// keep together. Past [`mapping_bound`](Self::mapping_bound) no tier
+    /// assembles, and a tier unmaps its idle pages before it maps.
+    pub process_mappings: usize,
+    /// The process-wide bound on those mappings: `TIERPOOL_MAX_MAPPINGS`,
+    /// else a quarter of the kernel's `vm.max_map_count`.
+    pub mapping_bound: usize,
     /// Blocks cut from an idle run.
     pub cut: u64,
     /// Blocks assembled from moved runs.

@@ -89,6 +89,13 @@ impl PoolInner {
         let info = this.info[class];
         this.limits.note_allocation(this, capacity);
         let block = if info.large {
+            if crate::large::at_mapping_bound() {
+                // The process keeps as many mappings as it should: give
+                // this pool's idle pages back before adding one.
+                let mut freed = Freed::default();
+                this.release_large(usize::MAX, &mut freed);
+                this.finish_pass(freed, TrimReason::Mappings);
+            }
             this.large.map(capacity)?
         } else {
             os::alloc(capacity)?
