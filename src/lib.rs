@@ -32,10 +32,8 @@ pub use event::{AllocReason, DropReason, Event, TrimReason};
 #[cfg(feature = "image")]
 pub use frame::{DecodeError, Frame, PooledImage};
 pub use io::{Chunks, ChunksBody, PooledWriter};
-pub use limits::{
-    Acquire, AdmitFuture, ContainerMemory, MemoryLimit, PageCache, Permit, Pressure, Thresholds,
-};
-pub use pool::{Pool, PoolBuilder, global};
+pub use limits::{ContainerMemory, MemoryLimit, PageCache, Pressure, Thresholds};
+pub use pool::{Acquire, AdmitFuture, Permit, Pool, PoolBuilder, global};
 pub use size_class::SizeClasses;
 pub use stats::{ClassStats, LargeStats, Stats};
 

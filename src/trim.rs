@@ -344,7 +344,7 @@ mod thread {
                     let gate = crate::sync::fork_gate();
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         if sample {
-                            pool.limits.sample(&pool);
+                            PoolInner::sample_memory(&pool);
                         }
                         if tick {
                             PoolInner::tick(&pool);

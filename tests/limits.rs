@@ -513,3 +513,102 @@ fn a_refusable_request_is_not_served_by_growing_an_idle_block_past_the_budget() 
     assert_eq!(stats.in_use_bytes, 0, "{stats}");
     assert!(stats.classes.iter().all(|c| c.fit_hits == 0), "{stats}");
 }
+
+/// Runs `f` on a thread and fails the test if it does not finish in time
+/// (a deadlock shows as a failure, not a hung test run).
+fn finishes_within(secs: u64, what: &str, f: impl FnOnce() + Send + 'static) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("did not finish: {what}"));
+}
+
+#[test]
+fn an_event_hook_may_call_admit() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    finishes_within(30, "admit from a hook that admission's trim runs", || {
+        let slot: Arc<Mutex<Option<Pool>>> = Arc::new(Mutex::new(None));
+        let called = Arc::new(AtomicBool::new(false));
+        let (hook_slot, hook_called) = (slot.clone(), called.clone());
+        let pool = Pool::builder()
+            .memory_limit(MemoryLimit::Unlimited)
+            .max_in_use_bytes(1 << 20)
+            .on_event(move |e| {
+                if matches!(e, tierpool::Event::Trimmed { .. })
+                    && !hook_called.swap(true, Ordering::SeqCst)
+                {
+                    let pool = hook_slot.lock().unwrap().clone();
+                    if let Some(pool) = pool {
+                        // Refused (the budget is spent), but it returns.
+                        let permit = pool.admit(4096, Duration::ZERO);
+                        assert!(permit.is_err());
+                        let pressure = pool.sample_memory();
+                        assert_eq!(pressure, Pressure::Normal);
+                    }
+                }
+            })
+            .build();
+        *slot.lock().unwrap() = Some(pool.clone());
+        let held = pool.try_get(1 << 20).unwrap();
+        // Over the budget: admission trims (the hook runs), then refuses.
+        let err = pool
+            .admit(512 << 10, Duration::from_millis(20))
+            .unwrap_err();
+        assert!(err.is_refused(), "{err}");
+        assert!(called.load(Ordering::SeqCst), "the hook ran");
+        drop(held);
+        assert!(pool.admit(512 << 10, Duration::ZERO).is_ok());
+        slot.lock().unwrap().take();
+    });
+}
+
+/// The process's resident memory, from `/proc/self/statm`.
+#[cfg(target_os = "linux")]
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn shedding_starts_within_five_percent_of_the_critical_threshold() {
+    // A limit 256 MiB above what the process holds now, outside any
+    // container limit: the working set is the process's own resident
+    // memory. Refusable 1 MiB requests, held, until admission sheds.
+    let limit = rss() + (256 << 20);
+    let pool = Pool::builder()
+        .memory_limit(MemoryLimit::Bytes(limit as usize))
+        .trim_interval(Duration::ZERO)
+        .build();
+    if pool.stats().memory.is_none() {
+        return; // no way to read this process's memory here
+    }
+    let mut held = Vec::new();
+    let shed_at = loop {
+        match pool.try_get(1 << 20) {
+            Ok(mut buf) => {
+                buf.resize(1 << 20, 1);
+                held.push(buf);
+            }
+            Err(e) => {
+                assert!(matches!(e, Error::MemoryPressure { .. }), "{e}");
+                break rss();
+            }
+        }
+        assert!(held.len() < 1024, "never shed");
+    };
+    let fraction = shed_at as f64 / limit as f64;
+    assert!(
+        (0.85..=0.95).contains(&fraction),
+        "shed at {:.1}% of the limit; the critical threshold is 90%",
+        fraction * 100.0
+    );
+}

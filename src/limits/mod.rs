@@ -9,21 +9,18 @@
 //! (1 MiB and up) also takes a real sample, at most every
 //! 5 ms (`MIN_SAMPLE_GAP`).
 
-mod admission;
 mod cgroup;
+mod waiters;
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 pub use cgroup::ContainerMemory;
 
-use crate::event::Event;
-use crate::pool::PoolInner;
-use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::{Error, Stats};
 
-pub(crate) use admission::Waiters;
-pub use admission::{Acquire, AdmitFuture, Permit};
+pub(crate) use waiters::{Waiters, poll_waiting, wait_blocking};
 
 /// How often the trimmer thread samples the container's memory for a pool
 /// with a memory limit.
@@ -191,8 +188,17 @@ pub(crate) struct LimitsConfig {
     pub(crate) page_cache: PageCache,
 }
 
+/// A change of the pressure level, from the first to the second, for the
+/// pool to act on (retention, trimming, the `Pressure` event).
+pub(crate) type Transition = (Pressure, Pressure);
+
 /// A pool's view of the memory limit, its pressure level and its admission
 /// state.
+///
+/// It decides and never acts: a sample or an allocation returns the
+/// [`Transition`] it caused, and admission returns a reservation or a
+/// refusal; the pool trims, emits events and wakes. So no user code (an
+/// event hook) ever runs while this holds anything.
 #[derive(Debug)]
 pub(crate) struct Limits {
     config: LimitsConfig,
@@ -209,19 +215,47 @@ pub(crate) struct Limits {
     last: Mutex<Option<ContainerMemory>>,
     refused: AtomicU64,
     waited: AtomicU64,
-    /// Bytes set aside for admitted requests ([`Permit`]s) and not yet
-    /// taken: counted as if allocated.
-    aside: AtomicUsize,
-    /// Serialises an admission's check with its setting aside.
-    admitting: Mutex<()>,
+    /// Bytes admitted and not yet allocated, counted as if allocated: what
+    /// [`Permit`]s set aside, and each refusable request's capacity from
+    /// its admission until its block is counted in the footprint. Taken by
+    /// compare-and-swap against the limit and the budget, so two requests
+    /// cannot both take the last room.
+    reserved: AtomicUsize,
     pub(crate) waiters: Waiters,
+}
+
+/// Bytes reserved by admission ([`Limits::try_reserve`]): given back when
+/// dropped, or kept as a permit's set-aside ([`Reserved::keep`]).
+#[must_use]
+#[derive(Debug)]
+pub(crate) struct Reserved<'a> {
+    limits: &'a Limits,
+    bytes: usize,
+}
+
+impl Reserved<'_> {
+    /// Keeps the bytes reserved past this value (a permit's set-aside,
+    /// given back through [`Limits::unreserve`]); returns them.
+    pub(crate) fn keep(self) -> usize {
+        let bytes = self.bytes;
+        std::mem::forget(self);
+        bytes
+    }
+}
+
+impl Drop for Reserved<'_> {
+    /// Gives the reservation back: the request was refused further on, or
+    /// its block is counted in the footprint now.
+    fn drop(&mut self) {
+        self.limits.unreserve(self.bytes);
+    }
 }
 
 impl Limits {
     pub(crate) fn new(config: LimitsConfig) -> Limits {
         let (limit, last) = match config.limit {
             MemoryLimit::Unlimited => (0, None),
-            MemoryLimit::Bytes(n) => (n as u64, read_memory()),
+            MemoryLimit::Bytes(n) => (n as u64, read_memory_for(config.limit)),
             MemoryLimit::Container => {
                 let mem = read_memory();
                 (mem.as_ref().and_then(|m| m.limit).unwrap_or(0), mem)
@@ -237,8 +271,7 @@ impl Limits {
             last: Mutex::new(last),
             refused: AtomicU64::new(0),
             waited: AtomicU64::new(0),
-            aside: AtomicUsize::new(0),
-            admitting: Mutex::new(()),
+            reserved: AtomicUsize::new(0),
             waiters: Waiters::default(),
             config,
         }
@@ -266,69 +299,81 @@ impl Limits {
         self.level() == Pressure::Critical
     }
 
-    /// Reads the container's memory now and acts on the level it gives.
-    pub(crate) fn sample(&self, pool: &Arc<PoolInner>) {
+    fn now(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
+    /// Reads the container's memory now, with the pool's `footprint` at
+    /// that moment, and derives the level. Wakes the first admission
+    /// waiter, which may fit now.
+    pub(crate) fn sample(&self, footprint: usize) -> Option<Transition> {
         if self.limit == 0 {
-            return;
+            return None;
         }
-        self.sampled_at.store(
-            self.epoch.elapsed().as_nanos().max(1) as u64,
-            Ordering::Relaxed,
-        );
-        let Some(mem) = read_memory_for(self.config.limit) else {
-            return;
-        };
+        self.sampled_at.store(self.now(), Ordering::Relaxed);
+        let mem = read_memory_for(self.config.limit)?;
         self.ws_at_sample.store(mem.working_set, Ordering::Relaxed);
-        self.footprint_at_sample
-            .store(pool.footprint.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.footprint_at_sample.store(footprint, Ordering::Relaxed);
         let level = self
             .config
             .thresholds
             .level(mem.working_set, self.limit, self.level());
         *self.last.lock() = Some(mem);
-        self.set_level(pool, level);
+        let transition = self.set_level(level);
         if !self.waiters.is_empty() {
             self.waiters.wake_head();
         }
+        transition
     }
 
     /// The working set now, estimated: the last sample, plus what the pool
     /// allocated since (frees since are not subtracted: the allocator may
     /// not have given them back), plus what admitted requests may still
-    /// take.
-    fn estimate(&self, pool: &PoolInner, extra: usize) -> u64 {
-        let grown = pool
-            .footprint
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.footprint_at_sample.load(Ordering::Relaxed));
-        let aside = self.aside.load(Ordering::Relaxed);
+    /// take, plus `extra`.
+    fn estimate(&self, footprint: usize, reserved: usize, extra: usize) -> u64 {
+        let grown = footprint.saturating_sub(self.footprint_at_sample.load(Ordering::Relaxed));
         self.ws_at_sample
             .load(Ordering::Relaxed)
-            .saturating_add(grown.saturating_add(aside).saturating_add(extra) as u64)
+            .saturating_add(grown.saturating_add(reserved).saturating_add(extra) as u64)
     }
 
-    /// Called before the pool allocates `bytes`: a large miss may take a
-    /// sample; every miss raises the level if the estimate passes a
-    /// threshold.
-    pub(crate) fn note_allocation(&self, pool: &Arc<PoolInner>, bytes: usize) {
+    /// The working set at which refusable requests are refused.
+    fn critical_bytes(&self) -> u64 {
+        (self.limit as f64 * self.config.thresholds.critical) as u64
+    }
+
+    /// Called before the pool allocates `bytes` (its footprint is
+    /// `footprint`; `reserved`: admission counts them already): a large
+    /// miss may take a sample; every miss raises the level if the estimate
+    /// passes a threshold.
+    pub(crate) fn note_allocation(
+        &self,
+        footprint: usize,
+        bytes: usize,
+        reserved: bool,
+    ) -> Option<Transition> {
         if self.limit == 0 {
-            return;
+            return None;
         }
-        if bytes >= LARGE_MISS {
-            let now = self.epoch.elapsed().as_nanos() as u64;
-            let last = self.sampled_at.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= MIN_SAMPLE_GAP.as_nanos() as u64 {
-                self.sample(pool);
-            }
+        let mut transition = None;
+        if bytes >= LARGE_MISS && self.sample_is_older_than(MIN_SAMPLE_GAP) {
+            transition = self.sample(footprint);
         }
-        let estimate = self.estimate(pool, bytes);
+        let extra = if reserved { 0 } else { bytes };
+        let estimate = self.estimate(footprint, self.reserved.load(Ordering::Relaxed), extra);
         let level = self
             .config
             .thresholds
             .level(estimate, self.limit, self.level());
         if level > self.level() {
-            self.set_level(pool, level);
+            transition = chain(transition, self.set_level(level));
         }
+        transition
+    }
+
+    fn sample_is_older_than(&self, gap: Duration) -> bool {
+        let last = self.sampled_at.load(Ordering::Relaxed);
+        self.now().saturating_sub(last) >= gap.as_nanos() as u64
     }
 
     /// Called when the pool frees or queues memory: wakes the first
@@ -340,65 +385,80 @@ impl Limits {
         }
     }
 
-    fn set_level(&self, pool: &Arc<PoolInner>, level: Pressure) {
+    /// Sets the level; the change, if any.
+    fn set_level(&self, level: Pressure) -> Option<Transition> {
         let before = Pressure::from_u8(self.level.swap(level as u8, Ordering::Relaxed));
-        if before == level {
-            return;
-        }
-        let fraction = match level {
-            Pressure::Normal => 1.0,
-            Pressure::Elevated => 0.25,
-            Pressure::Critical => 0.0,
-        };
-        if pool.retention.scale_limit(fraction) {
-            PoolInner::shrink_to_limit(pool);
-        }
-        pool.events.emit(Event::Pressure {
-            from: before,
-            to: level,
-        });
+        (before != level).then_some((before, level))
     }
 
-    /// Admission: may the pool allocate `bytes` more for a refusable
-    /// request?
-    pub(crate) fn admit(&self, pool: &Arc<PoolInner>, bytes: usize) -> Result<(), Error> {
-        if self.limit > 0 && self.would_pass_critical(pool, bytes) {
-            // The pool's own idle memory counts in the working set: free it
-            // and look again (a fresh sample, not the estimate, which does
-            // not see frees) before refusing.
-            PoolInner::trim(pool, crate::TrimReason::Pressure);
-            self.sample(pool);
-            if self.would_pass_critical(pool, bytes) {
-                self.refused.fetch_add(1, Ordering::Relaxed);
+    /// Whether admitting `bytes` more should first take a fresh sample: the
+    /// estimate is near the critical threshold (within a tenth of it) and
+    /// the last sample is older than [`MIN_SAMPLE_GAP`]. The estimate only
+    /// grows between samples (it cannot see frees, nor memory the pool does
+    /// not own), so near the line a reading (microseconds) decides.
+    pub(crate) fn wants_fresh_sample(&self, footprint: usize, bytes: usize) -> bool {
+        self.limit > 0
+            && self.estimate(footprint, self.reserved.load(Ordering::Relaxed), bytes)
+                >= self.critical_bytes() / 10 * 9
+            && self.sample_is_older_than(MIN_SAMPLE_GAP)
+    }
+
+    /// Admission: reserves `bytes` for a refusable request if they fit
+    /// under the in-use budget and below the critical threshold, with the
+    /// pool's `footprint` (in use plus idle) read afresh at each try.
+    /// Atomic: the reservation is taken by compare-and-swap against the
+    /// same figures it was checked with.
+    pub(crate) fn try_reserve(
+        &self,
+        footprint: &AtomicUsize,
+        bytes: usize,
+    ) -> Result<Reserved<'_>, Error> {
+        let critical = self.critical_bytes();
+        let mut reserved = self.reserved.load(Ordering::Relaxed);
+        loop {
+            let footprint = footprint.load(Ordering::Relaxed);
+            if self.limit > 0
+                && (self.is_critical() || self.estimate(footprint, reserved, bytes) >= critical)
+            {
                 return Err(Error::MemoryPressure {
                     requested: bytes,
-                    working_set: self.estimate(pool, 0),
+                    working_set: self.estimate(footprint, reserved, 0),
                     limit: self.limit,
                 });
             }
-        }
-        if let Some(budget) = self.config.max_in_use {
-            let held = || {
-                pool.footprint
-                    .load(Ordering::Relaxed)
-                    .saturating_add(self.aside.load(Ordering::Relaxed))
+            if let Some(budget) = self.config.max_in_use {
+                let held = footprint.saturating_add(reserved);
+                if held.saturating_add(bytes) > budget {
+                    return Err(Error::OverBudget {
+                        requested: bytes,
+                        in_use: held,
+                        budget,
+                    });
+                }
+            }
+            let Some(next) = reserved.checked_add(bytes) else {
+                return Err(Error::CapacityOverflow { requested: bytes });
             };
-            if held().saturating_add(bytes) > budget {
-                // Idle memory counts against the budget only until it is
-                // needed: free it before refusing.
-                PoolInner::trim(pool, crate::TrimReason::Pressure);
-            }
-            let held = held();
-            if held.saturating_add(bytes) > budget {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::OverBudget {
-                    requested: bytes,
-                    in_use: held,
-                    budget,
-                });
+            match self.reserved.compare_exchange_weak(
+                reserved,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Ok(Reserved {
+                        limits: self,
+                        bytes,
+                    });
+                }
+                Err(seen) => reserved = seen,
             }
         }
-        Ok(())
+    }
+
+    /// Counts a request that admission refused for good.
+    pub(crate) fn count_refusal(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Refuses at once a request that could never be admitted: more than
@@ -406,7 +466,7 @@ impl Limits {
     pub(crate) fn check_fits(&self, bytes: usize) -> Result<(), Error> {
         match self.config.max_in_use {
             Some(budget) if bytes > budget => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
+                self.count_refusal();
                 Err(Error::OverBudget {
                     requested: bytes,
                     in_use: 0,
@@ -417,27 +477,11 @@ impl Limits {
         }
     }
 
-    /// Admission for a whole request: checks and sets `bytes` aside as one
-    /// step, so two requests cannot both take the last room.
-    pub(crate) fn admit_aside(&self, pool: &Arc<PoolInner>, bytes: usize) -> Result<(), Error> {
-        let _one_at_a_time = self.admitting.lock();
-        self.admit(pool, bytes)?;
-        self.aside.fetch_add(bytes, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Gives back `bytes` an admitted request set aside.
-    pub(crate) fn shrink_aside(&self, bytes: usize) {
+    /// Gives back `bytes` that a [`Reserved`] kept (a permit's set-aside).
+    pub(crate) fn unreserve(&self, bytes: usize) {
         if bytes > 0 {
-            self.aside.fetch_sub(bytes, Ordering::Relaxed);
+            self.reserved.fetch_sub(bytes, Ordering::Relaxed);
         }
-    }
-
-    /// Whether allocating `bytes` more would take the estimated working set
-    /// to the critical threshold (or pressure is critical already).
-    fn would_pass_critical(&self, pool: &PoolInner, bytes: usize) -> bool {
-        let critical = (self.limit as f64 * self.config.thresholds.critical) as u64;
-        self.is_critical() || self.estimate(pool, bytes) >= critical
     }
 
     pub(crate) fn count_wait(&self) {
@@ -450,7 +494,15 @@ impl Limits {
         stats.memory_limit_bytes = (self.limit > 0).then_some(self.limit);
         stats.refused = self.refused.load(Ordering::Relaxed);
         stats.waited = self.waited.load(Ordering::Relaxed);
-        stats.set_aside_bytes = self.aside.load(Ordering::Relaxed);
+        stats.set_aside_bytes = self.reserved.load(Ordering::Relaxed);
+    }
+}
+
+/// Two level changes in a row as one.
+fn chain(first: Option<Transition>, then: Option<Transition>) -> Option<Transition> {
+    match (first, then) {
+        (Some((from, _)), Some((_, to))) => (from != to).then_some((from, to)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -463,43 +515,29 @@ fn read_memory() -> Option<ContainerMemory> {
     ContainerMemory::read().ok()
 }
 
-/// The memory to steer by: the cgroup's, or for a `Bytes` limit without a
-/// cgroup, the process's resident memory.
+/// The memory to steer by: the cgroup's; for a `Bytes` limit in a cgroup
+/// that sets no limit of its own (whose usage may be other processes'),
+/// the process's own resident memory.
 fn read_memory_for(limit: MemoryLimit) -> Option<ContainerMemory> {
-    match read_memory() {
-        Some(mem) => Some(mem),
-        None if matches!(limit, MemoryLimit::Bytes(_)) && !cfg!(miri) => {
-            let rss = cgroup::process_rss()?;
-            Some(ContainerMemory {
-                usage: rss,
-                working_set: rss,
-                anon: rss,
-                ..ContainerMemory::default()
-            })
-        }
-        None => None,
+    let mem = read_memory();
+    match (mem, limit) {
+        (Some(mem), MemoryLimit::Bytes(_)) if mem.limit.is_none() => own_memory(),
+        (Some(mem), _) => Some(mem),
+        (None, MemoryLimit::Bytes(_)) => own_memory(),
+        (None, _) => None,
     }
 }
 
-// === impl Pool (limits) ===
-
-impl crate::Pool {
-    /// The memory pressure level the pool last derived from the
-    /// container's working set ([`Pressure::Normal`] without a limit).
-    ///
-    /// A readiness probe that answers 503 while this is
-    /// [`Pressure::Critical`] lets the load balancer stop sending while
-    /// in-flight requests finish and memory comes back down, instead of the
-    /// OOM killer restarting the pod.
-    pub fn pressure(&self) -> Pressure {
-        self.inner_arc().limits.level()
+/// The process's resident memory as a working set.
+fn own_memory() -> Option<ContainerMemory> {
+    if cfg!(miri) {
+        return None;
     }
-
-    /// Samples the container's memory now (the trimmer does this every
-    /// 100 ms) and returns the level.
-    pub fn sample_memory(&self) -> Pressure {
-        let inner = self.inner_arc();
-        inner.limits.sample(inner);
-        inner.limits.level()
-    }
+    let rss = cgroup::process_rss()?;
+    Some(ContainerMemory {
+        usage: rss,
+        working_set: rss,
+        anon: rss,
+        ..ContainerMemory::default()
+    })
 }

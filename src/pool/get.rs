@@ -78,16 +78,19 @@ impl PoolInner {
         // Admission before a fit: growing an idle block faults new memory
         // just as a fresh allocation does. (An idle block of the class
         // itself, above, is memory already held.)
-        if admission == Admission::Check {
-            this.limits.admit(this, capacity)?;
-        }
-        if let Some(block) = PoolInner::take_assembled(this, class) {
+        // The reservation holds the room until the block is counted in the
+        // footprint (it drops at the end of this function, after that).
+        let reserved = match admission {
+            Admission::Check => Some(PoolInner::admit(this, capacity)?),
+            Admission::Bypass => None,
+        };
+        if let Some(block) = PoolInner::take_assembled(this, class, reserved.is_some()) {
             // SAFETY: made of idle pages of the large tier, so ours;
             // `take_assembled` took a pool count for it.
             return Ok(unsafe { PooledBuf::from_block(block, this, class as u32) });
         }
         let info = this.info[class];
-        this.limits.note_allocation(this, capacity);
+        PoolInner::note_allocation(this, capacity, reserved.is_some());
         let block = if info.large {
             if crate::large::at_mapping_bound() {
                 // The process keeps as many mappings as it should: give
@@ -181,7 +184,11 @@ impl PoolInner {
     /// what the idle pages do not cover, and what the pool holds stays
     /// within what was in use at the peak. Linux only (elsewhere runs are
     /// still cut, never moved).
-    pub(super) fn take_assembled(this: &Arc<PoolInner>, class: usize) -> Option<NonNull<u8>> {
+    pub(super) fn take_assembled(
+        this: &Arc<PoolInner>,
+        class: usize,
+        reserved: bool,
+    ) -> Option<NonNull<u8>> {
         let info = this.info[class];
         if !info.large {
             return None;
@@ -203,7 +210,7 @@ impl PoolInner {
                     .fit_grown_bytes
                     .fetch_add((info.span - moved) as u64, Ordering::Relaxed);
                 if moved < info.span {
-                    this.limits.note_allocation(this, info.span - moved);
+                    PoolInner::note_allocation(this, info.span - moved, reserved);
                 }
                 this.events.emit(Event::Assembled {
                     capacity: info.capacity,
@@ -250,10 +257,11 @@ impl PoolInner {
         if size > isize::MAX as usize {
             return Err(Error::CapacityOverflow { requested: size });
         }
-        if admission == Admission::Check {
-            this.limits.admit(this, size)?;
-        }
-        this.limits.note_allocation(this, size);
+        let reserved = match admission {
+            Admission::Check => Some(PoolInner::admit(this, size)?),
+            Admission::Bypass => None,
+        };
+        PoolInner::note_allocation(this, size, reserved.is_some());
         let block = os::alloc(size)?;
         this.footprint.fetch_add(size, Ordering::Relaxed);
         this.counters.oversize_allocated(size);

@@ -13,13 +13,16 @@
 //! spills it. The retention budget is `retention.rs`, trimming `trim.rs`,
 //! the container's memory and admission `limits/`.
 
+mod admission;
 mod builder;
 mod caches;
 mod get;
 mod give_back;
 mod inner;
 mod pool_ref;
+mod pressure;
 
+pub use admission::{Acquire, AdmitFuture, Permit};
 pub(crate) use inner::{Admission, ClassInfo, PoolInner, Returned};
 pub(crate) use pool_ref::{PoolRef, arc_ptr};
 

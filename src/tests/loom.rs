@@ -225,3 +225,72 @@ fn a_block_assembled_from_idle_pages_races_a_return_and_a_trim() {
         assert_eq!(stats.large.mappings, 0, "{stats}");
     });
 }
+
+#[test]
+fn two_requests_with_room_for_one_never_both_get_it() {
+    loom::model(|| {
+        // Room for one 64-byte buffer under the budget; two threads ask for
+        // one each through admission at once and hold what they got until
+        // both have asked. Admission reserves by compare-and-swap before it
+        // allocates, so exactly one is served.
+        let pool = Pool::builder()
+            .size_classes(SizeClasses::from_sizes(&[64]).unwrap())
+            .thread_cache_bytes(0)
+            .shared_tier_bytes(64)
+            .max_in_use_bytes(64)
+            .memory_limit(crate::MemoryLimit::Unlimited)
+            .build();
+        let p = pool.clone();
+        let (asked_tx, asked_rx) = loom::sync::mpsc::channel();
+        let (done_tx, done_rx) = loom::sync::mpsc::channel::<()>();
+        let other = thread::spawn(move || {
+            let buf = p.try_get(64);
+            asked_tx.send(buf.is_ok()).unwrap();
+            done_rx.recv().unwrap();
+            drop(buf);
+        });
+        let mine = pool.try_get(64);
+        let theirs = asked_rx.recv().unwrap();
+        let served = usize::from(mine.is_ok()) + usize::from(theirs);
+        assert_eq!(served, 1, "room for one, both asked at once");
+        done_tx.send(()).unwrap();
+        drop(mine);
+        other.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!(stats.in_use_bytes, 0, "{stats}");
+        assert_eq!(
+            stats.set_aside_bytes, 0,
+            "every reservation went back: {stats}"
+        );
+    });
+}
+
+#[test]
+fn two_permits_with_room_for_one_never_both_get_it() {
+    loom::model(|| {
+        // Permits hold their reservation until dropped: two admissions of
+        // the whole budget at once, held until both have asked.
+        let pool = Pool::builder()
+            .size_classes(SizeClasses::from_sizes(&[64]).unwrap())
+            .thread_cache_bytes(0)
+            .max_in_use_bytes(64)
+            .memory_limit(crate::MemoryLimit::Unlimited)
+            .build();
+        let p = pool.clone();
+        let (asked_tx, asked_rx) = loom::sync::mpsc::channel();
+        let (done_tx, done_rx) = loom::sync::mpsc::channel::<()>();
+        let other = thread::spawn(move || {
+            let permit = p.admit(64, std::time::Duration::ZERO);
+            asked_tx.send(permit.is_ok()).unwrap();
+            done_rx.recv().unwrap();
+            drop(permit);
+        });
+        let mine = pool.admit(64, std::time::Duration::ZERO);
+        let theirs = asked_rx.recv().unwrap();
+        assert!(!(mine.is_ok() && theirs), "both permits took the last room");
+        done_tx.send(()).unwrap();
+        drop(mine);
+        other.join().unwrap();
+        assert_eq!(pool.stats().set_aside_bytes, 0);
+    });
+}
