@@ -406,54 +406,67 @@ impl Limits {
     /// Admission: reserves `bytes` for a refusable request if they fit
     /// under the in-use budget and below the critical threshold, with the
     /// pool's `footprint` (in use plus idle) read afresh at each try.
+    ///
     /// Atomic: the reservation is taken by compare-and-swap against the
-    /// same figures it was checked with.
+    /// reservations it was checked with, so two requests cannot both take
+    /// the last room. A block's bytes enter the footprint before its
+    /// reservation is given back (with Release), so a compare-and-swap that
+    /// reads a reservation given back (with Acquire) sees the footprint
+    /// that replaced it: it checks once more after it succeeds.
     pub(crate) fn try_reserve(
         &self,
         footprint: &AtomicUsize,
         bytes: usize,
     ) -> Result<Reserved<'_>, Error> {
-        let critical = self.critical_bytes();
-        let mut reserved = self.reserved.load(Ordering::Relaxed);
+        let mut reserved = self.reserved.load(Ordering::Acquire);
         loop {
-            let footprint = footprint.load(Ordering::Relaxed);
-            if self.limit > 0
-                && (self.is_critical() || self.estimate(footprint, reserved, bytes) >= critical)
-            {
-                return Err(Error::MemoryPressure {
-                    requested: bytes,
-                    working_set: self.estimate(footprint, reserved, 0),
-                    limit: self.limit,
-                });
-            }
-            if let Some(budget) = self.config.max_in_use {
-                let held = footprint.saturating_add(reserved);
-                if held.saturating_add(bytes) > budget {
-                    return Err(Error::OverBudget {
-                        requested: bytes,
-                        in_use: held,
-                        budget,
-                    });
-                }
-            }
+            self.fits(footprint.load(Ordering::Relaxed), reserved, bytes)?;
             let Some(next) = reserved.checked_add(bytes) else {
                 return Err(Error::CapacityOverflow { requested: bytes });
             };
             match self.reserved.compare_exchange_weak(
                 reserved,
                 next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
+                Ordering::AcqRel,
+                Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    return Ok(Reserved {
+                    let taken = Reserved {
                         limits: self,
                         bytes,
-                    });
+                    };
+                    // Dropping `taken` on a refusal gives the bytes back.
+                    self.fits(footprint.load(Ordering::Relaxed), reserved, bytes)?;
+                    return Ok(taken);
                 }
                 Err(seen) => reserved = seen,
             }
         }
+    }
+
+    /// Whether `bytes` more fit with this footprint and these reservations.
+    fn fits(&self, footprint: usize, reserved: usize, bytes: usize) -> Result<(), Error> {
+        if self.limit > 0
+            && (self.is_critical()
+                || self.estimate(footprint, reserved, bytes) >= self.critical_bytes())
+        {
+            return Err(Error::MemoryPressure {
+                requested: bytes,
+                working_set: self.estimate(footprint, reserved, 0),
+                limit: self.limit,
+            });
+        }
+        if let Some(budget) = self.config.max_in_use {
+            let held = footprint.saturating_add(reserved);
+            if held.saturating_add(bytes) > budget {
+                return Err(Error::OverBudget {
+                    requested: bytes,
+                    in_use: held,
+                    budget,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Counts a request that admission refused for good.
@@ -478,9 +491,13 @@ impl Limits {
     }
 
     /// Gives back `bytes` that a [`Reserved`] kept (a permit's set-aside).
+    ///
+    /// Release: the allocation that replaced the reservation (its bytes
+    /// added to the footprint first) is seen by whoever reads the
+    /// reservation gone (see [`try_reserve`](Self::try_reserve)).
     pub(crate) fn unreserve(&self, bytes: usize) {
         if bytes > 0 {
-            self.reserved.fetch_sub(bytes, Ordering::Relaxed);
+            self.reserved.fetch_sub(bytes, Ordering::Release);
         }
     }
 
