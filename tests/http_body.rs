@@ -426,3 +426,34 @@ fn a_thumbnail_server_decodes_into_the_pool_and_answers_from_it() {
         .unwrap();
     assert_eq!(frames.hits + frames.misses, 2);
 }
+
+#[test]
+fn a_permit_reads_the_body_where_a_plain_read_is_refused() {
+    // The budget holds one request's body, set aside by its permit: a
+    // read that was not admitted is refused; the permit's is not.
+    let pool = Pool::builder()
+        .memory_limit(tierpool::MemoryLimit::Unlimited)
+        .max_in_use_bytes(3 << 20)
+        .build();
+    let permit = pool
+        .admit(2 << 20, std::time::Duration::from_secs(1))
+        .unwrap();
+    let body = data(2 << 20);
+    let refused = block_on(pool.read_body(Full::new(Bytes::from(body.clone())), 4 << 20));
+    assert!(
+        matches!(refused, Err(BodyError::Pool(ref e)) if e.is_refused()),
+        "{refused:?}"
+    );
+    let before = permit.remaining();
+    let chunks = block_on(permit.read_body(Full::new(Bytes::from(body.clone())), 4 << 20)).unwrap();
+    assert_eq!(chunks.to_vec(), body);
+    assert!(
+        before - permit.remaining() >= 2 << 20,
+        "the body drew on the permit"
+    );
+    // The limit still applies on a permit.
+    let too_long = block_on(permit.read_body(Full::new(Bytes::from(data(100))), 10));
+    assert!(matches!(too_long, Err(e) if e.is_too_large()));
+    drop((chunks, permit));
+    assert_eq!(pool.stats().set_aside_bytes, 0);
+}

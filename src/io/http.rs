@@ -16,8 +16,9 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::io::label::{Activity, Label, Outcome};
-use crate::io::read::ChunkPlan;
-use crate::{Chunks, ChunksBody, Error, ErrorKind, Pool, PooledBuf};
+use crate::io::read::{ChunkPlan, shrink_last};
+use crate::pool::Draw;
+use crate::{Chunks, ChunksBody, Error, ErrorKind, Permit, Pool, PooledBuf};
 
 /// Why [`Pool::read_body`] failed: the body passed the limit (413), the pool
 /// could not give the memory (503 or 500), or the body itself failed (400:
@@ -163,39 +164,78 @@ impl Pool {
         max_len: usize,
         activity: &mut Activity,
     ) -> Result<Chunks, BodyError<B::Error>> {
-        let mut body = pin!(body);
-        let declared = body.size_hint();
-        if declared.lower() > max_len as u64 {
-            return Err(too_large(max_len, Some(declared.lower())));
-        }
-        let plan = ChunkPlan::new(max_len);
-        let mut sink = Sink {
-            pool: self,
-            plan,
-            chunks: Vec::new(),
-            total: 0,
-            next: plan.first(hint(&declared).or(learned)),
-        };
-        while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            let frame = frame.map_err(BodyError::Body)?;
-            activity.read_calls += 1;
-            let Ok(mut data) = frame.into_data() else {
-                continue; // trailers
-            };
-            while data.has_remaining() {
-                let n = sink.put(data.chunk(), activity)?;
-                data.advance(n);
-                if sink.total > max_len {
-                    return Err(too_large(max_len, None));
-                }
-            }
-            activity.bytes = sink.total;
-        }
-        let mut chunks = sink.chunks;
-        // Frames are copied in, nothing is zeroed ahead: no overhang.
-        self.shrink_last(&mut chunks, 0)?;
-        Ok(Chunks::from_bufs(self.clone(), chunks))
+        fill_from_body(&Draw::Pool(self.clone()), body, learned, max_len, activity).await
     }
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
+impl Permit {
+    /// [`Pool::read_body`] for an admitted request: the body's chunks draw
+    /// on the permit and are never refused (the limit still applies).
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::read_body`], except that admission never refuses.
+    pub async fn read_body<B: Body>(
+        &self,
+        body: B,
+        max_len: usize,
+    ) -> Result<Chunks, BodyError<B::Error>> {
+        let started = Instant::now();
+        let mut activity = Activity::default();
+        let result = fill_from_body(&self.draw(), body, None, max_len, &mut activity).await;
+        activity.elapsed = started.elapsed();
+        activity.outcome = match &result {
+            Ok(_) => Outcome::Done,
+            Err(e) if e.is_too_large() => Outcome::TooLarge,
+            Err(_) => Outcome::Failed,
+        };
+        self.pool().inner_arc().adapters.record(&activity);
+        result
+    }
+}
+
+/// Reads a body into chunks taken through `draw`.
+async fn fill_from_body<B: Body>(
+    draw: &Draw,
+    body: B,
+    learned: Option<usize>,
+    max_len: usize,
+    activity: &mut Activity,
+) -> Result<Chunks, BodyError<B::Error>> {
+    let mut body = pin!(body);
+    let declared = body.size_hint();
+    if declared.lower() > max_len as u64 {
+        return Err(too_large(max_len, Some(declared.lower())));
+    }
+    let plan = ChunkPlan::new(max_len);
+    let mut sink = Sink {
+        draw,
+        plan,
+        chunks: Vec::new(),
+        total: 0,
+        next: plan.first(hint(&declared).or(learned)),
+    };
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(BodyError::Body)?;
+        activity.read_calls += 1;
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers
+        };
+        while data.has_remaining() {
+            let n = sink.put(data.chunk(), activity)?;
+            data.advance(n);
+            if sink.total > max_len {
+                return Err(too_large(max_len, None));
+            }
+        }
+        activity.bytes = sink.total;
+    }
+    let mut chunks = sink.chunks;
+    // Frames are copied in, nothing is zeroed ahead: no overhang.
+    let pool = draw.pool();
+    shrink_last(pool.size_classes(), &mut chunks, 0, |n| draw.take(n))?;
+    Ok(Chunks::from_bufs(pool.clone(), chunks))
 }
 
 #[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
@@ -235,7 +275,7 @@ fn too_large<E>(max_len: usize, declared: Option<u64>) -> BodyError<E> {
 
 /// Copies frames into pooled chunks sized by a [`ChunkPlan`].
 struct Sink<'a> {
-    pool: &'a Pool,
+    draw: &'a Draw,
     plan: ChunkPlan,
     chunks: Vec<PooledBuf>,
     total: usize,
@@ -250,7 +290,7 @@ impl Sink<'_> {
         let budget = self.plan.remaining(self.total);
         let full = self.chunks.last().is_none_or(|c| c.len() == c.capacity());
         if full {
-            let chunk = self.pool.try_get(self.next)?;
+            let chunk = self.draw.take(self.next)?;
             activity.chunks += 1;
             self.chunks.push(chunk);
         }

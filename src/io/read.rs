@@ -192,29 +192,40 @@ impl Pool {
         chunks: &mut [PooledBuf],
         overhang: usize,
     ) -> Result<usize, crate::Error> {
-        let held: usize = chunks.iter().map(|c| c.capacity()).sum();
-        let Some(last) = chunks.last_mut() else {
-            return Ok(0);
-        };
-        let unused = last.capacity() - last.len();
-        if last.is_empty() || unused * 20 <= held {
-            return Ok(0);
-        }
-        let discarded = last.discard_spare(overhang);
-        if discarded > 0 {
-            return Ok(discarded);
-        }
-        let Some(class) = self.size_classes().index_for(last.len()) else {
-            return Ok(0);
-        };
-        if self.size_classes().sizes()[class] >= last.capacity() {
-            return Ok(0);
-        }
-        let mut small = self.try_get(last.len())?;
-        small.extend_from_slice(last);
-        *last = small; // the large chunk goes back to the pool
-        Ok(0)
+        shrink_last(self.size_classes(), chunks, overhang, |n| self.try_get(n))
     }
+}
+
+/// [`Pool::shrink_last`], the smaller chunk taken through `take` (the pool,
+/// or an admitted request's permit).
+pub(crate) fn shrink_last(
+    classes: &crate::SizeClasses,
+    chunks: &mut [PooledBuf],
+    overhang: usize,
+    take: impl FnOnce(usize) -> Result<PooledBuf, crate::Error>,
+) -> Result<usize, crate::Error> {
+    let held: usize = chunks.iter().map(|c| c.capacity()).sum();
+    let Some(last) = chunks.last_mut() else {
+        return Ok(0);
+    };
+    let unused = last.capacity() - last.len();
+    if last.is_empty() || unused * 20 <= held {
+        return Ok(0);
+    }
+    let discarded = last.discard_spare(overhang);
+    if discarded > 0 {
+        return Ok(discarded);
+    }
+    let Some(class) = classes.index_for(last.len()) else {
+        return Ok(0);
+    };
+    if classes.sizes()[class] >= last.capacity() {
+        return Ok(0);
+    }
+    let mut small = take(last.len())?;
+    small.extend_from_slice(last);
+    *last = small; // the large chunk goes back to the pool
+    Ok(0)
 }
 
 /// The bytes a read reads past an exact hint to learn whether the stream

@@ -7,6 +7,7 @@ use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
 use crate::io::read::{FIRST_CHUNK, MAX_CHUNK, MAX_HINTED_CHUNK};
+use crate::pool::Draw;
 use crate::{Chunks, Pool, PooledBuf};
 
 /// A writer into pooled chunks, from [`Pool::writer`]: `io::Write` (with
@@ -25,7 +26,9 @@ use crate::{Chunks, Pool, PooledBuf};
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct PooledWriter {
-    pool: Pool,
+    /// Where its chunks come from: the pool, or an admitted request's
+    /// permit.
+    draw: Draw,
     chunks: Vec<PooledBuf>,
     written: usize,
     calls: u64,
@@ -58,19 +61,25 @@ impl Pool {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn writer_with_capacity(&self, capacity: usize) -> PooledWriter {
-        PooledWriter {
-            pool: self.clone(),
-            chunks: Vec::new(),
-            written: 0,
-            calls: 0,
-            first: capacity.min(MAX_HINTED_CHUNK),
-        }
+        PooledWriter::new(Draw::Pool(self.clone()), capacity)
     }
 }
 
 // === impl PooledWriter ===
 
 impl PooledWriter {
+    /// A writer taking its chunks through `draw`, the first of `capacity`
+    /// bytes (0: the default).
+    pub(crate) fn new(draw: Draw, capacity: usize) -> PooledWriter {
+        PooledWriter {
+            draw,
+            chunks: Vec::new(),
+            written: 0,
+            calls: 0,
+            first: capacity.min(MAX_HINTED_CHUNK),
+        }
+    }
+
     /// Bytes written so far.
     pub fn len(&self) -> usize {
         self.written
@@ -84,8 +93,8 @@ impl PooledWriter {
     /// The output as [`Chunks`], cursor at 0. The writer's bytes, write
     /// calls and chunks are recorded in the pool's adapter statistics.
     pub fn into_chunks(self) -> Chunks {
-        self.pool
-            .inner_arc()
+        let pool = self.draw.pool().clone();
+        pool.inner_arc()
             .adapters
             .record(&crate::io::label::Activity {
                 bytes: self.written,
@@ -93,7 +102,7 @@ impl PooledWriter {
                 chunks: self.chunks.len() as u64,
                 ..Default::default()
             });
-        Chunks::from_bufs(self.pool, self.chunks)
+        Chunks::from_bufs(pool, self.chunks)
     }
 
     /// The output in one pooled buffer (see [`Chunks::into_contiguous`]).
@@ -123,7 +132,7 @@ impl PooledWriter {
             } else {
                 self.written.clamp(FIRST_CHUNK, MAX_CHUNK)
             };
-            self.chunks.push(self.pool.try_get(size)?);
+            self.chunks.push(self.draw.take(size)?);
         }
         Ok(self.chunks.last_mut().expect("just ensured"))
     }

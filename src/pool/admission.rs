@@ -151,31 +151,33 @@ impl Pool {
     fn try_admit(&self, bytes: usize) -> Result<Permit, Error> {
         let inner = self.inner_arc();
         let bytes = PoolInner::admit(inner, bytes)?.keep();
-        Ok(Permit {
+        Ok(Permit(Arc::new(PermitState {
             pool: self.clone(),
             remaining: AtomicUsize::new(bytes),
-        })
+        })))
     }
 }
 
-/// Memory set aside for one request by [`Pool::admit`]: buffers taken
-/// through it are never refused. What is not used goes back when it drops.
+/// Memory set aside for one request by [`Pool::admit`]: everything the
+/// request takes through it (buffers, its body with
+/// [`read_body`](Permit::read_body), its decoded frames, its output
+/// [`writer`](Permit::writer)s) is never refused. What is not used goes
+/// back when the permit and every writer made from it are dropped.
 #[derive(Debug)]
-pub struct Permit {
+pub struct Permit(Arc<PermitState>);
+
+/// What a permit and its writers share: the bytes still set aside.
+#[derive(Debug)]
+pub(crate) struct PermitState {
     pool: Pool,
     /// Bytes still set aside.
     remaining: AtomicUsize,
 }
 
-impl Permit {
-    /// A buffer for the admitted request, like [`Pool::get`]: never refused.
-    /// Its capacity comes out of what the permit set aside (a request that
-    /// takes more than it was admitted for is served all the same).
-    ///
-    /// # Panics
-    ///
-    /// As [`Pool::get`].
-    pub fn get(&self, min_capacity: usize) -> PooledBuf {
+impl PermitState {
+    /// A buffer drawn on the permit: never refused; its capacity comes out
+    /// of what is set aside, as far as it goes.
+    fn get(&self, min_capacity: usize) -> PooledBuf {
         let buf = self.pool.get(min_capacity);
         // Drawn after the allocation, so the memory is never counted as
         // neither set aside nor allocated (only, briefly, as both).
@@ -196,19 +198,83 @@ impl Permit {
             }
         }
     }
-
-    /// Bytes still set aside for this request.
-    pub fn remaining(&self) -> usize {
-        self.remaining.load(Ordering::Relaxed)
-    }
 }
 
-impl Drop for Permit {
+impl Drop for PermitState {
     fn drop(&mut self) {
         let left = self.remaining.swap(0, Ordering::Relaxed);
         let limits = &self.pool.inner_arc().limits;
         limits.unreserve(left);
         limits.note_return();
+    }
+}
+
+impl Permit {
+    /// A buffer for the admitted request, like [`Pool::get`]: never refused.
+    /// Its capacity comes out of what the permit set aside (a request that
+    /// takes more than it was admitted for is served all the same).
+    ///
+    /// # Panics
+    ///
+    /// As [`Pool::get`].
+    pub fn get(&self, min_capacity: usize) -> PooledBuf {
+        self.0.get(min_capacity)
+    }
+
+    /// Bytes still set aside for this request.
+    pub fn remaining(&self) -> usize {
+        self.0.remaining.load(Ordering::Relaxed)
+    }
+
+    /// The pool the permit draws on.
+    pub fn pool(&self) -> &Pool {
+        &self.0.pool
+    }
+
+    /// A writer for the request's output, like [`Pool::writer`], whose
+    /// chunks draw on the permit: never refused. The permit's unused bytes
+    /// stay set aside while the writer lives.
+    pub fn writer(&self) -> crate::PooledWriter {
+        self.writer_with_capacity(0)
+    }
+
+    /// [`Pool::writer_with_capacity`] drawing on the permit, as
+    /// [`writer`](Self::writer).
+    pub fn writer_with_capacity(&self, capacity: usize) -> crate::PooledWriter {
+        crate::PooledWriter::new(Draw::Permit(self.0.clone()), capacity)
+    }
+
+    /// Where the permit's adapters take their buffers.
+    #[cfg_attr(not(feature = "http-body"), allow(dead_code))]
+    pub(crate) fn draw(&self) -> Draw {
+        Draw::Permit(self.0.clone())
+    }
+}
+
+/// Where an adapter (a writer, a body read) takes its buffers: the pool,
+/// refusably ([`Pool::try_get`]), or an admitted request's permit, never
+/// refused.
+#[derive(Debug, Clone)]
+pub(crate) enum Draw {
+    Pool(Pool),
+    Permit(Arc<PermitState>),
+}
+
+impl Draw {
+    /// A buffer of at least `min_capacity` bytes.
+    pub(crate) fn take(&self, min_capacity: usize) -> Result<PooledBuf, Error> {
+        match self {
+            Draw::Pool(pool) => pool.try_get(min_capacity),
+            Draw::Permit(permit) => Ok(permit.get(min_capacity)),
+        }
+    }
+
+    /// The pool the buffers come from.
+    pub(crate) fn pool(&self) -> &Pool {
+        match self {
+            Draw::Pool(pool) => pool,
+            Draw::Permit(permit) => &permit.pool,
+        }
     }
 }
 

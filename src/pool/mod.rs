@@ -22,6 +22,7 @@ mod inner;
 mod pool_ref;
 mod pressure;
 
+pub(crate) use admission::Draw;
 pub use admission::{Acquire, AdmitFuture, Permit};
 pub(crate) use inner::{Admission, ClassInfo, PoolInner, Returned};
 pub(crate) use pool_ref::{PoolRef, arc_ptr};
