@@ -30,7 +30,7 @@ pub use bytes;
 pub use error::{Error, ErrorKind};
 pub use event::{AllocReason, DropReason, Event, TrimReason};
 #[cfg(feature = "image")]
-pub use frame::{DecodeError, Frame, PooledImage};
+pub use frame::{DecodeError, Frame, ImageCost, PooledImage};
 pub use io::{Chunks, ChunksBody, PooledWriter};
 pub use limits::{ContainerMemory, MemoryLimit, PageCache, Pressure, Thresholds};
 pub use pool::{Acquire, AdmitFuture, Permit, Pool, PoolBuilder, global};

@@ -9,7 +9,7 @@ use std::io::Cursor;
 use common::png::with_dimensions;
 use image::codecs::png::PngEncoder;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Limits, Rgb, Rgba};
-use tierpool::{DecodeError, Pool, PooledImage};
+use tierpool::{DecodeError, ImageCost, Pool, PooledImage};
 
 fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Vec::new();
@@ -177,10 +177,10 @@ fn truncated_and_foreign_data_are_image_errors_and_free_the_frame() {
         let file = encode(&photo(640, 480, 5), format);
         let truncated = &file[..file.len() / 2];
         match pool.decode_image(Cursor::new(truncated)) {
-            Err(DecodeError::Image(_)) => {}
-            // A JPEG decoder may pad a truncated scan and succeed; it still
-            // wrote every byte of the frame.
-            Ok(image) if format == ImageFormat::Jpeg => assert_eq!(image.width(), 640),
+            Err(DecodeError::Image(_)) if format == ImageFormat::Png => {}
+            // A JPEG decoder pads a truncated scan with grey and succeeds:
+            // the missing end marker is caught before decoding.
+            Err(DecodeError::Truncated) if format == ImageFormat::Jpeg => {}
             other => panic!("{format:?}: {other:?}"),
         }
     }
@@ -253,4 +253,85 @@ fn decode_resize_encode_all_in_the_pool() {
         reference(&out.into_chunks().to_vec()).as_bytes(),
         image.as_bytes()
     );
+}
+
+#[test]
+fn a_truncated_jpeg_is_refused_from_its_missing_end_marker_at_every_cut() {
+    let pool = Pool::new();
+    let file = encode(&photo(320, 240, 9), ImageFormat::Jpeg);
+    for cut in [file.len() / 3, file.len() / 2, file.len() - 2] {
+        let err = pool.decode_image(Cursor::new(&file[..cut])).unwrap_err();
+        assert!(matches!(err, DecodeError::Truncated), "cut at {cut}: {err}");
+        let err = ImageCost::read(&mut Cursor::new(&file[..cut]), Limits::default()).unwrap_err();
+        assert!(matches!(err, DecodeError::Truncated), "cut at {cut}: {err}");
+    }
+    // Bytes after the end marker (a camera's trailer) are fine.
+    let mut trailer = file.clone();
+    trailer.extend_from_slice(&[0; 100]);
+    assert_eq!(
+        pool.decode_image(Cursor::new(&trailer)).unwrap().width(),
+        320
+    );
+    assert_eq!(pool.stats().in_use_bytes, 0);
+}
+
+#[test]
+fn the_cost_of_an_image_comes_from_its_header_and_leaves_the_reader_in_place() {
+    let pool = Pool::new();
+    for (format, width, height) in [(ImageFormat::Png, 400, 300), (ImageFormat::Jpeg, 640, 480)] {
+        let file = encode(&photo(width, height, 2), format);
+        let mut upload = pool.read_to_end(&file[..]).unwrap();
+        let cost = ImageCost::read(&mut upload, Limits::default()).unwrap();
+        assert_eq!((cost.width, cost.height), (width, height));
+        assert_eq!(cost.frame_bytes, u64::from(width * height * 3));
+        assert!(cost.decoder_bytes > 0 && cost.decoder_bytes < cost.frame_bytes * 2);
+        assert_eq!(cost.total(), cost.frame_bytes + cost.decoder_bytes);
+        // The upload decodes from where it was.
+        let image = pool.decode_image(upload).unwrap();
+        assert_eq!(image.to_dynamic(), reference(&file));
+    }
+    // A decompression bomb is refused from its header.
+    let small = encode(&photo(16, 16, 1), ImageFormat::Png);
+    let bomb = with_dimensions(&small, 100_000, 100_000);
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(256 << 20);
+    limits.max_image_width = None;
+    limits.max_image_height = None;
+    match ImageCost::read(&mut Cursor::new(&bomb), limits) {
+        Err(DecodeError::TooLarge { frame_bytes, .. }) => assert_eq!(frame_bytes, 30_000_000_000),
+        other => panic!("{other:?}"),
+    }
+    assert!(ImageCost::read(&mut Cursor::new(b"not an image"), Limits::default()).is_err());
+}
+
+#[test]
+fn a_permit_covers_the_frame_and_the_output_writer() {
+    use std::io::Write;
+    // Room for one request: its frame and its output, admitted together
+    // by cost; meanwhile nothing else fits.
+    let file = encode(&photo(320, 240, 4), ImageFormat::Png);
+    let cost = ImageCost::read(&mut Cursor::new(&file), Limits::default()).unwrap();
+    let budget = (cost.total() as usize + (64 << 10)) * 2;
+    let pool = Pool::builder().max_in_use_bytes(budget).build();
+    let permit = pool
+        .admit(
+            cost.total() as usize + (64 << 10),
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+    assert!(
+        pool.try_get(budget / 2).is_err(),
+        "the permit holds the room"
+    );
+    let image = permit.decode_image(Cursor::new(&file)).unwrap();
+    let mut out = permit.writer_with_capacity(1 << 20);
+    image
+        .write_with_encoder(PngEncoder::new(&mut out))
+        .expect("never refused on the permit");
+    out.write_all(b"").unwrap();
+    drop(permit); // the writer keeps what it still needs set aside
+    let png = out.into_chunks().to_vec();
+    assert_eq!(reference(&png), reference(&file));
+    drop(image);
+    assert_eq!(pool.stats().set_aside_bytes, 0);
 }
