@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release --example service --features http-body,image,metrics,tokio \
-//!     -- --addr 127.0.0.1:8080 [--max-body BYTES] [--no-pool]
+//!     -- --addr 127.0.0.1:8080 [--max-body BYTES] [--queue-timeout SECS] [--no-pool]
 //! curl -s --data-binary @photo.jpg 'localhost:8080/thumbnail?width=200' > thumb.png
 //! curl -s --data 'https://example.org' localhost:8080/qr > qr.png
 //! curl -s --data-binary @notes.txt localhost:8080/pdf > notes.pdf
@@ -21,7 +21,16 @@
 //! - `POST /pdf`: UTF-8 text in, a paginated PDF out; the same limits as
 //!   uploads.
 //! - `GET /metrics`: Prometheus text; `GET /ready`: 503 under critical memory
-//!   pressure. Admission refusing memory: 503.
+//!   pressure (with the pool's hysteresis: ready again below 85% of the
+//!   limit).
+//!
+//! Every request is admitted by its cost before it works (`Pool::admit`):
+//! a thumbnail by its upload, then by what the image's header says its
+//! decoding takes; a QR code by the largest code; a PDF by its text. A
+//! request waits in arrival order up to `--queue-timeout` seconds (default
+//! 10), then gets 503 with `Retry-After`. Whatever it answers, the service
+//! reads or drains the request body first, so no client sees its
+//! connection reset.
 //!
 //! `--no-pool` serves the same bytes with plain `Vec`s everywhere, for the
 //! load test to compare against. The listening address is printed on
@@ -31,6 +40,7 @@
 mod work;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -39,7 +49,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tierpool::{Chunks, Pool, Pressure};
+use http_body_util::BodyExt;
+use tierpool::{Chunks, Permit, Pool, Pressure};
+use tokio::time::Instant;
 use work::Failure;
 
 /// The largest decoded frame accepted, whatever `--max-body` is: a
@@ -48,11 +60,16 @@ use work::Failure;
 const MAX_FRAME: u64 = 256 << 20;
 /// Widths outside this are a bad request.
 const MAX_WIDTH: u32 = 4096;
+/// The most bytes of a refused request's body read and dropped before the
+/// answer (past it the connection is closed).
+const MAX_DRAIN: usize = 256 << 20;
 
 struct App {
     /// `None` with `--no-pool`.
     pool: Option<Pool>,
     max_body: usize,
+    /// How long a request waits for admission before its 503.
+    queue_timeout: Duration,
     metrics: PrometheusHandle,
 }
 
@@ -65,7 +82,7 @@ fn main() -> std::io::Result<()> {
         args.get(at + 1).cloned()
     };
     if args.iter().any(|a| a == "--help") {
-        println!("service --addr HOST:PORT [--max-body BYTES] [--no-pool]");
+        println!("service --addr HOST:PORT [--max-body BYTES] [--queue-timeout SECS] [--no-pool]");
         return Ok(());
     }
     let addr = value("--addr").unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -74,6 +91,14 @@ fn main() -> std::io::Result<()> {
         Some(Ok(n)) if n > 0 => n,
         Some(_) => {
             eprintln!("service: --max-body takes a positive number of bytes");
+            std::process::exit(2);
+        }
+    };
+    let queue_timeout = match value("--queue-timeout").map(|v| v.parse::<f64>()) {
+        None => Duration::from_secs(10),
+        Some(Ok(s)) if s.is_finite() && s >= 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
+        Some(_) => {
+            eprintln!("service: --queue-timeout takes 0 to 3600 seconds");
             std::process::exit(2);
         }
     };
@@ -87,6 +112,7 @@ fn main() -> std::io::Result<()> {
     let app = Arc::new(App {
         pool,
         max_body,
+        queue_timeout,
         metrics,
     });
     tokio::runtime::Builder::new_multi_thread()
@@ -127,40 +153,88 @@ async fn shutdown() {
 async fn thumbnail(State(app): Shared, request: Request) -> Response {
     let width = match width(request.uri().query()) {
         Ok(width) => width,
+        Err(failure) => return drain_then(request, failure).await,
+    };
+    let Some(pool) = app.pool.clone() else {
+        let work = match read_plain(request, app.max_body).await {
+            Ok(upload) => {
+                blocking(move || work::thumbnail_vec(&upload, width, MAX_FRAME).map(png_vec)).await
+            }
+            Err(failure) => Err(failure),
+        };
+        return work.unwrap_or_else(answer);
+    };
+    let deadline = Instant::now() + app.queue_timeout;
+    // The upload's room first; then, from the image's header, the room its
+    // decoding, thumbnail and PNG take.
+    let mut upload = match read_admitted(&pool, request, app.max_body, deadline).await {
+        Ok(upload) => upload,
+        Err(response) => return response,
+    };
+    let cost = match work::thumbnail_cost(&mut upload, width, MAX_FRAME) {
+        Ok(cost) => cost,
         Err(failure) => return answer(failure),
     };
-    let work = match read(&app, request, app.max_body).await {
-        Ok(Upload::Pooled(pool, upload)) => {
-            blocking(move || work::thumbnail_pool(&pool, upload, width, MAX_FRAME).map(png)).await
-        }
-        Ok(Upload::Plain(upload)) => {
-            blocking(move || work::thumbnail_vec(&upload, width, MAX_FRAME).map(png_vec)).await
-        }
-        Err(failure) => Err(failure),
+    let permit = match admit(&pool, cost, deadline).await {
+        Ok(permit) => permit,
+        Err(failure) => return answer(failure),
     };
-    work.unwrap_or_else(answer)
+    blocking(move || work::thumbnail_pool(&permit, upload, width, MAX_FRAME).map(png))
+        .await
+        .unwrap_or_else(answer)
 }
 
 async fn qr(State(app): Shared, request: Request) -> Response {
-    let work = match read(&app, request, work::QR_MAX_TEXT).await {
-        Ok(Upload::Pooled(pool, text)) => {
-            blocking(move || work::qr_pool(&pool, &text.into_contiguous()).map(png)).await
-        }
-        Ok(Upload::Plain(text)) => blocking(move || work::qr_vec(&text).map(png_vec)).await,
-        Err(failure) => Err(failure),
+    let Some(pool) = app.pool.clone() else {
+        let work = match read_plain(request, work::QR_MAX_TEXT).await {
+            Ok(text) => blocking(move || work::qr_vec(&text).map(png_vec)).await,
+            Err(failure) => Err(failure),
+        };
+        return work.unwrap_or_else(answer);
     };
-    work.unwrap_or_else(answer)
+    let deadline = Instant::now() + app.queue_timeout;
+    // A fixed bound: the largest code, and its text.
+    let permit = match admit(&pool, work::QR_COST + work::QR_MAX_TEXT, deadline).await {
+        Ok(permit) => permit,
+        Err(failure) => return drain_then(request, failure).await,
+    };
+    let text = match permit
+        .read_body(request.into_body(), work::QR_MAX_TEXT)
+        .await
+    {
+        Ok(text) => text,
+        Err(e) => return answer(body_failure(&e)),
+    };
+    blocking(move || work::qr_pool(&permit, &text.into_contiguous()).map(png))
+        .await
+        .unwrap_or_else(answer)
 }
 
 async fn pdf(State(app): Shared, request: Request) -> Response {
-    let work = match read(&app, request, app.max_body).await {
-        Ok(Upload::Pooled(_, text)) => {
-            blocking(move || work::pdf(&text.into_contiguous()).map(pdf_response)).await
-        }
-        Ok(Upload::Plain(text)) => blocking(move || work::pdf(&text).map(pdf_response)).await,
-        Err(failure) => Err(failure),
+    let Some(pool) = app.pool.clone() else {
+        let work = match read_plain(request, app.max_body).await {
+            Ok(text) => blocking(move || work::pdf(&text).map(pdf_response)).await,
+            Err(failure) => Err(failure),
+        };
+        return work.unwrap_or_else(answer);
     };
-    work.unwrap_or_else(answer)
+    let deadline = Instant::now() + app.queue_timeout;
+    let text = match read_admitted(&pool, request, app.max_body, deadline).await {
+        Ok(text) => text.into_contiguous(),
+        Err(response) => return response,
+    };
+    // pdf-writer builds in its own `Vec`: the permit holds the room for it.
+    let permit = match admit(&pool, work::pdf_cost(text.len()), deadline).await {
+        Ok(permit) => permit,
+        Err(failure) => return answer(failure),
+    };
+    blocking(move || {
+        let pdf = work::pdf(&text).map(pdf_response);
+        drop(permit);
+        pdf
+    })
+    .await
+    .unwrap_or_else(answer)
 }
 
 async fn metrics(State(app): Shared) -> Response {
@@ -185,50 +259,119 @@ async fn ready(State(app): Shared) -> StatusCode {
 
 // === plumbing ===
 
-enum Upload {
-    Pooled(Pool, Chunks),
-    Plain(Bytes),
+/// Waits in admission's queue until `bytes` fit, or `deadline`: a 503
+/// (with `Retry-After`) then.
+async fn admit(pool: &Pool, bytes: usize, deadline: Instant) -> Result<Permit, Failure> {
+    match tokio::time::timeout_at(deadline, pool.admit_async(bytes)).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(e)) => Err(Failure::Refused(e.to_string())),
+        Err(_) => Err(Failure::Refused(format!(
+            "no memory for this request ({bytes} bytes) within the queue's deadline"
+        ))),
+    }
 }
 
-/// Reads the body with `limit`: into the pool (the declared length refused
-/// or used as the hint), or with axum's own `to_bytes` for `--no-pool`.
-async fn read(app: &App, request: Request, limit: usize) -> Result<Upload, Failure> {
-    match &app.pool {
-        Some(pool) => match pool.read_body(request.into_body(), limit).await {
-            Ok(chunks) => Ok(Upload::Pooled(pool.clone(), chunks)),
-            Err(e) => Err(match e.status().as_u16() {
-                413 => Failure::TooLarge(e.to_string()),
-                503 => Failure::Refused(e.to_string()),
-                _ => Failure::BadRequest(e.to_string()),
-            }),
-        },
-        None => {
-            let declared = request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limit as u64) {
-                return Err(Failure::TooLarge(format!(
-                    "request body: {} bytes declared, the limit is {limit}",
-                    declared.unwrap_or(0)
-                )));
+/// The declared body length, if any.
+fn declared_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Reads the body with `limit` on a permit for it (its declared length,
+/// else `limit`): the answer instead, the body drained, when it is too
+/// large or admission refuses it within `deadline`.
+async fn read_admitted(
+    pool: &Pool,
+    request: Request,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Chunks, Response> {
+    let declared = declared_length(&request);
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        let failure = Failure::TooLarge(format!(
+            "request body: {n} bytes declared, the limit is {limit}"
+        ));
+        return Err(drain_then(request, failure).await);
+    }
+    let room = declared.map_or(limit, |n| n as usize).max(1);
+    let permit = match admit(pool, room, deadline).await {
+        Ok(permit) => permit,
+        Err(failure) => return Err(drain_then(request, failure).await),
+    };
+    // The permit's unused room goes back as soon as the body is in.
+    permit
+        .read_body(request.into_body(), limit)
+        .await
+        .map_err(|e| answer(body_failure(&e)))
+}
+
+/// A failed body read as its answer.
+fn body_failure<E: std::fmt::Display>(e: &tierpool::io::BodyError<E>) -> Failure {
+    match e.status().as_u16() {
+        413 => Failure::TooLarge(e.to_string()),
+        503 => Failure::Refused(e.to_string()),
+        _ => Failure::BadRequest(e.to_string()),
+    }
+}
+
+/// Reads and drops the request's body (up to [`MAX_DRAIN`] bytes), then
+/// answers `failure`: a client still sending its upload reads the answer
+/// instead of a reset connection.
+async fn drain_then(request: Request, failure: Failure) -> Response {
+    let mut body = request.into_body();
+    let mut drained = 0usize;
+    let mut close = false;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    drained += data.len();
+                }
+                if drained > MAX_DRAIN {
+                    close = true;
+                    break;
+                }
             }
-            axum::body::to_bytes(request.into_body(), limit)
-                .await
-                .map(Upload::Plain)
-                .map_err(|e| {
-                    let too_large = std::error::Error::source(&e)
-                        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                    if too_large {
-                        Failure::TooLarge(format!(
-                            "request body: longer than the limit of {limit} bytes"
-                        ))
-                    } else {
-                        Failure::BadRequest(format!("request body: {e}"))
-                    }
-                })
+            Ok(None) => break,
+            Ok(Some(Err(_))) | Err(_) => {
+                close = true;
+                break;
+            }
         }
     }
+    let mut response = answer(failure);
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Reads the body with `limit` into plain memory (`--no-pool`): axum's own
+/// `to_bytes`.
+async fn read_plain(request: Request, limit: usize) -> Result<Bytes, Failure> {
+    if let Some(n) = declared_length(&request).filter(|&n| n > limit as u64) {
+        return Err(Failure::TooLarge(format!(
+            "request body: {n} bytes declared, the limit is {limit}"
+        )));
+    }
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Failure::TooLarge(format!(
+                    "request body: longer than the limit of {limit} bytes"
+                ))
+            } else {
+                Failure::BadRequest(format!("request body: {e}"))
+            }
+        })
 }
 
 /// `?width=W`: 1 to 4096, 128 when absent.
@@ -273,10 +416,17 @@ fn pdf_response(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/pdf")], bytes).into_response()
 }
 
-/// A failure as its status and one plain-text line.
+/// A failure as its status and one plain-text line; a 503 says when to
+/// try again.
 fn answer(failure: Failure) -> Response {
     let status = StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let mut line = failure.message().replace('\n', " ");
     line.push('\n');
-    (status, [(header::CONTENT_TYPE, "text/plain")], line).into_response()
+    let mut response = (status, [(header::CONTENT_TYPE, "text/plain")], line).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
 }

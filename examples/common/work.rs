@@ -8,7 +8,7 @@ use std::io::Cursor;
 use image::codecs::png::PngEncoder;
 use image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageReader, Limits};
 use qrcode::{Color, EcLevel, QrCode};
-use tierpool::{Chunks, DecodeError, Pool};
+use tierpool::{Chunks, DecodeError, ImageCost, Permit};
 
 /// The most bytes of text a QR code is made from (version 40 at level M
 /// holds 2331).
@@ -70,10 +70,34 @@ pub(crate) fn thumbnail_height(width: u32, (w, h): (u32, u32)) -> u32 {
 
 // === thumbnails ===
 
+/// What a thumbnail of `upload` takes beside the upload itself, read from
+/// the image's header before anything is decoded: the frame and the
+/// decoder's working memory, the thumbnail and its PNG. A decompression
+/// bomb or a truncated JPEG is refused here (422).
+pub(crate) fn thumbnail_cost(upload: &mut Chunks, width: u32, max_frame: u64) -> Result<usize, Failure> {
+    if upload.is_empty() {
+        return Err(Failure::BadRequest("empty body".into()));
+    }
+    let cost = ImageCost::read(upload, limits(max_frame)).map_err(decode_failure)?;
+    let height = thumbnail_height(width, (cost.width, cost.height));
+    // The thumbnail (a `Vec`, at most 16 bytes a pixel) and its PNG.
+    let thumb = u64::from(width) * u64::from(height) * 16;
+    Ok((cost.total() + thumb + thumb / 2 + (64 << 10)) as usize)
+}
+
+/// How a decoding failure is answered.
+fn decode_failure(e: DecodeError) -> Failure {
+    match e {
+        DecodeError::Pool(e) if e.is_refused() => Failure::Refused(e.to_string()),
+        e => Failure::Unprocessable(e.to_string()),
+    }
+}
+
 /// Decodes `upload` into a pooled frame, makes a `width`-wide thumbnail and
-/// encodes it as PNG into pooled chunks.
+/// encodes it as PNG into pooled chunks, all on an admitted request's
+/// `permit` (see [`thumbnail_cost`]): nothing inside is refused.
 pub(crate) fn thumbnail_pool(
-    pool: &Pool,
+    permit: &Permit,
     upload: Chunks,
     width: u32,
     max_frame: u64,
@@ -81,16 +105,13 @@ pub(crate) fn thumbnail_pool(
     if upload.is_empty() {
         return Err(Failure::BadRequest("empty body".into()));
     }
-    let image = pool
+    let image = permit
         .decode_image_with_limits(upload, limits(max_frame))
-        .map_err(|e| match e {
-            DecodeError::Pool(e) if e.is_refused() => Failure::Refused(e.to_string()),
-            e => Failure::Unprocessable(e.to_string()),
-        })?;
+        .map_err(decode_failure)?;
     let height = thumbnail_height(width, (image.width(), image.height()));
     let thumb = image.thumbnail(width, height);
     drop(image); // the frame back to the pool before encoding
-    let mut out = pool.writer_with_capacity(png_estimate(&thumb));
+    let mut out = permit.writer_with_capacity(png_estimate(&thumb));
     thumb
         .write_with_encoder(PngEncoder::new(&mut out))
         .map_err(|e| Failure::Unprocessable(e.to_string()))?;
@@ -174,16 +195,18 @@ fn qr_pixels(modules: &[Color], width: usize, mut row: impl FnMut(&[u8])) {
     }
 }
 
+/// What a QR code takes at most: the largest code's frame (version 40,
+/// 1480 pixels a side) and its PNG, with room to spare.
+pub(crate) const QR_COST: usize = 4 << 20;
+
 /// A QR code as PNG: rendered into a pooled frame, encoded into pooled
-/// chunks.
-pub(crate) fn qr_pool(pool: &Pool, text: &[u8]) -> Result<Chunks, Failure> {
+/// chunks, on an admitted request's `permit` (of [`QR_COST`]).
+pub(crate) fn qr_pool(permit: &Permit, text: &[u8]) -> Result<Chunks, Failure> {
     let (modules, width) = qr_modules(text)?;
     let side = (width + 2 * QR_QUIET) * QR_SCALE;
-    let mut frame = pool
-        .try_get(side * side)
-        .map_err(|e| Failure::Refused(e.to_string()))?;
+    let mut frame = permit.get(side * side);
     qr_pixels(&modules, width, |row| frame.extend_from_slice(row));
-    let mut out = pool.writer_with_capacity(side * side / 16 + 1024);
+    let mut out = permit.writer_with_capacity(side * side / 16 + 1024);
     PngEncoder::new(&mut out)
         .write_image(&frame, side as u32, side as u32, ExtendedColorType::L8)
         .map_err(|e| Failure::Unprocessable(e.to_string()))?;
@@ -204,6 +227,12 @@ pub(crate) fn qr_vec(text: &[u8]) -> Result<Vec<u8>, Failure> {
 }
 
 // === PDFs ===
+
+/// What a PDF of `text_len` bytes of text takes: pdf-writer's own `Vec`
+/// (the text, its page objects, and a doubling as it grows) and the lines.
+pub(crate) fn pdf_cost(text_len: usize) -> usize {
+    text_len.saturating_mul(4).saturating_add(256 << 10)
+}
 
 /// A PDF of `text` in Helvetica, wrapped at 95 characters and paginated at
 /// 70 lines (pdf-writer builds it in its own `Vec`; the PDF is small beside
