@@ -526,8 +526,7 @@ fn run_job(job: &Job, pool: Option<&Pool>) -> Result<u64, Failure> {
             let mut upload = pool.read_file(path).map_err(io)?;
             let cost = work::thumbnail_cost(&mut upload, THUMB_WIDTH, MAX_FRAME)?;
             let permit = admit(pool, cost)?;
-            work::thumbnail_pool(&permit, upload, THUMB_WIDTH, MAX_FRAME)
-                .map(|c| digest_chunks(&c))
+            work::thumbnail_pool(&permit, upload, THUMB_WIDTH, MAX_FRAME).map(|c| digest_chunks(&c))
         }
         (Job::Image(path), None) => {
             let upload = std::fs::read(path).map_err(io)?;

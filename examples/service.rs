@@ -48,8 +48,8 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use http_body_util::BodyExt;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tierpool::{Chunks, Permit, Pool, Pressure};
 use tokio::time::Instant;
 use work::Failure;
@@ -344,9 +344,10 @@ async fn drain_then(request: Request, failure: Failure) -> Response {
     }
     let mut response = answer(failure);
     if close {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
     response
 }

@@ -46,6 +46,74 @@ impl Cgroup {
         self.write("cgroup.procs", &pid.to_string())
     }
 
+    /// The file a process writes its pid (or "0", itself) to to join.
+    pub(crate) fn procs_path(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// A handle that reads the cgroup's figures from another thread (and
+    /// does not remove it).
+    pub(crate) fn clone_handle(&self) -> Probe {
+        Probe {
+            dir: self.dir.clone(),
+            version: self.version,
+        }
+    }
+
+    /// Usage minus inactive page cache, as the kubelet computes it.
+    pub(crate) fn working_set(&self) -> u64 {
+        self.clone_handle().working_set()
+    }
+
+    /// Whether the kernel's OOM killer killed a process of the cgroup.
+    pub(crate) fn oom_killed(&self) -> bool {
+        let file = if self.version == 1 {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        };
+        let text = fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+        stat_field(&text, "oom_kill") > 0
+    }
+}
+
+impl Probe {
+    /// The memory.stat fields `names` (v1: their `total_` forms) and the
+    /// kernel memory charged (v1 `memory.kmem.usage_in_bytes`, v2 the
+    /// `kernel` field), for a breakdown of the working set.
+    pub(crate) fn breakdown(&self, names: &[&str]) -> Vec<(String, u64)> {
+        let stat = fs::read_to_string(self.dir.join("memory.stat")).unwrap_or_default();
+        let mut out: Vec<(String, u64)> = names
+            .iter()
+            .map(|n| {
+                let field = if self.version == 1 {
+                    format!("total_{n}")
+                } else {
+                    (*n).to_owned()
+                };
+                ((*n).to_owned(), stat_field(&stat, &field))
+            })
+            .collect();
+        let kernel = if self.version == 1 {
+            fs::read_to_string(self.dir.join("memory.kmem.usage_in_bytes"))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        } else {
+            stat_field(&stat, "kernel")
+        };
+        out.push(("kernel".into(), kernel));
+        out
+    }
+}
+
+/// Reads a cgroup's figures; see [`Cgroup::clone_handle`].
+pub(crate) struct Probe {
+    dir: PathBuf,
+    version: u8,
+}
+
+impl Probe {
     /// Usage minus inactive page cache, as the kubelet computes it.
     pub(crate) fn working_set(&self) -> u64 {
         let read = |file: &str| fs::read_to_string(self.dir.join(file)).unwrap_or_default();

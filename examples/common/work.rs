@@ -74,7 +74,11 @@ pub(crate) fn thumbnail_height(width: u32, (w, h): (u32, u32)) -> u32 {
 /// the image's header before anything is decoded: the frame and the
 /// decoder's working memory, the thumbnail and its PNG. A decompression
 /// bomb or a truncated JPEG is refused here (422).
-pub(crate) fn thumbnail_cost(upload: &mut Chunks, width: u32, max_frame: u64) -> Result<usize, Failure> {
+pub(crate) fn thumbnail_cost(
+    upload: &mut Chunks,
+    width: u32,
+    max_frame: u64,
+) -> Result<usize, Failure> {
     if upload.is_empty() {
         return Err(Failure::BadRequest("empty body".into()));
     }

@@ -263,6 +263,15 @@ impl PoolInner {
         };
         PoolInner::note_allocation(this, size, reserved.is_some());
         let block = os::alloc(size)?;
+        if os::is_mapped(size) {
+            // Faulted in at once, as the large tier's blocks are: what the
+            // footprint counts is then resident, and a memory sample taken
+            // before the caller writes it cannot miss it (and so let
+            // admission count it as free room).
+            // SAFETY: the fresh mapping of `span(size)` bytes just made,
+            // ours.
+            unsafe { os::populate(block, os::span(size)) };
+        }
         this.footprint.fetch_add(size, Ordering::Relaxed);
         this.counters.oversize_allocated(size);
         // The block owns this count.
