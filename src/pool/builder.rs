@@ -74,10 +74,19 @@ impl PoolBuilder {
 
     /// A callback for every [`Event`]: allocations, frees instead of reuse,
     /// trim passes, pressure changes. It runs on the thread where the event
-    /// happened, outside any lock of the pool, after the pool's books are
-    /// right, and may use the pool. A panic in it is caught and counted in
+    /// happened (the trimmer's, for idle ticks and samples), outside any
+    /// lock of the pool, after the pool's books are right.
+    ///
+    /// It may use the pool and any other: take and drop buffers, trim, read
+    /// statistics, sample memory, call [`admit`](Pool::admit) (admission
+    /// holds nothing while it trims, samples or emits). It may `fork` (a
+    /// trim pass runs it inside the fork gate; the forking thread's own
+    /// share is not waited for). It should not block for long: an idle tick
+    /// of every pool waits for it, and a hook that waits in `admit` or
+    /// `get_timeout` for memory that only the trimmer can give back waits
+    /// for itself until its timeout. A panic in it is caught and counted in
     /// [`Stats::hook_panics`](crate::Stats::hook_panics); the event is lost,
-    /// nothing else is. Keep it short; with no callback, events cost nothing.
+    /// nothing else is. With no callback, events cost nothing.
     pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.hook = Some(Box::new(hook));
         self
