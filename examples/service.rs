@@ -96,7 +96,7 @@ fn main() -> std::io::Result<()> {
     };
     let queue_timeout = match value("--queue-timeout").map(|v| v.parse::<f64>()) {
         None => Duration::from_secs(10),
-        Some(Ok(s)) if s.is_finite() && s >= 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
+        Some(Ok(s)) if (0.0..=3600.0).contains(&s) => Duration::from_secs_f64(s),
         Some(_) => {
             eprintln!("service: --queue-timeout takes 0 to 3600 seconds");
             std::process::exit(2);

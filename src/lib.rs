@@ -10,6 +10,7 @@ pub mod event;
 #[cfg(feature = "image")]
 #[cfg_attr(docsrs, doc(cfg(feature = "image")))]
 pub mod frame;
+mod global;
 pub mod io;
 mod large;
 mod limits;
@@ -31,11 +32,18 @@ pub use error::{Error, ErrorKind};
 pub use event::{AllocReason, DropReason, Event, TrimReason};
 #[cfg(feature = "image")]
 pub use frame::{DecodeError, Frame, ImageCost, PooledImage};
+pub use global::GlobalPool;
 pub use io::{Chunks, ChunksBody, PooledWriter};
 pub use limits::{ContainerMemory, MemoryLimit, PageCache, Pressure, Thresholds};
 pub use pool::{Acquire, AdmitFuture, Permit, Pool, PoolBuilder, global};
 pub use size_class::SizeClasses;
-pub use stats::{ClassStats, LargeStats, Stats};
+pub use stats::{ClassStats, GlobalStats, LargeStats, Stats};
+
+// `RUSTFLAGS="--cfg tierpool_global_alloc"`: every binary that links the
+// crate (the test suite in CI) runs on `GlobalPool`.
+#[cfg(tierpool_global_alloc)]
+#[global_allocator]
+static TEST_GLOBAL: GlobalPool = GlobalPool::new();
 
 // The unit tests use real threads and atomics; under loom only the model
 // tests build.

@@ -401,6 +401,50 @@ impl PoolCounters {
     }
 }
 
+/// What [`GlobalPool`](crate::GlobalPool)'s large tier holds and did,
+/// process-wide (`GLOBAL.stats()`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GlobalStats {
+    /// Bytes handed out and not yet freed (whole pages).
+    pub in_use_bytes: usize,
+    /// Idle pages kept for reuse, in bytes: given back to the OS after a
+    /// trim interval unused, or at once under critical pressure.
+    pub idle_bytes: usize,
+    /// Allocations served by the tier.
+    pub allocations: u64,
+    /// Of those, served by idle pages alone: no fresh page.
+    pub reused: u64,
+    /// Of those, assembled from idle pages moved together (`mremap`).
+    pub assembled: u64,
+    /// Reallocations that grew with `mremap` or shrank in place: no copy.
+    pub remapped: u64,
+    /// Bytes mapped fresh.
+    pub fresh_bytes: u64,
+    /// Idle bytes given back to the OS.
+    pub trimmed_bytes: u64,
+    /// Kernel mappings the tier keeps.
+    pub mappings: usize,
+}
+
+impl fmt::Display for GlobalStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "GlobalPool: {} in use, {} idle; {} allocations ({} reused, {} assembled), {} remapped; {} fresh, {} trimmed; {} mappings",
+            Mib(self.in_use_bytes),
+            Mib(self.idle_bytes),
+            self.allocations,
+            self.reused,
+            self.assembled,
+            self.remapped,
+            Mib(self.fresh_bytes as usize),
+            Mib(self.trimmed_bytes as usize),
+            self.mappings
+        )
+    }
+}
+
 // === impl PoolInner (statistics) ===
 
 impl PoolInner {

@@ -281,6 +281,9 @@ mod thread {
 
     #[cold]
     fn start() {
+        // A program whose only use of the crate is the global allocator
+        // registers the fork handlers here.
+        ATFORK.call_once(register_atfork);
         if RUNNING.swap(true, Ordering::AcqRel) {
             return; // another thread just started it
         }
@@ -298,6 +301,7 @@ mod thread {
 
     fn run() {
         let mut due: Vec<(Arc<PoolInner>, bool, bool)> = Vec::new();
+        let mut next_global: Option<Instant> = None;
         let mut schedule = lock();
         loop {
             let now = Instant::now();
@@ -310,6 +314,20 @@ mod thread {
                 schedule.shrink_to(2 * live);
             }
             let mut earliest: Option<Instant> = None;
+            // The global allocator's tier, once it exists, ticks on the
+            // default interval.
+            if crate::global::has_idle() || next_global.is_some() {
+                let at =
+                    *next_global.get_or_insert_with(|| now + crate::Pool::DEFAULT_TRIM_INTERVAL);
+                if at <= now {
+                    let _ = std::panic::catch_unwind(crate::global::tick);
+                    next_global =
+                        crate::global::has_idle().then(|| now + crate::Pool::DEFAULT_TRIM_INTERVAL);
+                }
+                if let Some(at) = next_global {
+                    earliest = Some(at);
+                }
+            }
             for entry in schedule.iter_mut() {
                 let tick = entry.next_tick.is_some_and(|t| t <= now);
                 let sample = entry.next_sample.is_some_and(|t| t <= now);

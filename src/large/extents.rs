@@ -48,6 +48,24 @@ impl Extents {
         self.regions.len()
     }
 
+    /// Whether `at` lies in a region (a page the tier mapped and has not
+    /// unmapped).
+    pub(crate) fn holds(&self, at: usize) -> bool {
+        self.regions
+            .range(..=at)
+            .next_back()
+            .is_some_and(|(&s, &l)| at < s + l)
+    }
+
+    /// Whether `[start, start + len)` lies inside one region (so one kernel
+    /// mapping, which `mremap` can grow or move whole).
+    pub(crate) fn in_one_region(&self, start: usize, len: usize) -> bool {
+        self.regions
+            .range(..=start)
+            .next_back()
+            .is_some_and(|(&s, &l)| start + len <= s + l)
+    }
+
     /// Adds `[start, start + len)` to the idle runs, joined with the runs
     /// it touches.
     pub(crate) fn insert_idle(&mut self, mut start: usize, mut len: usize) {

@@ -45,9 +45,16 @@ pub(crate) fn mapping_bound() -> usize {
     }
 }
 
-/// Whether the large tiers keep as many mappings as the bound allows.
+/// Whether the large tiers keep as many mappings as the bound allows. In
+/// an allocation path, before any pool read the bound, the kernel's
+/// default stands in (reading the environment there could wait on its
+/// lock, held by the allocation's own caller).
 pub(crate) fn at_bound() -> bool {
-    mappings() >= mapping_bound()
+    let bound = match BOUND.load(Ordering::Relaxed) {
+        0 => DEFAULT_MAX_MAP_COUNT / 4,
+        bound => bound,
+    };
+    mappings() >= bound
 }
 
 fn read_bound() -> usize {

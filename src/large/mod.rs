@@ -138,8 +138,6 @@ impl LargeTier {
     /// A tier for classes whose blocks span `spans[class]` bytes (0: a
     /// class the tier does not serve).
     pub(crate) fn new(spans: Box<[usize]>) -> Self {
-        // Read the bound now, not in a forked child's first allocation.
-        mapping_bound();
         LargeTier {
             extents: Mutex::new(Books::default()),
             hot: spans.iter().map(|_| AtomicUsize::new(0)).collect(),
@@ -218,6 +216,52 @@ impl LargeTier {
         self.books()
             .add_region(block.as_ptr().expose_provenance(), span);
         Ok(block)
+    }
+
+    /// Maps a fresh block of `span` bytes (whole pages) without faulting
+    /// it in: the pages are counted resident as they are touched, as the
+    /// system allocator's are (the global allocator's growing `Vec`s would
+    /// otherwise hold their unused capacity resident).
+    pub(crate) fn map_lazy(&self, span: usize) -> Result<NonNull<u8>, crate::Error> {
+        debug_assert!(span % os::PAGE == 0 && os::is_mapped(span));
+        let block = os::alloc(span)?;
+        self.books()
+            .add_region(block.as_ptr().expose_provenance(), span);
+        Ok(block)
+    }
+
+    /// Whether `at` is a page this tier mapped and holds (idle or out).
+    pub(crate) fn holds(&self, at: usize) -> bool {
+        self.books().holds(at)
+    }
+
+    /// Grows a block of `old` bytes that this tier handed out to `new`
+    /// bytes with `mremap` (in place, or its pages moved whole to where the
+    /// kernel finds room): never a copy of its bytes. `None` when the block
+    /// spans several mappings (it was assembled) or the kernel refuses; the
+    /// block is then unchanged.
+    ///
+    /// # Safety
+    ///
+    /// As [`put`](Self::put), with `old < new`, both whole pages; the block
+    /// stays the caller's.
+    pub(crate) unsafe fn regrow(
+        &self,
+        block: NonNull<u8>,
+        old: usize,
+        new: usize,
+    ) -> Option<NonNull<u8>> {
+        let start = block.as_ptr().expose_provenance();
+        let mut books = self.books();
+        if !os::CAN_MOVE_PAGES || !books.in_one_region(start, old) {
+            return None;
+        }
+        // SAFETY: by the caller's promise a block of ours of `old` bytes,
+        // inside one mapping (checked above), whose pages are the caller's.
+        let grown = unsafe { os::grow_pages(block, old, new) }?;
+        books.remove_regions(start, old);
+        books.add_region(grown.as_ptr().expose_provenance(), new);
+        Some(grown)
     }
 
     /// A block of `span` bytes made of idle pages: cut from a run that

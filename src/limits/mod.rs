@@ -209,6 +209,8 @@ pub(crate) struct Limits {
     ws_at_sample: AtomicU64,
     /// The pool's footprint at the last sample.
     footprint_at_sample: AtomicUsize,
+    /// The global allocator's footprint at the last sample.
+    global_at_sample: AtomicUsize,
     /// Nanoseconds since `epoch` of the last sample (0: none yet).
     sampled_at: AtomicU64,
     epoch: Instant,
@@ -266,6 +268,7 @@ impl Limits {
             level: std::sync::atomic::AtomicU8::new(0),
             ws_at_sample: AtomicU64::new(last.as_ref().map_or(0, |m| m.working_set)),
             footprint_at_sample: AtomicUsize::new(0),
+            global_at_sample: AtomicUsize::new(crate::global::footprint()),
             sampled_at: AtomicU64::new(0),
             epoch: Instant::now(),
             last: Mutex::new(last),
@@ -314,6 +317,8 @@ impl Limits {
         let mem = read_memory_for(self.config.limit)?;
         self.ws_at_sample.store(mem.working_set, Ordering::Relaxed);
         self.footprint_at_sample.store(footprint, Ordering::Relaxed);
+        self.global_at_sample
+            .store(crate::global::footprint(), Ordering::Relaxed);
         let level = self
             .config
             .thresholds
@@ -332,6 +337,11 @@ impl Limits {
     /// take, plus `extra`.
     fn estimate(&self, footprint: usize, reserved: usize, extra: usize) -> u64 {
         let grown = footprint.saturating_sub(self.footprint_at_sample.load(Ordering::Relaxed));
+        // The global allocator's large tier, process-wide, counts the
+        // moment it maps.
+        let global = crate::global::footprint()
+            .saturating_sub(self.global_at_sample.load(Ordering::Relaxed));
+        let grown = grown.saturating_add(global);
         self.ws_at_sample
             .load(Ordering::Relaxed)
             .saturating_add(grown.saturating_add(reserved).saturating_add(extra) as u64)

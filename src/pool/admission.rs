@@ -30,6 +30,7 @@ impl PoolInner {
             return Ok(reserved);
         }
         PoolInner::trim(this, TrimReason::Pressure);
+        crate::global::release_idle();
         PoolInner::sample_memory(this);
         limits
             .try_reserve(&this.footprint, bytes)

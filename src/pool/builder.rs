@@ -166,6 +166,10 @@ impl PoolBuilder {
                 .clamp(Pool::MIN_TRIM_INTERVAL, Pool::MAX_TRIM_INTERVAL)
         };
         let classes = self.classes.len();
+        // The process-wide bound on mappings is read now (the environment
+        // and /proc), not in an allocation path or a forked child's first
+        // allocation.
+        crate::large::mapping_bound();
         let large = LargeTier::new(
             info.iter()
                 .map(|c| if c.large { c.span } else { 0 })

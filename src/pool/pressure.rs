@@ -42,6 +42,11 @@ impl PoolInner {
         if this.retention.scale_limit(fraction) {
             PoolInner::shrink_to_limit(this);
         }
+        if to == Pressure::Critical {
+            // The global allocator's idle pages count in the working set
+            // too.
+            crate::global::release_idle();
+        }
         this.events.emit(Event::Pressure { from, to });
     }
 }

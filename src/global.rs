@@ -1,0 +1,450 @@
+//! `GlobalPool`: the large tier as the global allocator, for the big
+//! allocations of code the service does not own.
+//!
+//! ```text
+//!  alloc(layout) ──(size ≥ threshold, align ≤ page)──► large tier: a run that holds it,
+//!       │                                              else idle pages moved together,
+//!       │                                              else a fresh mapping
+//!       └──(otherwise)──► the inner allocator (System, mimalloc, jemalloc…)
+//!  realloc of a large block ──► mremap: grown in place or its pages moved, never copied
+//!  dealloc ──► idle pages of the tier ──(idle a whole trim interval, or pressure)──► the OS
+//! ```
+//!
+//! The tier is the pools' own (`large/`), one for the whole process. Its
+//! books never allocate through it: they are small (tree nodes of a few
+//! hundred bytes), so they go to the inner allocator. It takes the fork
+//! gate like every lock of the crate, so a `fork` never inherits it held.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use crate::large::{LargeTier, Source};
+use crate::os;
+use crate::stats::GlobalStats;
+
+/// A global allocator that serves every allocation at or above a threshold
+/// (default 128 KiB, alignment up to a page) from tierpool's large tier,
+/// and passes every other to an inner allocator, untouched.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static GLOBAL: tierpool::GlobalPool = tierpool::GlobalPool::new(); // small: System
+/// // static GLOBAL: tierpool::GlobalPool<mimalloc::MiMalloc> = tierpool::GlobalPool::with(mimalloc::MiMalloc);
+///
+/// fn main() {
+///     let frame = vec![0u8; 72 << 20]; // a decoder's frame: the large tier
+///     drop(frame);                     // idle pages, reused, then given back
+///     println!("{}", GLOBAL.stats());
+/// }
+/// ```
+///
+/// What it gives a service on top of its allocator:
+///
+/// - **Reuse without page faults**: a freed block's pages serve the next
+///   request of any size that fits (cut from an idle run), or are moved
+///   together with `mremap` into a larger block; only what is missing is
+///   fresh.
+/// - **`realloc` without copying**: a growing `Vec` of 128 KiB and more
+///   grows in place or has its pages moved (`mremap`); a shrinking one
+///   gives its tail back.
+/// - **Memory back when idle**: pages idle through a whole trim interval
+///   (5 s) go back to the OS on the pools' trimmer thread, and all of them
+///   under critical memory pressure. glibc keeps such memory in its arenas;
+///   mimalloc keeps it for ever.
+/// - **Seen by admission**: what it holds counts, the moment it allocates,
+///   in every [`Pool`](crate::Pool)'s working-set estimate.
+///
+/// Failure is a null pointer, like any `GlobalAlloc` (the program's own
+/// out-of-memory handling applies). Under miri, and off Unix, everything
+/// goes to the inner allocator.
+pub struct GlobalPool<A = System> {
+    inner: A,
+    threshold: usize,
+    /// Whether new allocations may come from the tier
+    /// ([`set_enabled`](Self::set_enabled)).
+    enabled: AtomicBool,
+}
+
+impl GlobalPool<System> {
+    /// A `GlobalPool` over the system allocator.
+    pub const fn new() -> GlobalPool<System> {
+        GlobalPool::with(System)
+    }
+}
+
+impl Default for GlobalPool<System> {
+    fn default() -> Self {
+        GlobalPool::new()
+    }
+}
+
+impl<A> GlobalPool<A> {
+    /// The default threshold: allocations of at least 128 KiB come from the
+    /// large tier (the size from which glibc maps too).
+    pub const DEFAULT_THRESHOLD: usize = os::MAP_THRESHOLD;
+
+    /// A `GlobalPool` whose small allocations go to `inner` (any
+    /// `GlobalAlloc`: mimalloc, jemalloc, or `System`).
+    pub const fn with(inner: A) -> GlobalPool<A> {
+        GlobalPool {
+            inner,
+            threshold: Self::DEFAULT_THRESHOLD,
+            enabled: AtomicBool::new(true),
+        }
+    }
+
+    /// The same with another threshold: allocations of at least `bytes`
+    /// come from the large tier. Below 128 KiB it is raised to 128 KiB
+    /// (smaller blocks are the inner allocator's business).
+    pub const fn with_threshold(mut self, bytes: usize) -> GlobalPool<A> {
+        self.threshold = if bytes < Self::DEFAULT_THRESHOLD {
+            Self::DEFAULT_THRESHOLD
+        } else {
+            bytes
+        };
+        self
+    }
+
+    /// The threshold in force.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// Turns the large tier on or off for new allocations (on by default):
+    /// off, every new allocation goes to the inner allocator (blocks the
+    /// tier already handed out still come back to it), for side-by-side
+    /// runs in one binary.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Whether the large tier serves new allocations.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// What the large tier holds and did, process-wide.
+    pub fn stats(&self) -> GlobalStats {
+        stats()
+    }
+
+    /// Gives every idle page of the tier back to the OS now.
+    pub fn trim(&self) {
+        release_idle();
+    }
+
+    /// Whether `layout` is served by the tier.
+    #[inline]
+    fn serves(&self, layout: Layout) -> bool {
+        ACTIVE
+            && layout.size() >= self.threshold
+            && layout.align() <= os::PAGE
+            && self.enabled.load(Ordering::Relaxed)
+    }
+}
+
+impl<A> std::fmt::Debug for GlobalPool<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalPool")
+            .field("threshold", &self.threshold)
+            .field("enabled", &self.is_enabled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the tier can work here at all: it maps pages itself.
+const ACTIVE: bool = cfg!(all(unix, not(miri), not(tierpool_loom)));
+
+// SAFETY: every block handed out is either the inner allocator's (for the
+// layouts it serves, passed through untouched) or a page-aligned block of
+// at least `layout.size()` bytes of the tier's own mappings, owned by the
+// caller until `dealloc`; `dealloc` and `realloc` tell the two apart by
+// the tier's books (a page-aligned pointer inside one of its mappings),
+// never by the layout alone, so a block keeps its owner whatever
+// `set_enabled` did meanwhile.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for GlobalPool<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if self.serves(layout) {
+            return take(layout.size()).map_or(std::ptr::null_mut(), |(p, _)| p.as_ptr());
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.alloc(layout) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if self.serves(layout) {
+            return match take(layout.size()) {
+                Some((p, fresh)) => {
+                    if !fresh {
+                        // SAFETY: a block of at least `size` bytes, ours.
+                        unsafe { std::ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
+                    }
+                    p.as_ptr()
+                }
+                None => std::ptr::null_mut(),
+            };
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.alloc_zeroed(layout) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if is_ours(ptr, layout) {
+            // SAFETY: ours (checked), of `layout.size()` bytes, given up.
+            unsafe { give_back(ptr, layout.size()) };
+            return;
+        }
+        // SAFETY: forwarded from the caller: the inner allocator's block.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller promises `new_size` fits a layout of this
+        // alignment.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        if is_ours(ptr, layout) {
+            if new_size >= self.threshold {
+                // SAFETY: ours, of `layout.size()` bytes.
+                if let Some(p) = unsafe { resize(ptr, layout.size(), new_size) } {
+                    return p.as_ptr();
+                }
+            }
+            // Smaller than the threshold (or the tier could not grow it):
+            // moved to wherever the new layout belongs.
+            // SAFETY: a valid layout, from the caller.
+            let to = unsafe { self.alloc(new_layout) };
+            if !to.is_null() {
+                // SAFETY: both blocks are live and distinct, each at least
+                // `min(old, new)` bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(ptr, to, layout.size().min(new_size));
+                    give_back(ptr, layout.size());
+                }
+            }
+            return to;
+        }
+        if self.serves(new_layout) {
+            // The inner allocator's block grows past the threshold: into the
+            // tier, where its later growth moves no bytes.
+            let Some((to, _)) = take(new_size) else {
+                return std::ptr::null_mut();
+            };
+            // SAFETY: both blocks are live and distinct, each at least
+            // `min(old, new)` bytes; the old one is the inner allocator's.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, to.as_ptr(), layout.size().min(new_size));
+                self.inner.dealloc(ptr, layout);
+            }
+            return to.as_ptr();
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
+    }
+}
+
+// === the process's tier ===
+
+/// The tier and its figures, made on the first large allocation.
+struct Tier {
+    large: LargeTier,
+    /// Bytes handed out (whole pages).
+    in_use: AtomicUsize,
+    /// Bytes mapped: in use and idle.
+    footprint: AtomicUsize,
+    allocations: AtomicU64,
+    /// Allocations served by idle pages alone.
+    reused: AtomicU64,
+    /// Bytes mapped fresh (new mappings, the fresh part of assemblies).
+    fresh_bytes: AtomicU64,
+    /// Reallocations grown with `mremap`, and shrunk in place.
+    remapped: AtomicU64,
+    trimmed_bytes: AtomicU64,
+    /// Whether the trimmer was asked to run for the tier.
+    trimmer: AtomicBool,
+}
+
+static TIER: OnceLock<Tier> = OnceLock::new();
+
+fn tier() -> &'static Tier {
+    TIER.get_or_init(|| Tier {
+        // No classes: the tier serves every size from its runs.
+        large: LargeTier::new(Box::new([])),
+        in_use: AtomicUsize::new(0),
+        footprint: AtomicUsize::new(0),
+        allocations: AtomicU64::new(0),
+        reused: AtomicU64::new(0),
+        fresh_bytes: AtomicU64::new(0),
+        remapped: AtomicU64::new(0),
+        trimmed_bytes: AtomicU64::new(0),
+        trimmer: AtomicBool::new(false),
+    })
+}
+
+/// Bytes the global allocator's tier holds (in use and idle): counted in
+/// every pool's working-set estimate.
+pub(crate) fn footprint() -> usize {
+    TIER.get()
+        .map_or(0, |t| t.footprint.load(Ordering::Relaxed))
+}
+
+/// A block of at least `size` bytes from the tier, and whether its pages
+/// are all fresh (zero).
+fn take(size: usize) -> Option<(NonNull<u8>, bool)> {
+    let span = size.checked_next_multiple_of(os::PAGE)?;
+    if span > isize::MAX as usize {
+        return None;
+    }
+    let tier = tier();
+    let (block, fresh) = match tier.large.take(span, true) {
+        Some(taken) => match taken.source {
+            Source::Run => {
+                tier.reused.fetch_add(1, Ordering::Relaxed);
+                (taken.block, false)
+            }
+            Source::Assembled { moved } => {
+                tier.footprint.fetch_add(span - moved, Ordering::Relaxed);
+                tier.fresh_bytes
+                    .fetch_add((span - moved) as u64, Ordering::Relaxed);
+                (taken.block, false)
+            }
+        },
+        None => {
+            if crate::large::at_mapping_bound() {
+                release_idle();
+            }
+            let block = tier.large.map_lazy(span).ok()?;
+            tier.footprint.fetch_add(span, Ordering::Relaxed);
+            tier.fresh_bytes.fetch_add(span as u64, Ordering::Relaxed);
+            (block, true)
+        }
+    };
+    tier.in_use.fetch_add(span, Ordering::Relaxed);
+    tier.allocations.fetch_add(1, Ordering::Relaxed);
+    Some((block, fresh))
+}
+
+/// Whether `ptr` (freed or reallocated with `layout`) is the tier's: a
+/// page-aligned pointer inside one of its mappings. The inner allocator's
+/// large blocks are seldom page-aligned (glibc's never), so they rarely
+/// cost the look-up.
+#[inline]
+fn is_ours(ptr: *mut u8, layout: Layout) -> bool {
+    ACTIVE
+        && layout.size() >= os::MAP_THRESHOLD
+        && (ptr as usize) % os::PAGE == 0
+        && TIER
+            .get()
+            .is_some_and(|t| t.large.holds(ptr.expose_provenance()))
+}
+
+/// Takes back a block of `size` bytes as idle pages.
+///
+/// # Safety
+///
+/// `ptr` is a block of the tier of `size` bytes, given up by the caller.
+unsafe fn give_back(ptr: *mut u8, size: usize) {
+    let tier = tier();
+    let span = size.next_multiple_of(os::PAGE);
+    // SAFETY: by the caller's promise; a tier's blocks are never null.
+    unsafe { tier.large.put(NonNull::new_unchecked(ptr), span) };
+    tier.in_use.fetch_sub(span, Ordering::Relaxed);
+    if !tier.trimmer.swap(true, Ordering::Relaxed) {
+        // Idle pages now exist: the trimmer gives them back when unused.
+        // Started outside every lock of the tier.
+        crate::trim::ensure_running();
+    }
+}
+
+/// Resizes a block of the tier in place or with `mremap`: `None` when it
+/// must be moved by copying (it spans several mappings).
+///
+/// # Safety
+///
+/// `ptr` is a block of the tier of `old` bytes, the caller's.
+unsafe fn resize(ptr: *mut u8, old: usize, new: usize) -> Option<NonNull<u8>> {
+    let tier = tier();
+    let old_span = old.next_multiple_of(os::PAGE);
+    let new_span = new.checked_next_multiple_of(os::PAGE)?;
+    // SAFETY: ours; never null.
+    let block = unsafe { NonNull::new_unchecked(ptr) };
+    if new_span == old_span {
+        return Some(block);
+    }
+    if new_span < old_span {
+        // The tail's pages become idle, for the next request to reuse.
+        // SAFETY: the tail of the caller's block, which it no longer needs.
+        unsafe {
+            tier.large.put(
+                NonNull::new_unchecked(ptr.add(new_span)),
+                old_span - new_span,
+            );
+        }
+        tier.in_use
+            .fetch_sub(old_span - new_span, Ordering::Relaxed);
+        tier.remapped.fetch_add(1, Ordering::Relaxed);
+        return Some(block);
+    }
+    if crate::large::at_mapping_bound() {
+        release_idle();
+    }
+    // SAFETY: ours, `old_span < new_span`, whole pages.
+    let grown = unsafe { tier.large.regrow(block, old_span, new_span) }?;
+    let more = new_span - old_span;
+    tier.in_use.fetch_add(more, Ordering::Relaxed);
+    tier.footprint.fetch_add(more, Ordering::Relaxed);
+    tier.fresh_bytes.fetch_add(more as u64, Ordering::Relaxed);
+    tier.remapped.fetch_add(1, Ordering::Relaxed);
+    Some(grown)
+}
+
+/// The trimmer's tick: unmaps the pages that stayed idle all interval.
+pub(crate) fn tick() {
+    let Some(tier) = TIER.get() else { return };
+    let unused = tier.large.idle_since_tick();
+    release(tier, unused);
+}
+
+/// Unmaps every idle page now (memory pressure, [`GlobalPool::trim`]).
+pub(crate) fn release_idle() {
+    if let Some(tier) = TIER.get() {
+        release(tier, usize::MAX);
+    }
+}
+
+fn release(tier: &Tier, bytes: usize) {
+    let released = tier.large.release(bytes);
+    if released > 0 {
+        tier.footprint.fetch_sub(released, Ordering::Relaxed);
+        tier.trimmed_bytes
+            .fetch_add(released as u64, Ordering::Relaxed);
+    }
+}
+
+/// Whether the tier exists and holds idle pages (the trimmer ticks it).
+pub(crate) fn has_idle() -> bool {
+    TIER.get()
+        .is_some_and(|t| t.footprint.load(Ordering::Relaxed) > t.in_use.load(Ordering::Relaxed))
+}
+
+fn stats() -> GlobalStats {
+    let Some(tier) = TIER.get() else {
+        return GlobalStats::default();
+    };
+    let large = tier.large.stats();
+    GlobalStats {
+        in_use_bytes: tier.in_use.load(Ordering::Relaxed),
+        idle_bytes: large.idle_bytes,
+        allocations: tier.allocations.load(Ordering::Relaxed),
+        reused: tier.reused.load(Ordering::Relaxed),
+        assembled: large.assembled,
+        remapped: tier.remapped.load(Ordering::Relaxed),
+        fresh_bytes: tier.fresh_bytes.load(Ordering::Relaxed),
+        trimmed_bytes: tier.trimmed_bytes.load(Ordering::Relaxed),
+        mappings: large.mappings,
+    }
+}
