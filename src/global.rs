@@ -431,7 +431,7 @@ pub(crate) fn has_idle() -> bool {
         .is_some_and(|t| t.footprint.load(Ordering::Relaxed) > t.in_use.load(Ordering::Relaxed))
 }
 
-fn stats() -> GlobalStats {
+pub(crate) fn stats() -> GlobalStats {
     let Some(tier) = TIER.get() else {
         return GlobalStats::default();
     };

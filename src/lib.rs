@@ -16,6 +16,7 @@ mod large;
 mod limits;
 mod os;
 mod pool;
+mod report;
 mod retention;
 mod shared_tier;
 mod size_class;
@@ -36,6 +37,7 @@ pub use global::GlobalPool;
 pub use io::{Chunks, ChunksBody, PooledWriter};
 pub use limits::{ContainerMemory, MemoryLimit, PageCache, Pressure, Thresholds};
 pub use pool::{Acquire, AdmitFuture, Permit, Pool, PoolBuilder, global};
+pub use report::MemoryReport;
 pub use size_class::SizeClasses;
 pub use stats::{ClassStats, GlobalStats, LargeStats, Stats};
 

@@ -36,6 +36,8 @@ const LARGE_MAPPINGS: &str = "tierpool_large_mappings";
 const LARGE_ASSEMBLED: &str = "tierpool_large_assembled_total";
 const LARGE_MOVED: &str = "tierpool_large_moved_bytes_total";
 const LARGE_FRESH: &str = "tierpool_large_fresh_bytes_total";
+/// Gauge, label `kind` (process-wide, no `pool` label).
+const MEMORY: &str = "tierpool_memory_bytes";
 
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 impl Pool {
@@ -168,9 +170,14 @@ pub(crate) fn publish(inner: &PoolInner) {
     };
     set(RETAINED, stats.retained_bytes as f64);
     set(IN_USE, stats.in_use_bytes as f64);
+    // Without a limit there is no container to speak of: the cgroup's
+    // figure would be other processes' too.
     set(
         WORKING_SET,
-        stats.memory.as_ref().map_or(0, |m| m.working_set) as f64,
+        stats
+            .memory_limit_bytes
+            .and(stats.memory.as_ref())
+            .map_or(0, |m| m.working_set) as f64,
     );
     set(MEMORY_LIMIT, stats.memory_limit_bytes.unwrap_or(0) as f64);
     set(
@@ -207,4 +214,44 @@ pub(crate) fn publish(inner: &PoolInner) {
     total(LARGE_ASSEMBLED, stats.large.assembled);
     total(LARGE_MOVED, stats.large.moved_bytes);
     total(LARGE_FRESH, stats.large.assembled_fresh_bytes);
+    publish_report_now_and_then();
+}
+
+/// Publishes [`MemoryReport`](crate::MemoryReport) as
+/// `tierpool_memory_bytes{kind=...}`, at most once a second however many
+/// pools publish.
+fn publish_report_now_and_then() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) == now {
+        return;
+    }
+    if let Ok(report) = crate::MemoryReport::read() {
+        report.publish_metrics();
+    }
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+impl crate::MemoryReport {
+    /// Publishes the report as gauges `tierpool_memory_bytes{kind=...}`
+    /// (kinds: `in_use`, `idle`, `other_anon`, `allocator_free`,
+    /// `active_file`, `kernel`, `inactive_file`, `working_set`, `limit`),
+    /// process-wide. Every pool's publish does this too, at most once a
+    /// second.
+    pub fn publish_metrics(&self) {
+        describe_gauge!(
+            MEMORY,
+            Unit::Bytes,
+            "Where the working set is (kind: in_use, idle, other_anon, allocator_free, active_file, kernel, inactive_file, working_set, limit)."
+        );
+        for (kind, bytes) in self.parts() {
+            gauge!(MEMORY, "kind" => kind).set(bytes as f64);
+        }
+        gauge!(MEMORY, "kind" => "working_set").set(self.working_set as f64);
+        gauge!(MEMORY, "kind" => "limit").set(self.limit.unwrap_or(0) as f64);
+    }
 }

@@ -218,3 +218,42 @@ fn the_large_tier_s_figures_are_published() {
     );
     assert_eq!(f["tierpool_retained_bytes{pool=frames}"], (2 << 20) as f64);
 }
+
+#[test]
+fn the_memory_report_is_published_by_kind() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let pool = Pool::builder()
+        .name("report")
+        .memory_limit(MemoryLimit::Unlimited)
+        .build();
+    let mut held = pool.get(1 << 20);
+    held.resize(1 << 20, 1);
+    let report = tierpool::MemoryReport::read().unwrap();
+    metrics::with_local_recorder(&recorder, || report.publish_metrics());
+    let f = figures(&snapshotter);
+    for kind in [
+        "in_use",
+        "idle",
+        "other_anon",
+        "allocator_free",
+        "active_file",
+        "kernel",
+        "inactive_file",
+        "working_set",
+        "limit",
+    ] {
+        let key = format!("tierpool_memory_bytes{{kind={kind}}}");
+        assert!(f.contains_key(&key), "{key} missing from {f:#?}");
+    }
+    assert!(f["tierpool_memory_bytes{kind=in_use}"] >= (1 << 20) as f64);
+    assert_eq!(
+        f["tierpool_memory_bytes{kind=working_set}"],
+        report.working_set as f64
+    );
+    // Without a limit the pool's working-set gauge says 0, not a
+    // cgroup's figure that other processes share.
+    metrics::with_local_recorder(&recorder, || pool.publish_metrics());
+    let f = figures(&snapshotter);
+    assert_eq!(f["tierpool_working_set_bytes{pool=report}"], 0.0);
+}

@@ -198,6 +198,7 @@ impl PoolBuilder {
             labels: Labels::default(),
         });
         crate::trim::schedule(&inner);
+        super::register(&inner);
         Pool {
             _handle: Arc::new(Handle(inner.clone())),
             inner,

@@ -285,6 +285,45 @@ impl fmt::Debug for Pool {
     }
 }
 
+/// Every pool of the process that may still live, for process-wide
+/// figures ([`MemoryReport`](crate::MemoryReport)).
+#[cfg(not(tierpool_loom))]
+static LIVE: std::sync::Mutex<Vec<std::sync::Weak<PoolInner>>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes a new pool (and forgets the ones freed since).
+pub(crate) fn register(pool: &Arc<PoolInner>) {
+    #[cfg(not(tierpool_loom))]
+    {
+        let _gate = crate::sync::fork_gate();
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|p| p.strong_count() > 0);
+        live.push(Arc::downgrade(pool));
+    }
+    #[cfg(tierpool_loom)]
+    let _ = pool;
+}
+
+/// Bytes handed out and kept idle by every pool and the global allocator:
+/// `(in_use, idle)`.
+pub(crate) fn tierpool_bytes() -> (u64, u64) {
+    let global = crate::global::stats();
+    let (mut in_use, mut idle) = (global.in_use_bytes as u64, global.idle_bytes as u64);
+    #[cfg(not(tierpool_loom))]
+    {
+        let pools: Vec<Arc<PoolInner>> = {
+            let _gate = crate::sync::fork_gate();
+            let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+            live.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        for pool in pools {
+            let stats = pool.stats();
+            in_use += stats.in_use_bytes as u64;
+            idle += stats.retained_bytes as u64;
+        }
+    }
+    (in_use, idle)
+}
+
 /// The process-wide pool, built with the defaults on first use.
 ///
 /// ```
