@@ -1,5 +1,8 @@
 //! What a pool costs before it holds anything, measured exactly with a
 //! counting global allocator (its own test binary, so nothing else counts).
+// With `--cfg tierpool_global_alloc` the library installs `GlobalPool` as
+// the global allocator, which this binary cannot replace.
+#![cfg(not(tierpool_global_alloc))]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
