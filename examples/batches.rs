@@ -36,6 +36,13 @@ use cgroup::Cgroup;
 use tierpool::{Chunks, ContainerMemory, Pool};
 use work::Failure;
 
+/// The jobs' own large allocations (the decoders', pdf-writer's) go
+/// through tierpool's large tier too; the `vec` child switches it off, so
+/// plain `Vec` runs on the system allocator alone.
+#[cfg(not(tierpool_global_alloc))]
+#[global_allocator]
+static GLOBAL: tierpool::GlobalPool = tierpool::GlobalPool::new();
+
 const THREADS: usize = 4;
 const BURSTS: usize = 3;
 /// Idle time after each burst.
@@ -557,6 +564,8 @@ fn child(mode: &str, dir: &Path) {
     std::io::stdin()
         .read_line(&mut go)
         .expect("the parent's go");
+    #[cfg(not(tierpool_global_alloc))]
+    GLOBAL.set_enabled(mode.starts_with("pool"));
     let pool = mode.starts_with("pool").then(|| {
         Pool::builder()
             .name("batches")

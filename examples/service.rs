@@ -75,6 +75,14 @@ struct App {
 
 type Shared = State<Arc<App>>;
 
+/// Every large allocation of the process (the decoders', the resizer's,
+/// the encoders', pdf-writer's) goes through tierpool's large tier: reused,
+/// given back when idle, and seen by admission. `--no-pool` switches it
+/// off, so that mode runs on the system allocator alone.
+#[cfg(not(tierpool_global_alloc))]
+#[global_allocator]
+static GLOBAL: tierpool::GlobalPool = tierpool::GlobalPool::new();
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| {
@@ -102,6 +110,10 @@ fn main() -> std::io::Result<()> {
             std::process::exit(2);
         }
     };
+    #[cfg(not(tierpool_global_alloc))]
+    if args.iter().any(|a| a == "--no-pool") {
+        GLOBAL.set_enabled(false);
+    }
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .map_err(std::io::Error::other)?;

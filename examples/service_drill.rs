@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --features http-body,image,metrics --example service
-//! cargo run --release --features image --example service_drill -- [--limits 256,384,440] [--runs 1] [--mode both|pool|vec] [--clients 8] [--requests 48] [--only K] [--verbose]
+//! cargo run --release --features image --example service_drill -- [--limits 256,384,440] [--runs 1] [--mode both|pool|vec] [--clients 8] [--requests 48] [--only K] [--settle] [--verbose]
 //! ```
 //!
 //! For each limit and mode it starts the service example (release build) in
@@ -48,6 +48,9 @@ struct Outcome {
     wall: Duration,
     /// memory.stat at the peak working set.
     at_peak: Vec<(String, u64)>,
+    /// The service's resident memory before the load, and 15 s after it.
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
 }
 
 impl Outcome {
@@ -82,6 +85,9 @@ fn main() {
         })
         .collect();
     let verbose = args.iter().any(|a| a == "--verbose");
+    // `--settle`: also wait 15 s after the load and read what the service
+    // still holds.
+    let settle = args.iter().any(|a| a == "--settle");
     let clients: usize =
         value("--clients").map_or(8, |v| v.parse().expect("--clients takes a count"));
     let requests: usize =
@@ -147,7 +153,7 @@ fn main() {
                     requests,
                     only,
                 };
-                let outcome = drill(&own, &service, mode, limit, &uploads, &load);
+                let outcome = drill(&own, &service, mode, limit, &uploads, &load, settle);
                 // Half the requests at the smallest limit, three quarters
                 // above it.
                 let floor = if limit <= 256 * MIB {
@@ -183,6 +189,13 @@ fn main() {
                     outcome.exit.map_or("-".into(), |c| c.to_string()),
                     outcome.wall.as_secs_f64(),
                 );
+                if let (Some(before), Some(after)) = (outcome.rss_before, outcome.rss_after) {
+                    println!(
+                        "         resident before the load {:.0} MiB, 15 s after it {:.0} MiB",
+                        before as f64 / 1024.0,
+                        after as f64 / 1024.0
+                    );
+                }
                 if verbose {
                     let parts: Vec<String> = outcome
                         .at_peak
@@ -252,6 +265,7 @@ fn drill(
     limit: u64,
     uploads: &[(&'static str, Vec<u8>)],
     load: &Load,
+    settle: bool,
 ) -> Outcome {
     let name = format!(
         "tierpool-drill-{}-{mode}-{}",
@@ -292,6 +306,13 @@ fn drill(
     let mut child = command.spawn().expect("the service starts");
     let addr = listening_on(&mut child);
     let mut outcome = Outcome::default();
+    // Warm up (one of each upload), then the resident memory before the
+    // load.
+    for (_, body) in uploads {
+        let _ = post(addr, "/thumbnail?width=256", body);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    outcome.rss_before = rss_kib(child.id());
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let at_peak = Arc::new(Mutex::new(Vec::new()));
@@ -354,6 +375,11 @@ fn drill(
     }
     if outcome.ready_after.is_some() {
         outcome.served_after = post(addr, "/thumbnail?width=256", &uploads[2].1) == Ok(200);
+        // Idle: what the service still holds 15 s after the load.
+        if settle {
+            std::thread::sleep(Duration::from_secs(15));
+            outcome.rss_after = rss_kib(child.id());
+        }
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -379,6 +405,20 @@ fn drill(
     }
     drop(cgroup);
     outcome
+}
+
+/// A process's resident memory in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix(" kB")?
+                .parse()
+                .ok()
+        })
 }
 
 /// The address from the service's first line, `listening on ADDR`.
