@@ -270,6 +270,9 @@ struct Tier {
 
 static TIER: OnceLock<Tier> = OnceLock::new();
 
+/// Idle bytes the tier keeps whatever is in use.
+const IDLE_FLOOR: usize = 16 << 20;
+
 fn tier() -> &'static Tier {
     TIER.get_or_init(|| Tier {
         // No classes: the tier serves every size from its runs.
@@ -352,7 +355,19 @@ unsafe fn give_back(ptr: *mut u8, size: usize) {
     let span = size.next_multiple_of(os::PAGE);
     // SAFETY: by the caller's promise; a tier's blocks are never null.
     unsafe { tier.large.put(NonNull::new_unchecked(ptr), span) };
-    tier.in_use.fetch_sub(span, Ordering::Relaxed);
+    let in_use = tier.in_use.fetch_sub(span, Ordering::Relaxed) - span;
+    // Idle pages beyond half what is in use (and a floor) go back at once:
+    // they would not be reused before the next trim, and held, they raise
+    // the peak above what the system allocator (which unmaps large blocks
+    // as they are freed) would reach.
+    let idle = tier
+        .footprint
+        .load(Ordering::Relaxed)
+        .saturating_sub(in_use);
+    let keep = in_use / 2 + IDLE_FLOOR;
+    if idle > keep {
+        release(tier, idle - keep);
+    }
     if !tier.trimmer.swap(true, Ordering::Relaxed) {
         // Idle pages now exist: the trimmer gives them back when unused.
         // Started outside every lock of the tier.
