@@ -129,7 +129,7 @@ fn appends_past_the_largest_class_stay_amortised() {
             }
         })
         .build();
-    let total: usize = if cfg!(miri) { 256 << 10 } else { 16 << 20 };
+    let total: usize = if cfg!(miri) { 64 << 10 } else { 16 << 20 };
     let row = [7u8; 4096];
     let mut buf = pool.get(0);
     for _ in 0..total / row.len() {
