@@ -16,6 +16,17 @@ use tierpool::Pool;
 /// The sizes of the targets: typical uploads (300 KB, 3 MiB, 9 MB, 25 MB)
 /// and a large one (64 MiB). Odd sizes on purpose: real bodies are.
 const SIZES: [usize; 5] = [300_000, 3 << 20, 9_000_000, 25_000_000, 64 << 20];
+/// Sizes between chunk and class boundaries, counted for page faults too.
+const BETWEEN: [usize; 3] = [5_000_000, 12_000_000, 17_000_000];
+
+/// Minor page faults of this process so far (`getrusage`).
+fn minor_faults() -> u64 {
+    // SAFETY: `getrusage` fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a `rusage`.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_minflt as u64
+}
 
 fn misses(pool: &Pool) -> u64 {
     pool.stats().classes.iter().map(|c| c.misses).sum()
@@ -24,22 +35,28 @@ fn misses(pool: &Pool) -> u64 {
 fn read_to_end(c: &mut Criterion) {
     let pool = Pool::new();
     eprintln!("steady state (after 20 warm-up reads, 100 reads each):");
-    for len in SIZES {
+    let mut all: Vec<usize> = SIZES.iter().chain(BETWEEN.iter()).copied().collect();
+    all.sort_unstable();
+    for len in all {
         for _ in 0..20 {
             drop(pool.read_to_end(Stream { left: len }).unwrap());
         }
         let before = misses(&pool);
+        let faults = minor_faults();
         let mut held = 0;
         for _ in 0..100 {
             let chunks = pool.read_to_end(Stream { left: len }).unwrap();
             held = chunks.resident_capacity();
         }
+        let faults = (minor_faults() - faults) as f64 / 100.0;
         let mut vec = Vec::new();
         Stream { left: len }.read_to_end(&mut vec).unwrap();
         eprintln!(
-            "  {:>9} bytes: {:.2} pool misses per read; memory held {:.3}x the data (Vec {:.3}x)",
+            "  {:>9} bytes: {:.2} pool misses and {:.1} page faults ({:.2}% of its pages) per read; memory held {:.3}x the data (Vec {:.3}x)",
             len,
             (misses(&pool) - before) as f64 / 100.0,
+            faults,
+            faults * 100.0 / (len / 4096) as f64,
             held as f64 / len as f64,
             vec.capacity() as f64 / len as f64
         );

@@ -152,6 +152,35 @@ impl PooledBuf {
     /// and up, on Unix). They fault afresh, as zeros, if written again.
     /// Returns the bytes handed back; the pool counts them in
     /// `released_bytes`.
+    /// Moves the block to the smallest class that holds its data when
+    /// that is a smaller mapped class: the block is cut in place, its tail's
+    /// pages go to the large tier's idle runs, resident, so whatever takes
+    /// them next (the same read's full chunk, next time) faults nothing.
+    /// Returns whether it did.
+    pub(crate) fn shrink_to_class(&mut self) -> bool {
+        let Some(pool) = self.pool else { return false };
+        if self.class == OVERSIZE {
+            return false;
+        }
+        // SAFETY: our block holds a strong count, so the pool is alive.
+        let inner = unsafe { pool.as_ref() };
+        let from = self.class as usize;
+        let Some(to) = inner.classes.index_for(self.len.max(1)) else {
+            return false;
+        };
+        if to >= from || !inner.info[to].large || !inner.info[from].large {
+            return false;
+        }
+        // SAFETY: our block of class `from`, kept as a block of `to` (whose
+        // capacity holds our `len` bytes).
+        if !unsafe { inner.split_block(self.ptr, from, to) } {
+            return false;
+        }
+        self.cap = inner.info[to].capacity;
+        self.class = to as u32;
+        true
+    }
+
     pub(crate) fn discard_spare(&mut self, keep: usize) -> usize {
         let Some(pool) = self.pool else { return 0 };
         if !os::is_mapped(self.cap) {

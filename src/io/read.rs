@@ -212,6 +212,12 @@ pub(crate) fn shrink_last(
     if last.is_empty() || unused * 20 <= held {
         return Ok(0);
     }
+    // A mapped chunk whose data fits a smaller mapped class is cut down to
+    // it in place: the rest of its pages stay resident as idle pages, so
+    // the next read (whose full chunks take them again) faults nothing.
+    if last.shrink_to_class() {
+        return Ok(0);
+    }
     let discarded = last.discard_spare(overhang);
     if discarded > 0 {
         return Ok(discarded);

@@ -126,6 +126,41 @@ impl PoolInner {
         Ok(())
     }
 
+    /// Cuts a block of the mapped class `class` at the span of the smaller
+    /// mapped class `to`: the front stays out as a block of `to`, the
+    /// tail's pages join the large tier's idle runs as they are (resident,
+    /// for any size to reuse without a page fault). `false`, and nothing
+    /// done, when the retention budget has no room for the tail.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a block of `class` of this pool that the caller owns and
+    /// keeps (as a block of `to`).
+    pub(crate) unsafe fn split_block(&self, block: NonNull<u8>, class: usize, to: usize) -> bool {
+        let (from, into) = (self.info[class], self.info[to]);
+        debug_assert!(from.large && into.large && into.span < from.span);
+        let tail = from.span - into.span;
+        if !self.retention.try_reserve(tail) {
+            return false;
+        }
+        // SAFETY: the tail of the caller's block, a range of the large
+        // tier's pages (page-aligned: spans are whole pages) that nothing
+        // uses any more.
+        unsafe {
+            self.large
+                .put(NonNull::new_unchecked(block.as_ptr().add(into.span)), tail);
+        }
+        // In the books, the block of `class` came back and one of `to` went
+        // out; the footprint is unchanged (the tail is idle, still mapped).
+        self.counters.class[class]
+            .returns
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters.class[to]
+            .shared_hits
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// Unmaps up to `bytes` of the large tier's idle pages as trimmed.
     pub(crate) fn release_large(&self, bytes: usize, freed: &mut Freed) {
         let released = self.large.release(bytes);
@@ -170,6 +205,7 @@ impl Drop for PoolInner {
         }
         self.large.release_all();
         slots::recycle(self.slot);
+        super::unregister(self);
         crate::trim::forget_soon();
     }
 }

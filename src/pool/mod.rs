@@ -303,6 +303,18 @@ pub(crate) fn register(pool: &Arc<PoolInner>) {
     let _ = pool;
 }
 
+/// Forgets a pool being freed, so its `Arc`'s allocation goes with it.
+pub(crate) fn unregister(pool: *const PoolInner) {
+    #[cfg(not(tierpool_loom))]
+    {
+        let _gate = crate::sync::fork_gate();
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|p| !std::ptr::eq(p.as_ptr(), pool));
+    }
+    #[cfg(tierpool_loom)]
+    let _ = pool;
+}
+
 /// Bytes handed out and kept idle by every pool and the global allocator:
 /// `(in_use, idle)`.
 pub(crate) fn tierpool_bytes() -> (u64, u64) {
