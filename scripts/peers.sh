@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../instructions"
 export CARGO_TERM_COLOR=never
 
 declare -A bin
-for alloc in glibc jemalloc mimalloc; do
+for alloc in glibc jemalloc mimalloc globalpool; do
     features=""
     [ "$alloc" != glibc ] && features="--features $alloc"
     # shellcheck disable=SC2086
@@ -23,19 +23,19 @@ run() { "${bin[$1]}" "$2"; }
 declare -A t
 while read -r w v rest; do t[oracle,$w]=$v; done < <(run glibc oracle)
 while read -r w v rest; do t[pool,$w]=$v; t[misses,$w]=${rest#misses_per_read=}; done < <(run glibc tierpool)
-for alloc in glibc jemalloc mimalloc; do
+for alloc in glibc jemalloc mimalloc globalpool; do
     while read -r w v rest; do t[$alloc,$w]=$v; done < <(run "$alloc" vec)
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-printf '%-14s %10s %9s %9s %12s %13s %13s\n' \
-    "workload" "oracle µs" "tierpool" "misses" "Vec glibc" "Vec jemalloc" "Vec mimalloc"
+printf '%-14s %10s %9s %9s %12s %13s %13s %15s\n' \
+    "workload" "oracle µs" "tierpool" "misses" "Vec glibc" "Vec jemalloc" "Vec mimalloc" "Vec GlobalPool"
 for w in mixed-1t mixed-2t read-300000 read-3145728 read-9000000 read-25000000 read-67108864; do
     o=${t[oracle,$w]}
-    printf '%-14s %10s %8sx %9s %11sx %12sx %12sx\n' "$w" "$o" \
+    printf '%-14s %10s %8sx %9s %11sx %12sx %12sx %14sx\n' "$w" "$o" \
         "$(ratio "${t[pool,$w]}" "$o")" "${t[misses,$w]:--}" \
         "$(ratio "${t[glibc,$w]}" "$o")" "$(ratio "${t[jemalloc,$w]}" "$o")" \
-        "$(ratio "${t[mimalloc,$w]}" "$o")"
+        "$(ratio "${t[mimalloc,$w]}" "$o")" "$(ratio "${t[globalpool,$w]}" "$o")"
 done
 echo "time as a multiple of the oracle's (medians of 7 rounds; mixed: 400 jobs a thread; read: per read; misses: the pool's per read/job)"
 

@@ -35,7 +35,9 @@ pub use event::{AllocReason, DropReason, Event, TrimReason};
 pub use frame::{DecodeError, Frame, ImageCost, PooledImage};
 pub use global::GlobalPool;
 pub use io::{Chunks, ChunksBody, PooledWriter};
-pub use limits::{ContainerMemory, MemoryLimit, PageCache, Pressure, Thresholds};
+pub use limits::{
+    ContainerMemory, MemoryEvents, MemoryLimit, PageCache, Pressure, PressureStall, Thresholds,
+};
 pub use pool::{Acquire, AdmitFuture, Permit, Pool, PoolBuilder, global};
 pub use report::MemoryReport;
 pub use size_class::SizeClasses;

@@ -612,3 +612,121 @@ fn shedding_starts_within_five_percent_of_the_critical_threshold() {
         fraction * 100.0
     );
 }
+
+#[test]
+fn reads_the_kernel_s_signals_v2_high_events_and_pressure_stall() {
+    let s = v2_tree("v2-signals", "/pod/c", "/");
+    let dir = "/sys/fs/cgroup/pod/c";
+    s.write(&format!("{dir}/memory.max"), "268435456\n");
+    s.write(&format!("{dir}/memory.high"), "201326592\n");
+    s.write(&format!("{dir}/memory.current"), "94371840\n");
+    s.write(&format!("{dir}/memory.stat"), V2_STAT);
+    s.write(
+        &format!("{dir}/memory.events"),
+        "low 0\nhigh 17\nmax 3\noom 2\noom_kill 1\noom_group_kill 0\n",
+    );
+    s.write(
+        &format!("{dir}/memory.pressure"),
+        "some avg10=1.50 avg60=0.75 avg300=0.10 total=12345\nfull avg10=0.50 avg60=0.25 avg300=0.00 total=678\n",
+    );
+    let mem = ContainerMemory::read_under(&s.0).unwrap();
+    assert_eq!(mem.high, Some(201_326_592));
+    assert_eq!(
+        (
+            mem.events.high,
+            mem.events.max,
+            mem.events.oom,
+            mem.events.oom_kill
+        ),
+        (17, 3, 2, 1)
+    );
+    let stall = mem.stall.expect("memory.pressure");
+    assert_eq!((stall.some_avg10, stall.some_avg60), (1.5, 0.75));
+    assert_eq!((stall.full_avg10, stall.full_avg60), (0.5, 0.25));
+    // A read-only or partial cgroupfs: no high, no events, no stall.
+    s.write(&format!("{dir}/memory.high"), "max\n");
+    std::fs::remove_file(s.0.join(&dir[1..]).join("memory.events")).unwrap();
+    std::fs::remove_file(s.0.join(&dir[1..]).join("memory.pressure")).unwrap();
+    let mem = ContainerMemory::read_under(&s.0).unwrap();
+    assert_eq!(
+        (mem.high, mem.events, mem.stall),
+        (None, Default::default(), None)
+    );
+}
+
+#[test]
+fn reads_v1_failcnt_and_oom_kills() {
+    let s = v1_tree("v1-signals");
+    let dir = "/sys/fs/cgroup/memory/kubepods/pod1/c1";
+    s.write(&format!("{dir}/memory.limit_in_bytes"), "134217728\n");
+    s.write(&format!("{dir}/memory.usage_in_bytes"), "73400320\n");
+    s.write(&format!("{dir}/memory.stat"), "total_rss 41943040\n");
+    s.write(&format!("{dir}/memory.failcnt"), "42\n");
+    s.write(
+        &format!("{dir}/memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+    );
+    let mem = ContainerMemory::read_under(&s.0).unwrap();
+    assert_eq!((mem.events.max, mem.events.oom_kill), (42, 3));
+}
+
+/// Writes an injected memory reading.
+fn inject(path: &Path, limit: u64, working_set: u64, high: Option<u64>) {
+    let mut text = format!("limit {limit}\nworking_set {working_set}\n");
+    if let Some(high) = high {
+        text += &format!("high {high}\n");
+    }
+    fs::write(path, text).unwrap();
+}
+
+#[test]
+fn an_injected_memory_file_drives_pressure_and_admission_without_a_cgroup() {
+    let s = Scratch::new("injected");
+    let file = s.0.join("memory");
+    const MB: u64 = 1_000_000;
+    inject(&file, 1000 * MB, 100 * MB, None);
+    let pool = Pool::builder()
+        .memory_file(&file)
+        .trim_interval(Duration::ZERO)
+        .build();
+    assert_eq!(pool.sample_memory(), Pressure::Normal);
+    assert!(pool.try_get(1 << 20).is_ok());
+    // Past the critical threshold (90%): shed.
+    inject(&file, 1000 * MB, 950 * MB, None);
+    assert_eq!(pool.sample_memory(), Pressure::Critical);
+    match pool.try_get(1 << 20) {
+        Err(Error::MemoryPressure { limit, .. }) => assert_eq!(limit, 1000 * MB),
+        other => panic!("expected MemoryPressure, got {other:?}"),
+    }
+    // Hysteresis: still critical a little below the threshold.
+    inject(&file, 1000 * MB, 870 * MB, None);
+    assert_eq!(pool.sample_memory(), Pressure::Critical);
+    inject(&file, 1000 * MB, 500 * MB, None);
+    assert_eq!(pool.sample_memory(), Pressure::Normal);
+    assert!(pool.try_get(1 << 20).is_ok());
+    // The soft limit (memory.high) makes pressure elevated below 75%.
+    inject(&file, 1000 * MB, 500 * MB, Some(400 * MB));
+    assert_eq!(pool.sample_memory(), Pressure::Elevated);
+    // A resize in place is seen at the next sample.
+    inject(&file, 2000 * MB, 500 * MB, None);
+    pool.sample_memory();
+    assert_eq!(pool.stats().memory_limit_bytes, Some(2000 * MB));
+    assert_eq!(pool.pressure(), Pressure::Normal);
+}
+
+#[test]
+fn the_trimmer_samples_an_injected_file_on_its_own() {
+    let s = Scratch::new("injected-trimmer");
+    let file = s.0.join("memory");
+    inject(&file, 1_000_000_000, 100_000_000, None);
+    let pool = Pool::builder().memory_file(&file).build();
+    inject(&file, 1_000_000_000, 990_000_000, None);
+    let start = std::time::Instant::now();
+    while pool.pressure() != Pressure::Critical {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the trimmer never sampled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -4,6 +4,41 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// The kernel's memory events for a cgroup: how often it hit its limits
+/// and what the OOM killer did (v2 `memory.events`; on v1, `failcnt` as
+/// `max` and `memory.oom_control`'s `oom_kill`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryEvents {
+    /// Times usage went over `memory.high` (v2).
+    pub high: u64,
+    /// Times usage hit the limit (v2 `max`; v1 `failcnt`).
+    pub max: u64,
+    /// Times the OOM killer was invoked (v2).
+    pub oom: u64,
+    /// Processes the OOM killer killed.
+    pub oom_kill: u64,
+}
+
+/// Pressure stall information: the share of wall time in which some (or
+/// all) tasks of the cgroup waited for memory, in percent, averaged over
+/// 10 and 60 seconds (v2 `memory.pressure`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct PressureStall {
+    /// Some task stalled, last 10 s.
+    pub some_avg10: f64,
+    /// Some task stalled, last 60 s.
+    pub some_avg60: f64,
+    /// Every task stalled, last 10 s.
+    pub full_avg10: f64,
+    /// Every task stalled, last 60 s.
+    pub full_avg60: f64,
+}
+
+// `PressureStall` holds floats, read from the kernel: never NaN.
+impl Eq for PressureStall {}
+
 /// v1's "no limit": the page counter's maximum times the page size, or
 /// anything near it (`9223372036854771712` on 4 KiB pages).
 const V1_UNLIMITED: u64 = 1 << 62;
@@ -39,6 +74,15 @@ pub struct ContainerMemory {
     pub active_file: u64,
     /// Page cache not recently used, which the kernel reclaims first.
     pub inactive_file: u64,
+    /// The soft limit above which the kernel throttles and reclaims (v2
+    /// `memory.high`, which Kubernetes memory QoS sets); `None` when unset.
+    /// The pool's pressure is at least elevated above it.
+    pub high: Option<u64>,
+    /// The kernel's memory events for the cgroup since it was made.
+    pub events: MemoryEvents,
+    /// Pressure stall information for the cgroup (v2 `memory.pressure`),
+    /// where the kernel provides it.
+    pub stall: Option<PressureStall>,
     /// 1 or 2.
     pub cgroup_version: u8,
     /// The cgroup's directory.
@@ -197,8 +241,41 @@ fn read_v1(dir: PathBuf) -> io::Result<ContainerMemory> {
             .unwrap_or_else(|| pick("active_anon") + pick("inactive_anon")),
         active_file: pick("active_file"),
         inactive_file,
+        high: None,
+        events: MemoryEvents {
+            max: read_u64(&dir.join("memory.failcnt")).unwrap_or(0),
+            oom_kill: fs::read_to_string(dir.join("memory.oom_control"))
+                .map(|t| keyed(&t, "oom_kill"))
+                .unwrap_or(0),
+            ..MemoryEvents::default()
+        },
+        stall: None,
         cgroup_version: 1,
         path: dir,
+    })
+}
+
+/// The number after `key ` on its own line of `text`, or 0.
+fn keyed(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// v2 `memory.pressure`: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0`
+/// and the same for `full`.
+fn read_stall(path: &Path) -> Option<PressureStall> {
+    let text = fs::read_to_string(path).ok()?;
+    let avg = |kind: &str, window: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(kind))?;
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(window)?.strip_prefix('=')?.parse().ok())
+    };
+    Some(PressureStall {
+        some_avg10: avg("some", "avg10")?,
+        some_avg60: avg("some", "avg60")?,
+        full_avg10: avg("full", "avg10").unwrap_or(0.0),
+        full_avg60: avg("full", "avg60").unwrap_or(0.0),
     })
 }
 
@@ -239,6 +316,18 @@ fn read_v2(dir: PathBuf, mount: &Path) -> io::Result<ContainerMemory> {
         anon: field("anon"),
         active_file: field("active_file"),
         inactive_file,
+        high: fs::read_to_string(dir.join("memory.high"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+        events: fs::read_to_string(dir.join("memory.events"))
+            .map(|t| MemoryEvents {
+                high: keyed(&t, "high"),
+                max: keyed(&t, "max"),
+                oom: keyed(&t, "oom"),
+                oom_kill: keyed(&t, "oom_kill"),
+            })
+            .unwrap_or_default(),
+        stall: read_stall(&dir.join("memory.pressure")),
         cgroup_version: 2,
         path: dir,
     })

@@ -15,7 +15,7 @@ mod waiters;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-pub use cgroup::ContainerMemory;
+pub use cgroup::{ContainerMemory, MemoryEvents, PressureStall};
 
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::{Error, Stats};
@@ -140,14 +140,23 @@ impl Thresholds {
         self.critical
     }
 
-    /// The level for `working_set` of `limit`, given the current level.
-    fn level(&self, working_set: u64, limit: u64, current: Pressure) -> Pressure {
+    /// The level for `working_set` of `limit`, given the current level;
+    /// at least elevated at or above `high` (the cgroup's soft limit).
+    fn level(
+        &self,
+        working_set: u64,
+        limit: u64,
+        high: Option<u64>,
+        current: Pressure,
+    ) -> Pressure {
         let f = working_set as f64 / limit as f64;
         let h = Thresholds::HYSTERESIS;
         let critical =
             f >= self.critical || (current == Pressure::Critical && f >= self.critical - h);
-        let elevated =
-            f >= self.elevated || (current >= Pressure::Elevated && f >= self.elevated - h);
+        let over_high = high.is_some_and(|high| working_set >= high);
+        let elevated = over_high
+            || f >= self.elevated
+            || (current >= Pressure::Elevated && f >= self.elevated - h);
         if critical {
             Pressure::Critical
         } else if elevated {
@@ -186,6 +195,9 @@ pub(crate) struct LimitsConfig {
     pub(crate) thresholds: Thresholds,
     pub(crate) max_in_use: Option<usize>,
     pub(crate) page_cache: PageCache,
+    /// A file the memory is read from instead of the cgroup
+    /// ([`PoolBuilder::memory_file`](crate::PoolBuilder::memory_file)).
+    pub(crate) file: Option<std::path::PathBuf>,
 }
 
 /// A change of the pressure level, from the first to the second, for the
@@ -202,8 +214,11 @@ pub(crate) type Transition = (Pressure, Pressure);
 #[derive(Debug)]
 pub(crate) struct Limits {
     config: LimitsConfig,
-    /// The limit in bytes; 0 when there is none.
-    limit: u64,
+    /// The limit in bytes; 0 when there is none. Read again on every
+    /// sample (a container resized in place), unless set in bytes.
+    limit: AtomicU64,
+    /// The cgroup's soft limit at the last sample (0: none).
+    high: AtomicU64,
     level: std::sync::atomic::AtomicU8,
     /// The working set at the last sample.
     ws_at_sample: AtomicU64,
@@ -255,16 +270,17 @@ impl Drop for Reserved<'_> {
 
 impl Limits {
     pub(crate) fn new(config: LimitsConfig) -> Limits {
-        let (limit, last) = match config.limit {
-            MemoryLimit::Unlimited => (0, None),
-            MemoryLimit::Bytes(n) => (n as u64, read_memory_for(config.limit)),
-            MemoryLimit::Container => {
-                let mem = read_memory();
-                (mem.as_ref().and_then(|m| m.limit).unwrap_or(0), mem)
+        let last = read_memory_for(&config);
+        let limit = match (config.limit, &config.file) {
+            (_, Some(_)) | (MemoryLimit::Container, None) => {
+                last.as_ref().and_then(|m| m.limit).unwrap_or(0)
             }
+            (MemoryLimit::Bytes(n), None) => n as u64,
+            (MemoryLimit::Unlimited, None) => 0,
         };
         Limits {
-            limit,
+            limit: AtomicU64::new(limit),
+            high: AtomicU64::new(last.as_ref().and_then(|m| m.high).unwrap_or(0)),
             level: std::sync::atomic::AtomicU8::new(0),
             ws_at_sample: AtomicU64::new(last.as_ref().map_or(0, |m| m.working_set)),
             footprint_at_sample: AtomicUsize::new(0),
@@ -280,11 +296,23 @@ impl Limits {
         }
     }
 
+    /// The limit in bytes now; 0 when there is none.
+    #[inline]
+    fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Whether the limit comes from a reading (the cgroup, or a file), and
+    /// so is read again on every sample.
+    fn limit_is_read(&self) -> bool {
+        self.config.file.is_some() || self.config.limit == MemoryLimit::Container
+    }
+
     /// How often the trimmer should sample for this pool (`None`: no limit).
     /// Read by the trimmer thread, which loom and miri builds do not have.
     #[cfg_attr(any(tierpool_loom, miri), allow(dead_code))]
     pub(crate) fn sample_interval(&self) -> Option<Duration> {
-        (self.limit > 0).then_some(SAMPLE_INTERVAL)
+        (self.limit() > 0 || self.config.file.is_some()).then_some(SAMPLE_INTERVAL)
     }
 
     pub(crate) fn page_cache(&self) -> PageCache {
@@ -310,19 +338,28 @@ impl Limits {
     /// that moment, and derives the level. Wakes the first admission
     /// waiter, which may fit now.
     pub(crate) fn sample(&self, footprint: usize) -> Option<Transition> {
-        if self.limit == 0 {
+        if self.limit() == 0 && self.config.file.is_none() {
             return None;
         }
         self.sampled_at.store(self.now(), Ordering::Relaxed);
-        let mem = read_memory_for(self.config.limit)?;
+        let mem = read_memory_for(&self.config)?;
+        if self.limit_is_read() {
+            // A resize in place is seen at the next sample.
+            self.limit.store(mem.limit.unwrap_or(0), Ordering::Relaxed);
+        }
+        self.high.store(mem.high.unwrap_or(0), Ordering::Relaxed);
+        if self.limit() == 0 {
+            *self.last.lock() = Some(mem);
+            return self.set_level(Pressure::Normal);
+        }
         self.ws_at_sample.store(mem.working_set, Ordering::Relaxed);
         self.footprint_at_sample.store(footprint, Ordering::Relaxed);
         self.global_at_sample
             .store(crate::global::footprint(), Ordering::Relaxed);
-        let level = self
-            .config
-            .thresholds
-            .level(mem.working_set, self.limit, self.level());
+        let level =
+            self.config
+                .thresholds
+                .level(mem.working_set, self.limit(), mem.high, self.level());
         *self.last.lock() = Some(mem);
         let transition = self.set_level(level);
         if !self.waiters.is_empty() {
@@ -349,7 +386,7 @@ impl Limits {
 
     /// The working set at which refusable requests are refused.
     fn critical_bytes(&self) -> u64 {
-        (self.limit as f64 * self.config.thresholds.critical) as u64
+        (self.limit() as f64 * self.config.thresholds.critical) as u64
     }
 
     /// Called before the pool allocates `bytes` (its footprint is
@@ -362,7 +399,7 @@ impl Limits {
         bytes: usize,
         reserved: bool,
     ) -> Option<Transition> {
-        if self.limit == 0 {
+        if self.limit() == 0 {
             return None;
         }
         let mut transition = None;
@@ -371,10 +408,11 @@ impl Limits {
         }
         let extra = if reserved { 0 } else { bytes };
         let estimate = self.estimate(footprint, self.reserved.load(Ordering::Relaxed), extra);
+        let high = Some(self.high.load(Ordering::Relaxed)).filter(|&h| h > 0);
         let level = self
             .config
             .thresholds
-            .level(estimate, self.limit, self.level());
+            .level(estimate, self.limit(), high, self.level());
         if level > self.level() {
             transition = chain(transition, self.set_level(level));
         }
@@ -407,7 +445,7 @@ impl Limits {
     /// grows between samples (it cannot see frees, nor memory the pool does
     /// not own), so near the line a reading (microseconds) decides.
     pub(crate) fn wants_fresh_sample(&self, footprint: usize, bytes: usize) -> bool {
-        self.limit > 0
+        self.limit() > 0
             && self.estimate(footprint, self.reserved.load(Ordering::Relaxed), bytes)
                 >= self.critical_bytes() / 10 * 9
             && self.sample_is_older_than(MIN_SAMPLE_GAP)
@@ -456,14 +494,15 @@ impl Limits {
 
     /// Whether `bytes` more fit with this footprint and these reservations.
     fn fits(&self, footprint: usize, reserved: usize, bytes: usize) -> Result<(), Error> {
-        if self.limit > 0
+        let limit = self.limit();
+        if limit > 0
             && (self.is_critical()
                 || self.estimate(footprint, reserved, bytes) >= self.critical_bytes())
         {
             return Err(Error::MemoryPressure {
                 requested: bytes,
                 working_set: self.estimate(footprint, reserved, 0),
-                limit: self.limit,
+                limit,
             });
         }
         if let Some(budget) = self.config.max_in_use {
@@ -518,7 +557,8 @@ impl Limits {
     pub(crate) fn fill_stats(&self, stats: &mut Stats) {
         stats.pressure = self.level();
         stats.memory = self.last.lock().clone();
-        stats.memory_limit_bytes = (self.limit > 0).then_some(self.limit);
+        let limit = self.limit();
+        stats.memory_limit_bytes = (limit > 0).then_some(limit);
         stats.refused = self.refused.load(Ordering::Relaxed);
         stats.waited = self.waited.load(Ordering::Relaxed);
         stats.set_aside_bytes = self.reserved.load(Ordering::Relaxed);
@@ -542,17 +582,53 @@ fn read_memory() -> Option<ContainerMemory> {
     ContainerMemory::read().ok()
 }
 
-/// The memory to steer by: the cgroup's; for a `Bytes` limit in a cgroup
-/// that sets no limit of its own (whose usage may be other processes'),
-/// the process's own resident memory.
-fn read_memory_for(limit: MemoryLimit) -> Option<ContainerMemory> {
+/// The memory to steer by: a file's ([`PoolBuilder::memory_file`]); the
+/// cgroup's; for a `Bytes` limit in a cgroup that sets no limit of its own
+/// (whose usage may be other processes'), the process's own resident
+/// memory.
+///
+/// [`PoolBuilder::memory_file`]: crate::PoolBuilder::memory_file
+fn read_memory_for(config: &LimitsConfig) -> Option<ContainerMemory> {
+    if let Some(path) = &config.file {
+        return read_memory_file(path);
+    }
     let mem = read_memory();
-    match (mem, limit) {
+    match (mem, config.limit) {
         (Some(mem), MemoryLimit::Bytes(_)) if mem.limit.is_none() => own_memory(),
         (Some(mem), _) => Some(mem),
         (None, MemoryLimit::Bytes(_)) => own_memory(),
         (None, _) => None,
     }
+}
+
+/// A memory reading from a file of `key value` lines: `limit`,
+/// `working_set` (or `usage` and `inactive_file`), optionally `high`; the
+/// rest of the figures 0. `None` when it cannot be read or has no
+/// working set.
+fn read_memory_file(path: &std::path::Path) -> Option<ContainerMemory> {
+    if cfg!(miri) {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(|c: char| c == ' ' || c == '=')?;
+            (k.trim() == name).then(|| v.trim().parse().ok())?
+        })
+    };
+    let inactive_file = field("inactive_file").unwrap_or(0);
+    let working_set =
+        field("working_set").or_else(|| field("usage").map(|u| u.saturating_sub(inactive_file)))?;
+    Some(ContainerMemory {
+        limit: field("limit").filter(|&l| l > 0),
+        usage: field("usage").unwrap_or(working_set + inactive_file),
+        working_set,
+        anon: working_set,
+        inactive_file,
+        high: field("high"),
+        path: path.to_path_buf(),
+        ..ContainerMemory::default()
+    })
 }
 
 /// The process's resident memory as a working set.

@@ -121,6 +121,30 @@ impl PoolBuilder {
         self
     }
 
+    /// Reads the memory from a file instead of the cgroup, at every sample
+    /// (every 100 ms): lines `limit N`, `working_set N` (or `usage N` and
+    /// `inactive_file N`), optionally `high N`, in bytes. For testing a
+    /// service's shedding without a cgroup, as Envoy's injected resources:
+    /// write the file, call [`Pool::sample_memory`] (or wait a sample), and
+    /// the pool's pressure and admission follow. The limit in the file wins
+    /// over [`memory_limit`](Self::memory_limit).
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("tierpool-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let file = dir.join("memory");
+    /// std::fs::write(&file, "limit 1000000000\nworking_set 950000000\n")?;
+    /// let pool = tierpool::Pool::builder().memory_file(&file).build();
+    /// assert_eq!(pool.sample_memory(), tierpool::Pressure::Critical);
+    /// assert!(pool.try_get(1 << 20).is_err()); // shed
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn memory_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.limits.file = Some(path.into());
+        self
+    }
+
     /// A name for the pool, used as the `pool` label of its metrics.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
