@@ -612,7 +612,7 @@ fn read_memory_file(path: &std::path::Path) -> Option<ContainerMemory> {
     let text = std::fs::read_to_string(path).ok()?;
     let field = |name: &str| -> Option<u64> {
         text.lines().find_map(|l| {
-            let (k, v) = l.split_once(|c: char| c == ' ' || c == '=')?;
+            let (k, v) = l.split_once([' ', '='])?;
             (k.trim() == name).then(|| v.trim().parse().ok())?
         })
     };
