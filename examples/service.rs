@@ -22,7 +22,8 @@
 //!   uploads.
 //! - `GET /metrics`: Prometheus text; `GET /ready`: 503 under critical memory
 //!   pressure (with the pool's hysteresis: ready again below 85% of the
-//!   limit).
+//!   limit); `GET /live`: 200 while the process serves (never about
+//!   memory: a liveness probe must not restart a busy pod).
 //!
 //! Every request is admitted by its cost before it works (`Pool::admit`):
 //! a thumbnail by its upload, then by what the image's header says its
@@ -140,6 +141,7 @@ async fn serve(app: Arc<App>, addr: &str) -> std::io::Result<()> {
         .route("/pdf", post(pdf))
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))
+        .route("/live", get(|| async { StatusCode::OK }))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on {}", listener.local_addr()?);

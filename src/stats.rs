@@ -69,9 +69,13 @@ pub struct Stats {
     pub refused: u64,
     /// Requests that had to wait for memory before being served or refused.
     pub waited: u64,
-    /// Bytes set aside for admitted requests ([`Permit`](crate::Permit)s)
-    /// and not taken yet.
+    /// Bytes admitted and not allocated yet: set aside for
+    /// [`Permit`](crate::Permit)s, and reserved by refusable requests on
+    /// their way to the allocator.
     pub set_aside_bytes: usize,
+    /// Requests waiting in admission's queue now (`get_timeout`, `acquire`,
+    /// `admit`): the load a replica could not take, a signal to scale on.
+    pub waiting: usize,
     /// One entry per class, smallest first.
     pub classes: Vec<ClassStats>,
     /// The large tier: the idle pages of the mapped classes (128 KiB and

@@ -18,6 +18,8 @@ const WORKING_SET: &str = "tierpool_working_set_bytes";
 const MEMORY_LIMIT: &str = "tierpool_memory_limit_bytes";
 const PRESSURE: &str = "tierpool_pressure";
 const RETENTION_LIMIT: &str = "tierpool_retention_limit_bytes";
+const WAITING: &str = "tierpool_waiting_requests";
+const SET_ASIDE: &str = "tierpool_set_aside_bytes";
 /// Counters, labels `pool` and `class`.
 const HITS: &str = "tierpool_hits_total";
 const MISSES: &str = "tierpool_misses_total";
@@ -108,6 +110,15 @@ fn describe() {
             Unit::Bytes,
             "The retention limit in force (lowered under pressure)."
         );
+        describe_gauge!(
+            WAITING,
+            "Requests waiting in admission's queue (a signal to scale out on)."
+        );
+        describe_gauge!(
+            SET_ASIDE,
+            Unit::Bytes,
+            "Bytes admitted and not allocated yet (permits, requests on their way)."
+        );
         describe_counter!(HITS, "Requests served by an idle buffer, per class.");
         describe_counter!(MISSES, "Requests that allocated, per class.");
         describe_counter!(
@@ -189,9 +200,16 @@ pub(crate) fn publish(inner: &PoolInner) {
         },
     );
     set(RETENTION_LIMIT, stats.retention_limit_bytes as f64);
+    set(WAITING, stats.waiting as f64);
+    set(SET_ASIDE, stats.set_aside_bytes as f64);
     set(LARGE_IDLE, stats.large.idle_bytes as f64);
     set(LARGE_MAPPINGS, stats.large.mappings as f64);
-    for class in &stats.classes {
+    // Per class: the classes that ever served a request or hold memory,
+    // unless every class was asked for (`PoolBuilder::metrics_per_class`):
+    // 49 default classes times three counters is many series for nothing.
+    for class in stats.classes.iter().filter(|c| {
+        inner.metrics_all_classes || c.hits + c.misses + c.returns > 0 || c.retained_bytes > 0
+    }) {
         let labels = [
             ("pool", pool.clone()),
             ("class", class.capacity.to_string()),

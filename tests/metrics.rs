@@ -257,3 +257,29 @@ fn the_memory_report_is_published_by_kind() {
     let f = figures(&snapshotter);
     assert_eq!(f["tierpool_working_set_bytes{pool=report}"], 0.0);
 }
+
+#[test]
+fn per_class_series_are_the_classes_in_use_unless_all_are_asked_for() {
+    let count = |all: bool| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let pool = Pool::builder()
+            .name(if all { "all" } else { "used" })
+            .memory_limit(MemoryLimit::Unlimited)
+            .metrics_per_class(all)
+            .build();
+        drop(pool.get(4096));
+        drop(pool.get(1 << 20));
+        metrics::with_local_recorder(&recorder, || pool.publish_metrics());
+        let f = figures(&snapshotter);
+        assert!(f.contains_key(&format!(
+            "tierpool_waiting_requests{{pool={}}}",
+            if all { "all" } else { "used" }
+        )));
+        f.keys()
+            .filter(|k| k.starts_with("tierpool_hits_total{"))
+            .count()
+    };
+    assert_eq!(count(false), 2, "the two classes that served");
+    assert_eq!(count(true), tierpool::SizeClasses::default().len());
+}

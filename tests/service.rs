@@ -238,6 +238,7 @@ fn metrics_readiness_and_sigterm() {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
     assert_eq!(get(service.addr, "/ready").status, 200);
+    assert_eq!(get(service.addr, "/live").status, 200);
 
     // A request in flight when SIGTERM arrives is finished, then the
     // service exits 0.

@@ -562,6 +562,7 @@ impl Limits {
         stats.refused = self.refused.load(Ordering::Relaxed);
         stats.waited = self.waited.load(Ordering::Relaxed);
         stats.set_aside_bytes = self.reserved.load(Ordering::Relaxed);
+        stats.waiting = self.waiters.len();
     }
 }
 

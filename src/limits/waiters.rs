@@ -52,6 +52,11 @@ impl Wake {
 }
 
 impl Waiters {
+    /// Requests in the queue now.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.len.load(Ordering::Acquire) == 0

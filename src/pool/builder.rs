@@ -145,6 +145,14 @@ impl PoolBuilder {
         self
     }
 
+    /// Publish the per-class metrics of every class (default `false`: only
+    /// the classes that served a request or hold memory, since 49 default
+    /// classes times three counters is many series that stay at zero).
+    pub fn metrics_per_class(mut self, all: bool) -> Self {
+        self.metrics_all_classes = all;
+        self
+    }
+
     /// A name for the pool, used as the `pool` label of its metrics.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -220,6 +228,7 @@ impl PoolBuilder {
             limits: Limits::new(self.limits),
             adapters: AdapterCounters::default(),
             labels: Labels::default(),
+            metrics_all_classes: self.metrics_all_classes,
         });
         crate::trim::schedule(&inner);
         super::register(&inner);
@@ -242,6 +251,7 @@ impl fmt::Debug for PoolBuilder {
             .field("min_retained_bytes", &self.min_retained_bytes)
             .field("limits", &self.limits)
             .field("on_event", &self.hook.is_some())
+            .field("metrics_per_class", &self.metrics_all_classes)
             .finish()
     }
 }

@@ -57,6 +57,9 @@ pub(crate) struct PoolInner {
     /// What the adapters did, all labels and none.
     pub(crate) adapters: AdapterCounters,
     pub(crate) labels: Labels,
+    /// Whether metrics publish every class, or only the classes in use.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) metrics_all_classes: bool,
 }
 
 /// What happened to a returned block's pool count.

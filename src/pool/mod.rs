@@ -116,6 +116,7 @@ pub struct PoolBuilder {
     hook: Option<EventHook>,
     limits: LimitsConfig,
     name: Option<String>,
+    metrics_all_classes: bool,
 }
 
 // === impl Pool ===
@@ -160,6 +161,7 @@ impl Pool {
             hook: None,
             limits: LimitsConfig::default(),
             name: None,
+            metrics_all_classes: false,
         }
     }
 
