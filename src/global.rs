@@ -256,6 +256,9 @@ struct Tier {
     in_use: AtomicUsize,
     /// Bytes mapped: in use and idle.
     footprint: AtomicUsize,
+    /// The most in use at once since the last tick: what is mapped is kept
+    /// at most this (see `give_back`).
+    high_water: AtomicUsize,
     allocations: AtomicU64,
     /// Allocations served by idle pages alone.
     reused: AtomicU64,
@@ -270,7 +273,7 @@ struct Tier {
 
 static TIER: OnceLock<Tier> = OnceLock::new();
 
-/// Idle bytes the tier keeps whatever is in use.
+/// Bytes the tier may keep mapped whatever the high-water mark.
 const IDLE_FLOOR: usize = 16 << 20;
 
 fn tier() -> &'static Tier {
@@ -279,6 +282,7 @@ fn tier() -> &'static Tier {
         large: LargeTier::new(Box::new([])),
         in_use: AtomicUsize::new(0),
         footprint: AtomicUsize::new(0),
+        high_water: AtomicUsize::new(0),
         allocations: AtomicU64::new(0),
         reused: AtomicU64::new(0),
         fresh_bytes: AtomicU64::new(0),
@@ -303,6 +307,12 @@ fn take(size: usize) -> Option<(NonNull<u8>, bool)> {
         return None;
     }
     let tier = tier();
+    if let Some(block) = tier.large.take_growable(span) {
+        tier.reused.fetch_add(1, Ordering::Relaxed);
+        note_in_use(tier, span);
+        tier.allocations.fetch_add(1, Ordering::Relaxed);
+        return Some((block, false));
+    }
     let (block, fresh) = match tier.large.take(span, true) {
         Some(taken) => match taken.source {
             Source::Run => {
@@ -326,7 +336,7 @@ fn take(size: usize) -> Option<(NonNull<u8>, bool)> {
             (block, true)
         }
     };
-    tier.in_use.fetch_add(span, Ordering::Relaxed);
+    note_in_use(tier, span);
     tier.allocations.fetch_add(1, Ordering::Relaxed);
     Some((block, fresh))
 }
@@ -345,6 +355,12 @@ fn is_ours(ptr: *mut u8, layout: Layout) -> bool {
             .is_some_and(|t| t.large.holds(ptr.expose_provenance()))
 }
 
+/// Counts `bytes` more in use, and the high-water mark.
+fn note_in_use(tier: &Tier, bytes: usize) {
+    let now = tier.in_use.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    tier.high_water.fetch_max(now, Ordering::Relaxed);
+}
+
 /// Takes back a block of `size` bytes as idle pages.
 ///
 /// # Safety
@@ -356,17 +372,20 @@ unsafe fn give_back(ptr: *mut u8, size: usize) {
     // SAFETY: by the caller's promise; a tier's blocks are never null.
     unsafe { tier.large.put(NonNull::new_unchecked(ptr), span) };
     let in_use = tier.in_use.fetch_sub(span, Ordering::Relaxed) - span;
-    // Idle pages beyond half what is in use (and a floor) go back at once:
-    // they would not be reused before the next trim, and held, they raise
-    // the peak above what the system allocator (which unmaps large blocks
-    // as they are freed) would reach.
-    let idle = tier
-        .footprint
-        .load(Ordering::Relaxed)
-        .saturating_sub(in_use);
-    let keep = in_use / 2 + IDLE_FLOOR;
-    if idle > keep {
-        release(tier, idle - keep);
+    // What is mapped stays within half again the most that was in use at
+    // once since the last tick (or a floor): idle pages beyond that go back
+    // at once.
+    // So the peak stays near the system allocator's (which unmaps large
+    // blocks as they are freed), while what steady traffic frees and takes
+    // again stays, resident, for the next request.
+    let footprint = tier.footprint.load(Ordering::Relaxed);
+    let high_water = tier.high_water.load(Ordering::Relaxed);
+    let keep = (high_water + high_water / 2).max(IDLE_FLOOR);
+    if footprint > keep {
+        release(
+            tier,
+            (footprint - keep).min(footprint.saturating_sub(in_use)),
+        );
     }
     if !tier.trimmer.swap(true, Ordering::Relaxed) {
         // Idle pages now exist: the trimmer gives them back when unused.
@@ -404,13 +423,20 @@ unsafe fn resize(ptr: *mut u8, old: usize, new: usize) -> Option<NonNull<u8>> {
         tier.remapped.fetch_add(1, Ordering::Relaxed);
         return Some(block);
     }
+    let more = new_span - old_span;
+    // SAFETY: ours, `old_span < new_span`, whole pages.
+    if unsafe { tier.large.extend(block, old_span, new_span) } {
+        // Grown into the idle pages right after it: resident already.
+        note_in_use(tier, more);
+        tier.remapped.fetch_add(1, Ordering::Relaxed);
+        return Some(block);
+    }
     if crate::large::at_mapping_bound() {
         release_idle();
     }
     // SAFETY: ours, `old_span < new_span`, whole pages.
     let grown = unsafe { tier.large.regrow(block, old_span, new_span) }?;
-    let more = new_span - old_span;
-    tier.in_use.fetch_add(more, Ordering::Relaxed);
+    note_in_use(tier, more);
     tier.footprint.fetch_add(more, Ordering::Relaxed);
     tier.fresh_bytes.fetch_add(more as u64, Ordering::Relaxed);
     tier.remapped.fetch_add(1, Ordering::Relaxed);
@@ -422,6 +448,10 @@ pub(crate) fn tick() {
     let Some(tier) = TIER.get() else { return };
     let unused = tier.large.idle_since_tick();
     release(tier, unused);
+    // The high-water mark decays: the next interval starts from what is in
+    // use now.
+    tier.high_water
+        .store(tier.in_use.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// Unmaps every idle page now (memory pressure, [`GlobalPool::trim`]).
