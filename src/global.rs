@@ -444,6 +444,7 @@ unsafe fn resize(ptr: *mut u8, old: usize, new: usize) -> Option<NonNull<u8>> {
 }
 
 /// The trimmer's tick: unmaps the pages that stayed idle all interval.
+#[cfg_attr(any(tierpool_loom, miri), allow(dead_code))]
 pub(crate) fn tick() {
     let Some(tier) = TIER.get() else { return };
     let unused = tier.large.idle_since_tick();
@@ -471,6 +472,7 @@ fn release(tier: &Tier, bytes: usize) {
 }
 
 /// Whether the tier exists and holds idle pages (the trimmer ticks it).
+#[cfg_attr(any(tierpool_loom, miri), allow(dead_code))]
 pub(crate) fn has_idle() -> bool {
     TIER.get()
         .is_some_and(|t| t.footprint.load(Ordering::Relaxed) > t.in_use.load(Ordering::Relaxed))

@@ -321,6 +321,7 @@ pub(crate) fn unregister(pool: *const PoolInner) {
 /// `(in_use, idle)`.
 pub(crate) fn tierpool_bytes() -> (u64, u64) {
     let global = crate::global::stats();
+    #[cfg_attr(tierpool_loom, allow(unused_mut))]
     let (mut in_use, mut idle) = (global.in_use_bytes as u64, global.idle_bytes as u64);
     #[cfg(not(tierpool_loom))]
     {
