@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release --example service --features http-body,image,metrics,tokio \
-//!     -- --addr 127.0.0.1:8080 [--max-body BYTES] [--queue-timeout SECS] [--no-pool]
+//!     -- --addr 127.0.0.1:8080 [--max-body BYTES] [--queue-timeout SECS] [--memory-file PATH] [--no-pool]
 //! curl -s --data-binary @photo.jpg 'localhost:8080/thumbnail?width=200' > thumb.png
 //! curl -s --data 'https://example.org' localhost:8080/qr > qr.png
 //! curl -s --data-binary @notes.txt localhost:8080/pdf > notes.pdf
@@ -91,7 +91,9 @@ fn main() -> std::io::Result<()> {
         args.get(at + 1).cloned()
     };
     if args.iter().any(|a| a == "--help") {
-        println!("service --addr HOST:PORT [--max-body BYTES] [--queue-timeout SECS] [--no-pool]");
+        println!(
+            "service --addr HOST:PORT [--max-body BYTES] [--queue-timeout SECS] [--memory-file PATH] [--no-pool]"
+        );
         return Ok(());
     }
     let addr = value("--addr").unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -118,10 +120,18 @@ fn main() -> std::io::Result<()> {
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .map_err(std::io::Error::other)?;
-    // The memory limit is the container's (the default); the name labels
-    // the metrics.
-    let pool =
-        (!args.iter().any(|a| a == "--no-pool")).then(|| Pool::builder().name("service").build());
+    // The memory limit is the container's (the default), or read from
+    // `--memory-file` (to test the shedding without a cgroup); the name
+    // labels the metrics.
+    let memory_file = value("--memory-file");
+    let pool = (!args.iter().any(|a| a == "--no-pool")).then(|| {
+        let builder = Pool::builder().name("service");
+        match memory_file {
+            Some(path) => builder.memory_file(path),
+            None => builder,
+        }
+        .build()
+    });
     let app = Arc::new(App {
         pool,
         max_body,

@@ -40,6 +40,14 @@ const LARGE_MOVED: &str = "tierpool_large_moved_bytes_total";
 const LARGE_FRESH: &str = "tierpool_large_fresh_bytes_total";
 /// Gauge, label `kind` (process-wide, no `pool` label).
 const MEMORY: &str = "tierpool_memory_bytes";
+/// The global allocator's tier (process-wide, no label).
+const GLOBAL_IN_USE: &str = "tierpool_global_in_use_bytes";
+const GLOBAL_IDLE: &str = "tierpool_global_idle_bytes";
+const GLOBAL_MAPPINGS: &str = "tierpool_global_mappings";
+const GLOBAL_ALLOCATIONS: &str = "tierpool_global_allocations_total";
+const GLOBAL_REUSED: &str = "tierpool_global_reused_total";
+const GLOBAL_FRESH: &str = "tierpool_global_fresh_bytes_total";
+const GLOBAL_TRIMMED: &str = "tierpool_global_trimmed_bytes_total";
 
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 impl Pool {
@@ -250,6 +258,57 @@ fn publish_report_now_and_then() {
     }
     if let Ok(report) = crate::MemoryReport::read() {
         report.publish_metrics();
+    }
+    publish_global(&crate::global::stats());
+}
+
+/// Publishes the global allocator's figures (zeros when it is not
+/// installed).
+fn publish_global(stats: &crate::GlobalStats) {
+    describe_gauge!(GLOBAL_IN_USE, Unit::Bytes, "GlobalPool: bytes handed out.");
+    describe_gauge!(
+        GLOBAL_IDLE,
+        Unit::Bytes,
+        "GlobalPool: idle pages kept for reuse."
+    );
+    describe_gauge!(
+        GLOBAL_MAPPINGS,
+        "GlobalPool: kernel mappings its tier keeps."
+    );
+    describe_counter!(
+        GLOBAL_ALLOCATIONS,
+        "GlobalPool: allocations its tier served."
+    );
+    describe_counter!(
+        GLOBAL_REUSED,
+        "GlobalPool: allocations served by idle pages alone."
+    );
+    describe_counter!(GLOBAL_FRESH, Unit::Bytes, "GlobalPool: bytes mapped fresh.");
+    describe_counter!(
+        GLOBAL_TRIMMED,
+        Unit::Bytes,
+        "GlobalPool: idle bytes given back to the OS."
+    );
+    gauge!(GLOBAL_IN_USE).set(stats.in_use_bytes as f64);
+    gauge!(GLOBAL_IDLE).set(stats.idle_bytes as f64);
+    gauge!(GLOBAL_MAPPINGS).set(stats.mappings as f64);
+    counter!(GLOBAL_ALLOCATIONS).absolute(stats.allocations);
+    counter!(GLOBAL_REUSED).absolute(stats.reused);
+    counter!(GLOBAL_FRESH).absolute(stats.fresh_bytes);
+    counter!(GLOBAL_TRIMMED).absolute(stats.trimmed_bytes);
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+impl<A> crate::GlobalPool<A> {
+    /// Publishes the global allocator's figures through the `metrics`
+    /// facade: gauges `tierpool_global_in_use_bytes`,
+    /// `tierpool_global_idle_bytes`, `tierpool_global_mappings`; counters
+    /// `tierpool_global_allocations_total`, `tierpool_global_reused_total`,
+    /// `tierpool_global_fresh_bytes_total`,
+    /// `tierpool_global_trimmed_bytes_total`. Every pool's publish does this
+    /// too, at most once a second.
+    pub fn publish_metrics(&self) {
+        publish_global(&self.stats());
     }
 }
 

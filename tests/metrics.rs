@@ -283,3 +283,23 @@ fn per_class_series_are_the_classes_in_use_unless_all_are_asked_for() {
     assert_eq!(count(false), 2, "the two classes that served");
     assert_eq!(count(true), tierpool::SizeClasses::default().len());
 }
+
+#[test]
+fn the_global_allocator_s_figures_are_published() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    static GLOBAL: tierpool::GlobalPool = tierpool::GlobalPool::new();
+    metrics::with_local_recorder(&recorder, || GLOBAL.publish_metrics());
+    let f = figures(&snapshotter);
+    for name in [
+        "tierpool_global_in_use_bytes{}",
+        "tierpool_global_idle_bytes{}",
+        "tierpool_global_mappings{}",
+        "tierpool_global_allocations_total{}",
+        "tierpool_global_reused_total{}",
+        "tierpool_global_fresh_bytes_total{}",
+        "tierpool_global_trimmed_bytes_total{}",
+    ] {
+        assert!(f.contains_key(name), "{name} missing from {f:#?}");
+    }
+}

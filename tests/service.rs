@@ -134,6 +134,10 @@ fn bad_uploads_get_400_413_and_422() {
     let png = encode(&photo(640, 480), ImageFormat::Png);
     assert_error(&post(addr, "/thumbnail", &png[..png.len() / 2]), 422);
     assert_error(&post(addr, "/thumbnail", &png[..40]), 422);
+    let jpeg = encode(&photo(640, 480), ImageFormat::Jpeg);
+    let response = post(addr, "/thumbnail", &jpeg[..jpeg.len() / 3]);
+    assert_error(&response, 422);
+    assert!(response.text().contains("truncated"), "{}", response.text());
     // A decompression bomb: a small PNG whose header claims 60 000 x 60 000.
     let bomb = with_dimensions(&encode(&photo(32, 32), ImageFormat::Png), 60_000, 60_000);
     let response = post(addr, "/thumbnail", &bomb);
@@ -290,4 +294,44 @@ impl Service {
     fn terminate_wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
     }
+}
+
+#[test]
+fn under_critical_pressure_requests_get_503_with_retry_after_and_the_service_recovers() {
+    // The memory read from a file: critical, then back to normal.
+    let dir = std::env::temp_dir().join(format!("tierpool-service-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("memory");
+    std::fs::write(&file, "limit 1000000000\nworking_set 950000000\n").unwrap();
+    let service = Service::start(&[
+        "--memory-file",
+        file.to_str().unwrap(),
+        "--queue-timeout",
+        "0.3",
+    ]);
+    let addr = service.addr;
+    let jpeg = encode(&photo(640, 480), ImageFormat::Jpeg);
+    // A sample (100 ms) sees the pressure.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(addr, "/ready").status, 503);
+    assert_eq!(get(addr, "/live").status, 200);
+    let response = post(addr, "/thumbnail", &jpeg);
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.header("retry-after"), Some("1"));
+    // A large upload refused before it is read is drained, not reset.
+    let big = vec![0u8; 8 << 20];
+    let response = post(addr, "/pdf", &big);
+    assert_eq!(response.status, 503);
+    // Memory back: ready and serving again.
+    std::fs::write(&file, "limit 1000000000\nworking_set 100000000\n").unwrap();
+    let start = std::time::Instant::now();
+    while get(addr, "/ready").status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never ready again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(post(addr, "/thumbnail", &jpeg).status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
 }
