@@ -112,6 +112,8 @@ mod fork_gate_imp {
 
     /// Shares held in the low bits; `CLOSED` while a `fork` is under way.
     static GATE: AtomicUsize = AtomicUsize::new(0);
+    /// Shares held by threads waiting to fork while another does.
+    static PARKED: AtomicUsize = AtomicUsize::new(0);
     const CLOSED: usize = 1 << (usize::BITS - 1);
 
     std::thread_local! {
@@ -164,13 +166,20 @@ mod fork_gate_imp {
     /// trim pass runs) are not waited for: that thread is the one that
     /// comes along into the child and finishes what it holds them for.
     pub(crate) fn close_fork_gate() -> ClosedGate {
-        // One fork at a time.
-        while GATE.fetch_or(CLOSED, Ordering::Acquire) & CLOSED != 0 {
-            std::thread::yield_now();
+        let own = HELD.with(Cell::get);
+        // One fork at a time. A thread that holds shares and waits here
+        // (a fork from a hook while another thread forks) is parked: it
+        // holds no lock of the crate (hooks run outside them), so the fork
+        // under way need not wait for its shares, which would wait for it.
+        if GATE.fetch_or(CLOSED, Ordering::Acquire) & CLOSED != 0 {
+            PARKED.fetch_add(own, Ordering::AcqRel);
+            while GATE.fetch_or(CLOSED, Ordering::Acquire) & CLOSED != 0 {
+                std::thread::yield_now();
+            }
+            PARKED.fetch_sub(own, Ordering::AcqRel);
         }
         // Wait for the other holders to let go; newcomers step back.
-        let own = HELD.with(Cell::get);
-        while GATE.load(Ordering::Acquire) & !CLOSED != own {
+        while GATE.load(Ordering::Acquire) & !CLOSED != own + PARKED.load(Ordering::Acquire) {
             std::thread::yield_now();
         }
         ClosedGate(())
@@ -188,7 +197,8 @@ mod fork_gate_imp {
     pub(crate) fn open_in_child(gate: ClosedGate) {
         let _ = gate;
         // The forking thread's own shares came along; they are let go as
-        // usual.
+        // usual. Parked threads did not come along.
+        PARKED.store(0, Ordering::Release);
         GATE.store(HELD.with(Cell::get), Ordering::Release);
     }
 }

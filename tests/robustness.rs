@@ -261,6 +261,23 @@ fn trimmed_events_and_stats_agree() {
     );
 }
 
+/// This process's threads, as `name: where it waits`.
+#[cfg(target_os = "linux")]
+fn threads() -> Vec<String> {
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .map(|t| {
+                    let name = read(t.path().join("comm"));
+                    format!("{}: {}", name.trim(), read(t.path().join("wchan")))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn a_forked_child_builds_pools_and_trims() {
@@ -318,6 +335,17 @@ fn a_forked_child_builds_pools_and_trims() {
                 let start = Instant::now();
                 while pool.stats().retained_bytes + before.stats().retained_bytes > 0 {
                     if start.elapsed() > Duration::from_secs(20) {
+                        // What is left, for the parent's failure message.
+                        let _ = std::io::Write::write_all(
+                            &mut std::io::stderr(),
+                            format!(
+                                "child: new pool {:?}\nchild: shared pool {:?}\nchild: threads {:?}\n",
+                                pool.stats(),
+                                before.stats(),
+                                threads()
+                            )
+                            .as_bytes(),
+                        );
                         return false;
                     }
                     std::thread::sleep(Duration::from_millis(5));
