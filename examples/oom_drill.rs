@@ -15,7 +15,7 @@
 //! the process's own (v1 `memory` or v2), moves only the children it starts
 //! into them, samples the working set (usage − inactive page cache, as the
 //! kubelet does) every 10 ms, and removes the cgroups when done. It exits
-//! non-zero if, at any limit, the pool with admission was killed or
+//! non-zero if, at any limit, the pool with either admission was killed or
 //! completed under 95% of its requests, or the default pool was killed where
 //! `Vec` survived.
 
@@ -31,7 +31,7 @@ use tierpool::{ContainerMemory, Pool};
 mod cgroup;
 use cgroup::Cgroup;
 
-const MODES: [&str; 3] = ["vec", "pool", "pool+admission"];
+const MODES: [&str; 4] = ["vec", "pool", "pool+admission", "pool+get_timeout"];
 const MIB: usize = 1 << 20;
 
 #[derive(Clone, Copy)]
@@ -223,9 +223,15 @@ fn child(mode: &str, load: Load) {
                     let body = MIB + (rng % (5 * MIB as u64)) as usize;
                     let ok = match mode {
                         "vec" => request_vec(body),
-                        "pool" => request_pool(|n| pool.get(n), body),
+                        "pool" => request_pool(|n| Some(pool.get(n)), body),
+                        // Each buffer on its own, waiting for memory: three
+                        // reservations a request, from many threads at once.
+                        "pool+get_timeout" => request_pool(
+                            |n| pool.get_timeout(n, Duration::from_secs(30)).ok(),
+                            body,
+                        ),
                         _ => match pool.admit(5 * body, Duration::from_secs(30)) {
-                            Ok(permit) => request_pool(|n| permit.get(n), body),
+                            Ok(permit) => request_pool(|n| Some(permit.get(n)), body),
                             Err(_) => false,
                         },
                     };
@@ -257,13 +263,15 @@ fn request_vec(body: usize) -> bool {
     true
 }
 
-/// The same request with pooled buffers from `get`.
-fn request_pool(get: impl Fn(usize) -> tierpool::PooledBuf, body: usize) -> bool {
-    let mut b = get(body);
+/// The same request with pooled buffers from `get` (`None`: refused).
+fn request_pool(get: impl Fn(usize) -> Option<tierpool::PooledBuf>, body: usize) -> bool {
+    let Some(mut b) = get(body) else { return false };
     b.resize(body, 1);
-    let mut f = get(3 * body);
+    let Some(mut f) = get(3 * body) else {
+        return false;
+    };
     f.resize(3 * body, b[0]);
-    let mut o = get(body);
+    let Some(mut o) = get(body) else { return false };
     o.resize(body, f[0]);
     std::thread::sleep(Duration::from_millis(2));
     std::hint::black_box((&b, &f, &o));
