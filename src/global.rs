@@ -278,8 +278,10 @@ const IDLE_FLOOR: usize = 16 << 20;
 
 fn tier() -> &'static Tier {
     TIER.get_or_init(|| Tier {
-        // No classes: the tier serves every size from its runs.
-        large: LargeTier::new(Box::new([])),
+        // No classes: the tier serves every size from its runs; its books
+        // are locked outside the fork gate, and held across a fork by the
+        // fork handlers (`hold_for_fork`).
+        large: LargeTier::ungated(),
         in_use: AtomicUsize::new(0),
         footprint: AtomicUsize::new(0),
         high_water: AtomicUsize::new(0),
@@ -469,6 +471,13 @@ fn release(tier: &Tier, bytes: usize) {
         tier.trimmed_bytes
             .fetch_add(released as u64, Ordering::Relaxed);
     }
+}
+
+/// Holds the tier's books across a `fork`, if the tier exists (the
+/// prepare handler; the parent's and child's handlers drop the hold).
+#[cfg(not(any(tierpool_loom, miri)))]
+pub(crate) fn hold_for_fork() -> Option<crate::large::ForkHold> {
+    TIER.get().and_then(|t| t.large.hold_for_fork())
 }
 
 /// Whether the tier exists and holds idle pages (the trimmer ticks it).

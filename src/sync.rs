@@ -71,6 +71,84 @@ impl<T> Mutex<T> {
     }
 }
 
+/// A lock that never parks a thread and takes no share of the fork gate:
+/// for the global allocator's tier, which any allocation of the process
+/// may reach (a thread that holds some lock of its own and allocates must
+/// not wait for a `fork` that waits for that lock's holder). The
+/// `pthread_atfork` prepare handler takes it instead, as malloc does with
+/// its arenas, and the child's handler lets it go: nothing about it lives
+/// in a process-wide table that a thread lost in the `fork` could hold
+/// (`parking_lot`'s parked waiters do).
+pub(crate) struct SpinLock<T> {
+    held: std::sync::atomic::AtomicBool,
+    value: std::cell::UnsafeCell<T>,
+}
+
+// SAFETY: the value is only reached through a `SpinGuard`, which exists
+// only while `held` is set by its holder: one thread at a time.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+// SAFETY: as for `Send`.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    pub(crate) fn new(value: T) -> Self {
+        SpinLock {
+            held: std::sync::atomic::AtomicBool::new(false),
+            value: std::cell::UnsafeCell::new(value),
+        }
+    }
+
+    /// Takes the lock, yielding while another thread holds it.
+    pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
+        use std::sync::atomic::Ordering;
+        // Acquire: pairs with the Release of the last holder's unlock.
+        while self
+            .held
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        SpinGuard { lock: self }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for SpinLock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpinLock").finish_non_exhaustive()
+    }
+}
+
+/// A held [`SpinLock`].
+pub(crate) struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+impl<T> std::ops::Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: this guard holds the lock: no other reference exists.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: this guard holds the lock, and `&mut self` keeps this
+        // reference unique.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        // Release: the holder's writes are seen by the next holder.
+        self.lock
+            .held
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// A held [`Mutex`]: the lock, then its share of the fork gate (fields drop
 /// in this order).
 #[cfg(not(any(tierpool_loom, miri)))]

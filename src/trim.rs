@@ -410,6 +410,8 @@ mod thread {
     struct ForkGuards {
         schedule: MutexGuard<'static, Vec<Entry>>,
         gate: crate::sync::ClosedGate,
+        /// The global allocator's books, if it is in use.
+        global: Option<crate::large::ForkHold>,
     }
 
     extern "C" fn before_fork() {
@@ -417,11 +419,21 @@ mod thread {
         // (a tick holds a share of it), then nothing can take one.
         let gate = crate::sync::close_fork_gate();
         let schedule = lock();
-        FORK_GUARD.with(|g| *g.borrow_mut() = Some(ForkGuards { schedule, gate }));
+        // Last: a holder of the global allocator's books never waits for
+        // the gate or the schedule, so taking them after both is safe.
+        let global = crate::global::hold_for_fork();
+        FORK_GUARD.with(|g| {
+            *g.borrow_mut() = Some(ForkGuards {
+                schedule,
+                gate,
+                global,
+            })
+        });
     }
 
     extern "C" fn after_fork_parent() {
         if let Some(guards) = FORK_GUARD.with(|g| g.borrow_mut().take()) {
+            drop(guards.global);
             drop(guards.schedule);
             crate::sync::open_in_parent(guards.gate);
         }
@@ -432,6 +444,7 @@ mod thread {
         // a new one, which finds the schedule as the parent had it.
         RUNNING.store(false, Ordering::Release);
         if let Some(guards) = FORK_GUARD.with(|g| g.borrow_mut().take()) {
+            drop(guards.global);
             drop(guards.schedule);
             crate::sync::open_in_child(guards.gate);
         }

@@ -51,7 +51,7 @@ use std::ptr::NonNull;
 
 use crate::os;
 use crate::stats::LargeStats;
-use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicUsize, Mutex, Ordering, SpinGuard, SpinLock};
 
 /// Runs smaller than this are not worth a system call to move: faulting
 /// 16 pages costs about what one `mremap` does.
@@ -90,6 +90,52 @@ struct Books {
     mappings: MappingCount,
 }
 
+/// How a tier's books are locked.
+enum TierLock {
+    Gated(Mutex<Books>),
+    Spin(SpinLock<Books>),
+}
+
+impl std::fmt::Debug for TierLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TierLock::Gated(_) => "Gated",
+            TierLock::Spin(_) => "Spin",
+        })
+    }
+}
+
+/// The global allocator's books, held across a `fork` (see
+/// [`LargeTier::hold_for_fork`]).
+#[cfg(not(any(tierpool_loom, miri)))]
+pub(crate) struct ForkHold(#[allow(dead_code)] SpinGuard<'static, Books>);
+
+/// A lock of the books, inside the fork gate or outside it.
+enum Held<G, U> {
+    Gated(G),
+    Ungated(U),
+}
+
+impl<G: Deref<Target = Books>, U: Deref<Target = Books>> Deref for Held<G, U> {
+    type Target = Books;
+
+    fn deref(&self) -> &Books {
+        match self {
+            Held::Gated(g) => g,
+            Held::Ungated(u) => u,
+        }
+    }
+}
+
+impl<G: DerefMut<Target = Books>, U: DerefMut<Target = Books>> DerefMut for Held<G, U> {
+    fn deref_mut(&mut self) -> &mut Books {
+        match self {
+            Held::Gated(g) => g,
+            Held::Ungated(u) => u,
+        }
+    }
+}
+
 /// The books, locked: reads and changes the extents, and on the way out
 /// brings the process-wide count of mappings in step with its regions.
 struct BooksGuard<G: DerefMut<Target = Books>>(G);
@@ -120,7 +166,10 @@ impl<G: DerefMut<Target = Books>> Drop for BooksGuard<G> {
 /// class.
 #[derive(Debug)]
 pub(crate) struct LargeTier {
-    extents: Mutex<Books>,
+    /// A pool's tier locks its books inside the fork gate; the global
+    /// allocator's with a [`SpinLock`] that the fork handlers hold across a
+    /// `fork`.
+    extents: TierLock,
     /// Per class: the address of an idle block of the class kept whole, or
     /// 0. Only the classes the tier serves (`spans[class] > 0`) use theirs.
     hot: Box<[AtomicUsize]>,
@@ -132,14 +181,37 @@ pub(crate) struct LargeTier {
 impl LargeTier {
     /// The books, locked.
     fn books(&self) -> BooksGuard<impl DerefMut<Target = Books> + '_> {
-        BooksGuard(self.extents.lock())
+        BooksGuard(match &self.extents {
+            TierLock::Gated(m) => Held::Gated(m.lock()),
+            TierLock::Spin(s) => Held::Ungated(s.lock()),
+        })
+    }
+
+    /// A tier for the global allocator: no classes, books behind a spin
+    /// lock outside the fork gate (see [`hold_for_fork`](Self::hold_for_fork)).
+    pub(crate) fn ungated() -> Self {
+        LargeTier {
+            extents: TierLock::Spin(SpinLock::new(Books::default())),
+            ..LargeTier::new(Box::new([]))
+        }
+    }
+
+    /// Holds the books of the global allocator's tier across a `fork`: the
+    /// prepare handler takes them, the parent's and the child's handlers
+    /// let go (`None` for a pool's tier, which the fork gate covers).
+    #[cfg(not(any(tierpool_loom, miri)))]
+    pub(crate) fn hold_for_fork(&'static self) -> Option<ForkHold> {
+        match &self.extents {
+            TierLock::Spin(s) => Some(ForkHold(s.lock())),
+            TierLock::Gated(_) => None,
+        }
     }
 
     /// A tier for classes whose blocks span `spans[class]` bytes (0: a
     /// class the tier does not serve).
     pub(crate) fn new(spans: Box<[usize]>) -> Self {
         LargeTier {
-            extents: Mutex::new(Books::default()),
+            extents: TierLock::Gated(Mutex::new(Books::default())),
             hot: spans.iter().map(|_| AtomicUsize::new(0)).collect(),
             spans,
         }
