@@ -12,8 +12,11 @@
 //!
 //! The tier is the pools' own (`large/`), one for the whole process. Its
 //! books never allocate through it: they are small (tree nodes of a few
-//! hundred bytes), so they go to the inner allocator. It takes the fork
-//! gate like every lock of the crate, so a `fork` never inherits it held.
+//! hundred bytes), so they go to the inner allocator. Unlike the pools'
+//! locks, its lock takes no share of the fork gate: any allocation of the
+//! process may reach it, from a thread that holds locks of its own, and it
+//! must not wait for a `fork` that waits for those. The fork handlers hold
+//! it across a `fork` instead, as malloc holds its arenas.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
