@@ -5,7 +5,7 @@ use std::io::{BufRead, Seek};
 
 use image::{ImageDecoder, ImageError, ImageReader, Limits};
 
-use super::DecodeError;
+use super::{DecodeError, frame_within_limit};
 
 /// What decoding an image will take, read from its header alone, so a
 /// service can admit the request by its real cost ([`Pool::admit`](crate::Pool::admit)) before
@@ -80,16 +80,7 @@ impl ImageCost {
         let decoder = image.into_decoder()?;
         let (width, height) = decoder.dimensions();
         let color = decoder.color_type();
-        let frame_bytes = decoder.total_bytes();
-        let limit = limits.max_alloc.unwrap_or(u64::MAX);
-        if frame_bytes > limit {
-            return Err(DecodeError::TooLarge {
-                width,
-                height,
-                frame_bytes,
-                limit,
-            });
-        }
+        let frame_bytes = frame_within_limit(&decoder, &limits)?;
         let row = u64::from(width) * u64::from(color.bytes_per_pixel());
         let decoder_bytes = match (format, progressive) {
             // i16 coefficients for every sample until the last scan.

@@ -489,15 +489,10 @@ fn decode_reader<R: BufRead + Seek>(
     decode_into(decoder, limits, get)
 }
 
-/// The checks and the decoding of [`Pool::decode_with`], the frame taken
-/// through `get`.
-fn decode_into<D: ImageDecoder>(
-    mut decoder: D,
-    mut limits: Limits,
-    get: &mut dyn FnMut(usize) -> Result<PooledBuf, Error>,
-) -> Result<PooledImage, DecodeError> {
+/// The decoded frame's size, from the header: refused over
+/// `limits.max_alloc` (a decompression bomb), before any frame is taken.
+fn frame_within_limit(decoder: &impl ImageDecoder, limits: &Limits) -> Result<u64, DecodeError> {
     let (width, height) = decoder.dimensions();
-    let color = decoder.color_type();
     let frame_bytes = decoder.total_bytes();
     let limit = limits.max_alloc.unwrap_or(u64::MAX);
     if frame_bytes > limit {
@@ -508,6 +503,19 @@ fn decode_into<D: ImageDecoder>(
             limit,
         });
     }
+    Ok(frame_bytes)
+}
+
+/// The checks and the decoding of [`Pool::decode_with`], the frame taken
+/// through `get`.
+fn decode_into<D: ImageDecoder>(
+    mut decoder: D,
+    mut limits: Limits,
+    get: &mut dyn FnMut(usize) -> Result<PooledBuf, Error>,
+) -> Result<PooledImage, DecodeError> {
+    let (width, height) = decoder.dimensions();
+    let color = decoder.color_type();
+    let frame_bytes = frame_within_limit(&decoder, &limits)?;
     limits.reserve(frame_bytes)?;
     decoder.set_limits(limits)?;
     let bytes = usize::try_from(frame_bytes).map_err(|_| Error::CapacityOverflow {

@@ -131,40 +131,10 @@ impl Pool {
         body: B,
         max_len: usize,
     ) -> Result<Chunks, BodyError<B::Error>> {
-        let (result, activity) = self.read_body_recorded(body, None, max_len).await;
+        let (result, activity) =
+            read_body_recorded(&Draw::Pool(self.clone()), body, None, max_len).await;
         self.inner_arc().adapters.record(&activity);
         result
-    }
-
-    /// Reads a body and reports what it did; recording it is the caller's.
-    async fn read_body_recorded<B: Body>(
-        &self,
-        body: B,
-        learned: Option<usize>,
-        max_len: usize,
-    ) -> (Result<Chunks, BodyError<B::Error>>, Activity) {
-        let started = Instant::now();
-        let mut activity = Activity::default();
-        let result = self
-            .fill_from_body(body, learned, max_len, &mut activity)
-            .await;
-        activity.elapsed = started.elapsed();
-        activity.outcome = match &result {
-            Ok(_) => Outcome::Done,
-            Err(e) if e.is_too_large() => Outcome::TooLarge,
-            Err(_) => Outcome::Failed,
-        };
-        (result, activity)
-    }
-
-    async fn fill_from_body<B: Body>(
-        &self,
-        body: B,
-        learned: Option<usize>,
-        max_len: usize,
-        activity: &mut Activity,
-    ) -> Result<Chunks, BodyError<B::Error>> {
-        fill_from_body(&Draw::Pool(self.clone()), body, learned, max_len, activity).await
     }
 }
 
@@ -181,18 +151,30 @@ impl Permit {
         body: B,
         max_len: usize,
     ) -> Result<Chunks, BodyError<B::Error>> {
-        let started = Instant::now();
-        let mut activity = Activity::default();
-        let result = fill_from_body(&self.draw(), body, None, max_len, &mut activity).await;
-        activity.elapsed = started.elapsed();
-        activity.outcome = match &result {
-            Ok(_) => Outcome::Done,
-            Err(e) if e.is_too_large() => Outcome::TooLarge,
-            Err(_) => Outcome::Failed,
-        };
+        let (result, activity) = read_body_recorded(&self.draw(), body, None, max_len).await;
         self.pool().inner_arc().adapters.record(&activity);
         result
     }
+}
+
+/// Reads a body through `draw` and reports what it did (timed, failed or
+/// not); recording it is the caller's, so a labelled read counts once.
+async fn read_body_recorded<B: Body>(
+    draw: &Draw,
+    body: B,
+    learned: Option<usize>,
+    max_len: usize,
+) -> (Result<Chunks, BodyError<B::Error>>, Activity) {
+    let started = Instant::now();
+    let mut activity = Activity::default();
+    let result = fill_from_body(draw, body, learned, max_len, &mut activity).await;
+    activity.elapsed = started.elapsed();
+    activity.outcome = match &result {
+        Ok(_) => Outcome::Done,
+        Err(e) if e.is_too_large() => Outcome::TooLarge,
+        Err(_) => Outcome::Failed,
+    };
+    (result, activity)
 }
 
 /// Reads a body into chunks taken through `draw`.
@@ -251,10 +233,8 @@ impl Label {
         body: B,
         max_len: usize,
     ) -> Result<Chunks, BodyError<B::Error>> {
-        let (result, activity) = self
-            .pool()
-            .read_body_recorded(body, self.hint(), max_len)
-            .await;
+        let (result, activity) =
+            read_body_recorded(&Draw::Pool(self.pool().clone()), body, self.hint(), max_len).await;
         self.record_activity(&activity, result.as_ref().ok().map(Chunks::len));
         result
     }
