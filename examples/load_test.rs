@@ -15,12 +15,14 @@
 
 #[path = "../tests/common/http.rs"]
 mod http;
+#[path = "common/photo.rs"]
+mod photo;
 #[path = "../tests/common/png.rs"]
 mod png;
 #[path = "common/procfs.rs"]
 mod procfs;
 
-use std::io::{BufRead, BufReader, Cursor};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -95,21 +97,8 @@ fn main() {
 /// The inputs: valid images, texts and the bad inputs, each with the
 /// status it must get.
 fn requests() -> Vec<Request> {
-    let photo = |w: u32, h: u32, format| {
-        let image = image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(w, h, |x, y| {
-            image::Rgb([
-                (x * 255 / w) as u8,
-                (y * 255 / h) as u8,
-                ((x ^ y) & 63) as u8,
-            ])
-        }));
-        let mut out = Vec::new();
-        image
-            .write_to(&mut Cursor::new(&mut out), format)
-            .expect("encodes");
-        out
-    };
     use image::ImageFormat::{Jpeg, Png};
+    use photo::photo;
     let png = photo(640, 480, Png);
     let mut list = vec![
         Request {

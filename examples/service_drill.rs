@@ -19,9 +19,11 @@
 
 #[path = "common/cgroup.rs"]
 mod cgroup;
+#[path = "common/photo.rs"]
+mod photo;
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Cursor, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
@@ -227,21 +229,8 @@ fn main() {
 
 /// The uploads, by name: JPEG and PNG photos made here.
 fn uploads() -> Vec<(&'static str, Vec<u8>)> {
-    let photo = |w: u32, h: u32, format| {
-        let image = image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(w, h, |x, y| {
-            image::Rgb([
-                (x * 255 / w) as u8,
-                (y * 255 / h) as u8,
-                ((x ^ y) & 63) as u8,
-            ])
-        }));
-        let mut out = Vec::new();
-        image
-            .write_to(&mut Cursor::new(&mut out), format)
-            .expect("encodes");
-        out
-    };
     use image::ImageFormat::{Jpeg, Png};
+    use photo::photo;
     vec![
         ("6000x4000 JPEG", photo(6000, 4000, Jpeg)),
         ("4000x3000 PNG", photo(4000, 3000, Png)),
