@@ -35,23 +35,15 @@ fn pool() -> Pool {
         .build()
 }
 
-#[test]
-fn a_cache_held_by_a_trim_pass_at_close_keeps_the_pool_alive_until_its_thread_exits() {
+/// Closes a pool whose one open cache (empty, its thread waiting) `close`
+/// cannot enter: the cache keeps the pool alive (`alive` says why) until
+/// its thread exits, which frees it.
+fn a_skipped_cache_keeps_the_pool_until_its_thread_exits(close: impl FnOnce(Pool), alive: &str) {
     let pool = pool();
     let weak = Arc::downgrade(pool.inner_arc());
     let (worker, go) = worker_with_an_empty_cache(&pool);
-    // Hold every cache as the trimmer's idle tick does while it unmaps.
-    let caches = pool.inner_arc().registry.lock().clone();
-    let guards = thread_cache::lock_all(&caches, 1, 1);
-    assert_eq!(guards.len(), 1);
-    // The last handle goes on another thread; close skips the held cache.
-    thread::spawn(move || drop(pool)).join().unwrap();
-    drop(guards);
-    drop(caches);
-    assert!(
-        weak.strong_count() > 0,
-        "a cache close could not enter keeps the pool alive"
-    );
+    close(pool);
+    assert!(weak.strong_count() > 0, "{alive}");
     go.send(()).unwrap();
     worker.join().unwrap();
     assert_eq!(
@@ -62,27 +54,38 @@ fn a_cache_held_by_a_trim_pass_at_close_keeps_the_pool_alive_until_its_thread_ex
 }
 
 #[test]
-fn a_close_refused_the_heavy_barrier_leaves_no_cache_a_dangling_pool() {
-    let pool = pool();
-    let weak = Arc::downgrade(pool.inner_arc());
-    let (worker, go) = worker_with_an_empty_cache(&pool);
-    thread::spawn(move || {
-        // As a seccomp filter that refuses `membarrier` to this thread.
-        crate::barrier::refuse_on_this_thread();
-        drop(pool);
-    })
-    .join()
-    .unwrap();
-    assert!(
-        weak.strong_count() > 0,
-        "the open cache keeps the pool alive"
+fn a_cache_held_by_a_trim_pass_at_close_keeps_the_pool_alive_until_its_thread_exits() {
+    a_skipped_cache_keeps_the_pool_until_its_thread_exits(
+        |pool| {
+            // Hold every cache as the trimmer's idle tick does while it
+            // unmaps.
+            let caches = pool.inner_arc().registry.lock().clone();
+            let guards = thread_cache::lock_all(&caches, 1, 1);
+            assert_eq!(guards.len(), 1);
+            // The last handle goes on another thread; close skips the held
+            // cache.
+            thread::spawn(move || drop(pool)).join().unwrap();
+            drop(guards);
+            drop(caches);
+        },
+        "a cache close could not enter keeps the pool alive",
     );
-    go.send(()).unwrap();
-    worker.join().unwrap();
-    assert_eq!(
-        weak.strong_count(),
-        0,
-        "freed when that cache's thread exits"
+}
+
+#[test]
+fn a_close_refused_the_heavy_barrier_leaves_no_cache_a_dangling_pool() {
+    a_skipped_cache_keeps_the_pool_until_its_thread_exits(
+        |pool| {
+            thread::spawn(move || {
+                // As a seccomp filter that refuses `membarrier` to this
+                // thread.
+                crate::barrier::refuse_on_this_thread();
+                drop(pool);
+            })
+            .join()
+            .unwrap();
+        },
+        "the open cache keeps the pool alive",
     );
 }
 
