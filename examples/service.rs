@@ -332,7 +332,7 @@ async fn read_admitted(
 }
 
 /// A failed body read as its answer.
-fn body_failure<E: std::fmt::Display>(e: &tierpool::io::BodyError<E>) -> Failure {
+fn body_failure<E: std::fmt::Display>(e: &tierpool::BodyError<E>) -> Failure {
     match e.status().as_u16() {
         413 => Failure::TooLarge(e.to_string()),
         503 => Failure::Refused(e.to_string()),

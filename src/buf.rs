@@ -11,10 +11,10 @@ use std::slice;
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
-use crate::os;
 use crate::pool::{Admission, OVERSIZE, PoolInner, PoolRef, Returned, arc_ptr};
 use crate::sync::Arc;
-use crate::thread_cache;
+use crate::sys::mem;
+use crate::tier::thread_cache;
 use crate::{Error, global};
 
 /// A byte buffer from a [`Pool`](crate::Pool): like a `Vec<u8>` whose memory
@@ -131,7 +131,7 @@ impl PooledBuf {
     ///
     /// # Safety
     ///
-    /// `ptr` is a block of `size` bytes from `os::alloc` that nobody else
+    /// `ptr` is a block of `size` bytes from `mem::alloc` that nobody else
     /// owns, and the caller hands over one strong count of `pool` with it.
     pub(crate) unsafe fn from_oversize(
         ptr: NonNull<u8>,
@@ -183,14 +183,14 @@ impl PooledBuf {
 
     pub(crate) fn discard_spare(&mut self, keep: usize) -> usize {
         let Some(pool) = self.pool else { return 0 };
-        if !os::is_mapped(self.cap) {
+        if !mem::is_mapped(self.cap) {
             return 0;
         }
         let from = self.len.saturating_add(keep).min(self.cap);
         // SAFETY: we own this mapped block of `cap` bytes, and nothing past
         // `len` (so nothing in `[from, cap)`) holds data anyone may read: it
         // is spare capacity.
-        let n = unsafe { os::discard_tail(self.ptr, self.cap, from) };
+        let n = unsafe { mem::discard_tail(self.ptr, self.cap, from) };
         // SAFETY: our block holds a strong count, so the pool is alive.
         let inner = unsafe { pool.as_ref() };
         inner
@@ -383,7 +383,7 @@ impl PooledBuf {
     /// OS, which `Vec` cannot free: their contents are copied into a new
     /// `Vec` and the block goes back to the pool.
     pub fn into_vec(self) -> Vec<u8> {
-        if os::is_mapped(self.cap) {
+        if mem::is_mapped(self.cap) {
             return self[..].to_vec();
         }
         let this = ManuallyDrop::new(self);

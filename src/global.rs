@@ -23,9 +23,9 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::large::{LargeTier, Source};
-use crate::os;
 use crate::stats::GlobalStats;
+use crate::sys::mem;
+use crate::tier::large::{LargeTier, Source};
 
 /// A global allocator that serves every allocation at or above a threshold
 /// (default 128 KiB, alignment up to a page) from tierpool's large tier,
@@ -86,7 +86,7 @@ impl Default for GlobalPool<System> {
 impl<A> GlobalPool<A> {
     /// The default threshold: allocations of at least 128 KiB come from the
     /// large tier (the size from which glibc maps too).
-    pub const DEFAULT_THRESHOLD: usize = os::MAP_THRESHOLD;
+    pub const DEFAULT_THRESHOLD: usize = mem::MAP_THRESHOLD;
 
     /// A `GlobalPool` whose small allocations go to `inner` (any
     /// `GlobalAlloc`: mimalloc, jemalloc, or `System`).
@@ -143,7 +143,7 @@ impl<A> GlobalPool<A> {
     fn serves(&self, layout: Layout) -> bool {
         ACTIVE
             && layout.size() >= self.threshold
-            && layout.align() <= os::PAGE
+            && layout.align() <= mem::PAGE
             && self.enabled.load(Ordering::Relaxed)
     }
 }
@@ -307,7 +307,7 @@ pub(crate) fn footprint() -> usize {
 /// A block of at least `size` bytes from the tier, and whether its pages
 /// are all fresh (zero).
 fn take(size: usize) -> Option<(NonNull<u8>, bool)> {
-    let span = size.checked_next_multiple_of(os::PAGE)?;
+    let span = size.checked_next_multiple_of(mem::PAGE)?;
     if span > isize::MAX as usize {
         return None;
     }
@@ -332,7 +332,7 @@ fn take(size: usize) -> Option<(NonNull<u8>, bool)> {
             }
         },
         None => {
-            if crate::large::at_mapping_bound() {
+            if crate::tier::large::at_mapping_bound() {
                 release_idle();
             }
             let block = tier.large.map_lazy(span).ok()?;
@@ -353,8 +353,8 @@ fn take(size: usize) -> Option<(NonNull<u8>, bool)> {
 #[inline]
 fn is_ours(ptr: *mut u8, layout: Layout) -> bool {
     ACTIVE
-        && layout.size() >= os::MAP_THRESHOLD
-        && (ptr as usize) % os::PAGE == 0
+        && layout.size() >= mem::MAP_THRESHOLD
+        && (ptr as usize) % mem::PAGE == 0
         && TIER
             .get()
             .is_some_and(|t| t.large.holds(ptr.expose_provenance()))
@@ -373,7 +373,7 @@ fn note_in_use(tier: &Tier, bytes: usize) {
 /// `ptr` is a block of the tier of `size` bytes, given up by the caller.
 unsafe fn give_back(ptr: *mut u8, size: usize) {
     let tier = tier();
-    let span = size.next_multiple_of(os::PAGE);
+    let span = size.next_multiple_of(mem::PAGE);
     // SAFETY: by the caller's promise; a tier's blocks are never null.
     unsafe { tier.large.put(NonNull::new_unchecked(ptr), span) };
     let in_use = tier.in_use.fetch_sub(span, Ordering::Relaxed) - span;
@@ -407,8 +407,8 @@ unsafe fn give_back(ptr: *mut u8, size: usize) {
 /// `ptr` is a block of the tier of `old` bytes, the caller's.
 unsafe fn resize(ptr: *mut u8, old: usize, new: usize) -> Option<NonNull<u8>> {
     let tier = tier();
-    let old_span = old.next_multiple_of(os::PAGE);
-    let new_span = new.checked_next_multiple_of(os::PAGE)?;
+    let old_span = old.next_multiple_of(mem::PAGE);
+    let new_span = new.checked_next_multiple_of(mem::PAGE)?;
     // SAFETY: ours; never null.
     let block = unsafe { NonNull::new_unchecked(ptr) };
     if new_span == old_span {
@@ -436,7 +436,7 @@ unsafe fn resize(ptr: *mut u8, old: usize, new: usize) -> Option<NonNull<u8>> {
         tier.remapped.fetch_add(1, Ordering::Relaxed);
         return Some(block);
     }
-    if crate::large::at_mapping_bound() {
+    if crate::tier::large::at_mapping_bound() {
         release_idle();
     }
     // SAFETY: ours, `old_span < new_span`, whole pages.
@@ -479,7 +479,7 @@ fn release(tier: &Tier, bytes: usize) {
 /// Holds the tier's books across a `fork`, if the tier exists (the
 /// prepare handler; the parent's and child's handlers drop the hold).
 #[cfg(not(any(tierpool_loom, miri)))]
-pub(crate) fn hold_for_fork() -> Option<crate::large::ForkHold> {
+pub(crate) fn hold_for_fork() -> Option<crate::tier::large::ForkHold> {
     TIER.get().and_then(|t| t.large.hold_for_fork())
 }
 

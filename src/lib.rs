@@ -3,38 +3,34 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod barrier;
 mod buf;
 mod error;
-pub mod event;
-#[cfg(feature = "image")]
-#[cfg_attr(docsrs, doc(cfg(feature = "image")))]
-pub mod frame;
+mod event;
+mod ext;
 mod global;
-pub mod io;
-mod large;
+mod io;
 mod limits;
-mod os;
 mod pool;
 mod report;
-mod retention;
-mod shared_tier;
 mod size_class;
-pub mod stats;
+mod stats;
 mod sync;
-#[cfg(feature = "metrics")]
-mod telemetry;
-mod thread_cache;
+mod sys;
+mod tier;
 mod trim;
 
 pub use buf::PooledBuf;
 pub use bytes;
 pub use error::{Error, ErrorKind};
 pub use event::{AllocReason, DropReason, Event, TrimReason};
+#[cfg(feature = "http-body")]
+pub use ext::http::BodyError;
 #[cfg(feature = "image")]
-pub use frame::{DecodeError, Frame, ImageCost, PooledImage};
+pub use ext::image::{DecodeError, Frame, ImageCost, PooledImage, Sample};
 pub use global::GlobalPool;
-pub use io::{Chunks, ChunksBody, PooledWriter};
+pub use io::{
+    AdapterStats, Chunks, ChunksBody, Label, LabelStats, MAX_LABELS, OTHER_LABEL, PooledWriter,
+};
 pub use limits::{
     ContainerMemory, MemoryEvents, MemoryLimit, PageCache, Pressure, PressureStall, Thresholds,
 };

@@ -5,7 +5,7 @@ use std::fmt;
 use crate::io::label::{AdapterStats, LabelStats};
 use crate::pool::PoolInner;
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering};
-use crate::thread_cache::{CacheState, ThreadCache};
+use crate::tier::thread_cache::{CacheState, ThreadCache};
 
 /// A snapshot of a pool's memory and traffic, from [`Pool::stats`](crate::Pool::stats).
 ///

@@ -18,7 +18,7 @@ use std::ptr::NonNull;
 use crate::event::{Event, TrimReason};
 use crate::pool::{PoolInner, PoolRef, arc_ptr};
 use crate::sync::{Arc, Ordering};
-use crate::thread_cache;
+use crate::tier::thread_cache;
 
 /// What one trim pass freed.
 #[derive(Debug, Default, Clone, Copy)]
@@ -359,7 +359,7 @@ mod thread {
                     // the rest.
                     // Inside the fork gate: a fork waits for the tick to end,
                     // so no cache flag is held across it.
-                    let gate = crate::sync::fork_gate();
+                    let gate = crate::sys::fork::fork_gate();
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         if sample {
                             PoolInner::sample_memory(&pool);
@@ -374,7 +374,7 @@ mod thread {
                     #[cfg(feature = "metrics")]
                     if tick {
                         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            crate::telemetry::publish(&pool);
+                            crate::ext::metrics::publish(&pool);
                         }));
                     }
                 }
@@ -409,15 +409,15 @@ mod thread {
     /// before the gate.
     struct ForkGuards {
         schedule: MutexGuard<'static, Vec<Entry>>,
-        gate: crate::sync::ClosedGate,
+        gate: crate::sys::fork::ClosedGate,
         /// The global allocator's books, if it is in use.
-        global: Option<crate::large::ForkHold>,
+        global: Option<crate::tier::large::ForkHold>,
     }
 
     extern "C" fn before_fork() {
         // The gate first: it waits for every lock of the crate to be let go
         // (a tick holds a share of it), then nothing can take one.
-        let gate = crate::sync::close_fork_gate();
+        let gate = crate::sys::fork::close_fork_gate();
         let schedule = lock();
         // Last: a holder of the global allocator's books never waits for
         // the gate or the schedule, so taking them after both is safe.
@@ -435,7 +435,7 @@ mod thread {
         if let Some(guards) = FORK_GUARD.with(|g| g.borrow_mut().take()) {
             drop(guards.global);
             drop(guards.schedule);
-            crate::sync::open_in_parent(guards.gate);
+            crate::sys::fork::open_in_parent(guards.gate);
         }
     }
 
@@ -446,7 +446,7 @@ mod thread {
         if let Some(guards) = FORK_GUARD.with(|g| g.borrow_mut().take()) {
             drop(guards.global);
             drop(guards.schedule);
-            crate::sync::open_in_child(guards.gate);
+            crate::sys::fork::open_in_child(guards.gate);
         }
     }
 

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, StreamBody};
-use tierpool::io::BodyError;
+use tierpool::BodyError;
 use tierpool::{Error, Pool};
 
 fn data(len: usize) -> Vec<u8> {

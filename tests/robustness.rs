@@ -225,12 +225,12 @@ fn untrusted_labels_are_bounded() {
         );
     }
     let labels = pool.stats().labels;
-    assert_eq!(labels.len(), tierpool::io::MAX_LABELS + 1);
+    assert_eq!(labels.len(), tierpool::MAX_LABELS + 1);
     let other = labels
         .iter()
-        .find(|l| l.label == tierpool::io::OTHER_LABEL)
+        .find(|l| l.label == tierpool::OTHER_LABEL)
         .unwrap();
-    assert_eq!(other.activity.reads, 2000 - tierpool::io::MAX_LABELS as u64);
+    assert_eq!(other.activity.reads, 2000 - tierpool::MAX_LABELS as u64);
 }
 
 #[test]

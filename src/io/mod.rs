@@ -1,20 +1,13 @@
 //! The I/O adapters: reading streams into pooled chunks, writing output
 //! into them, per-pipeline labels, files that leave no page cache behind,
-//! (feature `tokio`) the async versions, and (feature `http-body`) HTTP
-//! bodies in and out.
+//! and the chunk-fill plan the async and HTTP reads in `ext` share.
 
 pub(crate) mod chunks;
-#[cfg(feature = "http-body")]
-pub(crate) mod http;
 pub(crate) mod label;
 pub(crate) mod read;
-#[cfg(feature = "tokio")]
-pub(crate) mod tokio;
 pub(crate) mod writer;
 
 pub use chunks::{Chunks, ChunksBody};
-#[cfg(feature = "http-body")]
-pub use http::BodyError;
 pub use label::{AdapterStats, Label, LabelStats, MAX_LABELS, OTHER_LABEL};
 pub use writer::PooledWriter;
 
@@ -55,7 +48,7 @@ impl Pool {
         let hint = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let chunks = self.read_to_end_with_hint(&file, hint)?;
         if self.inner_arc().limits.page_cache() == PageCache::Drop {
-            let _ = crate::os::drop_page_cache(&file, false);
+            let _ = crate::sys::files::drop_page_cache(&file, false);
         }
         Ok(chunks)
     }
@@ -85,7 +78,7 @@ impl Pool {
             data.advance(written);
         }
         match self.inner_arc().limits.page_cache() {
-            PageCache::Drop => crate::os::drop_page_cache(&file, true)?,
+            PageCache::Drop => crate::sys::files::drop_page_cache(&file, true)?,
             PageCache::Keep => file.flush()?,
         }
         Ok(())

@@ -366,7 +366,7 @@ fn read_stat(path: &Path) -> io::Result<Vec<(String, u64)>> {
 pub(crate) fn process_rss() -> Option<u64> {
     let statm = fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * crate::os::PAGE as u64)
+    Some(pages * crate::sys::mem::PAGE as u64)
 }
 
 #[cfg(test)]

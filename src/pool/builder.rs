@@ -169,8 +169,8 @@ impl PoolBuilder {
                 let depth = (self.thread_cache_bytes / capacity).min(MAX_THREAD_CACHE_DEPTH);
                 ClassInfo {
                     capacity,
-                    span: os::span(capacity),
-                    large: os::is_mapped(capacity),
+                    span: mem::span(capacity),
+                    large: mem::is_mapped(capacity),
                     depth,
                     batch: (depth / 2).max(1),
                 }
@@ -201,7 +201,7 @@ impl PoolBuilder {
         // The process-wide bound on mappings is read now (the environment
         // and /proc), not in an allocation path or a forked child's first
         // allocation.
-        crate::large::mapping_bound();
+        crate::tier::large::mapping_bound();
         let large = LargeTier::new(
             info.iter()
                 .map(|c| if c.large { c.span } else { 0 })

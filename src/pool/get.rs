@@ -92,7 +92,7 @@ impl PoolInner {
         let info = this.info[class];
         PoolInner::note_allocation(this, capacity, reserved.is_some());
         let block = if info.large {
-            if crate::large::at_mapping_bound() {
+            if crate::tier::large::at_mapping_bound() {
                 // The process keeps as many mappings as it should: give
                 // this pool's idle pages back before adding one.
                 let mut freed = Freed::default();
@@ -101,7 +101,7 @@ impl PoolInner {
             }
             this.large.map(capacity)?
         } else {
-            os::alloc(capacity)?
+            mem::alloc(capacity)?
         };
         this.footprint.fetch_add(info.span, Ordering::Relaxed);
         this.counters.class[class]
@@ -262,15 +262,15 @@ impl PoolInner {
             Admission::Bypass => None,
         };
         PoolInner::note_allocation(this, size, reserved.is_some());
-        let block = os::alloc(size)?;
-        if os::is_mapped(size) {
+        let block = mem::alloc(size)?;
+        if mem::is_mapped(size) {
             // Faulted in at once, as the large tier's blocks are: what the
             // footprint counts is then resident, and a memory sample taken
             // before the caller writes it cannot miss it (and so let
             // admission count it as free room).
             // SAFETY: the fresh mapping of `span(size)` bytes just made,
             // ours.
-            unsafe { os::populate(block, os::span(size)) };
+            unsafe { mem::populate(block, mem::span(size)) };
         }
         this.footprint.fetch_add(size, Ordering::Relaxed);
         this.counters.oversize_allocated(size);
@@ -296,7 +296,7 @@ impl PoolInner {
         // Without a heavy barrier no other thread could reach into the
         // cache safely (see `thread_cache`): the pool then works from the
         // shared tier alone.
-        if !crate::barrier::available() {
+        if !crate::sys::membarrier::available() {
             return false;
         }
         let cache = Arc::new(ThreadCache::new(

@@ -182,7 +182,7 @@ impl PoolInner {
     pub(crate) fn give_back_oversize(&self, block: NonNull<u8>, size: usize) {
         self.footprint.fetch_sub(size, Ordering::Relaxed);
         // SAFETY: the caller owned this block of `size` bytes and gives it up.
-        if unsafe { os::free(block, size) } {
+        if unsafe { mem::free(block, size) } {
             self.counters
                 .released_bytes
                 .fetch_add(size as u64, Ordering::Relaxed);

@@ -9,7 +9,7 @@ pub(crate) struct ClassInfo {
     /// The bytes a block occupies: `capacity` in whole pages when mapped.
     pub(crate) span: usize,
     /// Whether idle blocks of the class live in the large tier
-    /// (`large.rs`) rather than a queue of their own.
+    /// (`tier::large`) rather than a queue of their own.
     pub(crate) large: bool,
     /// Slots per thread cache (0: the class goes straight to the shared tier).
     pub(crate) depth: usize,
@@ -100,8 +100,8 @@ impl PoolInner {
             true
         } else {
             // SAFETY: forwarded from the caller: a block of the class's
-            // capacity from `os::alloc`.
-            unsafe { os::free(block, info.capacity) }
+            // capacity from `mem::alloc`.
+            unsafe { mem::free(block, info.capacity) }
         };
         if released {
             self.counters
@@ -203,7 +203,7 @@ impl Drop for PoolInner {
             while let Some(block) = tier.pop() {
                 // SAFETY: popped from the queue, so it is ours; nothing else
                 // can reach the pool any more.
-                unsafe { os::free(block, self.info[class].capacity) };
+                unsafe { mem::free(block, self.info[class].capacity) };
             }
         }
         self.large.release_all();
@@ -234,14 +234,14 @@ pub(super) mod slots {
     pub(in crate::pool) fn acquire() -> usize {
         // Inside the fork gate: a push or pop cut short by a fork would
         // leave the queue waiting for a thread the child does not have.
-        let _gate = crate::sync::fork_gate();
+        let _gate = crate::sys::fork::fork_gate();
         FREE.pop()
             .unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Gives a freed pool's slot back.
     pub(super) fn recycle(slot: usize) {
-        let _gate = crate::sync::fork_gate();
+        let _gate = crate::sys::fork::fork_gate();
         FREE.push(slot);
     }
 }

@@ -1,12 +1,12 @@
 //! `Pool` and its builder: the get and return paths through the tiers.
 //!
 //! ```text
-//!  get ──► thread cache ──(empty)──► shared tier (+2 classes up) ──► os::alloc
-//!  drop ──► thread cache ──(full: spill oldest)──► shared tier ──(full)──► os::free
+//!  get ──► thread cache ──(empty)──► shared tier (+2 classes up) ──► mem::alloc
+//!  drop ──► thread cache ──(full: spill oldest)──► shared tier ──(full)──► mem::free
 //! ```
 //!
 //! Mapped classes (128 KiB and up on Unix) have no shared queues: their
-//! idle memory is the large tier's pages (`large.rs`), which a request is
+//! idle memory is the large tier's pages (`tier::large`), which a request is
 //! cut from or assembled from, and a return or a spill goes back to.
 //!
 //! The thread cache (`thread_cache.rs`) is a leaf; this file refills and
@@ -35,14 +35,14 @@ use std::time::Duration;
 use crate::buf::PooledBuf;
 use crate::event::{AllocReason, DropReason, Event, EventHook, Events, TrimReason};
 use crate::io::label::{AdapterCounters, Labels};
-use crate::large::{LargeTier, Source};
 use crate::limits::{Limits, LimitsConfig, MemoryLimit, PageCache, Thresholds};
-use crate::os;
-use crate::retention::Retention;
-use crate::shared_tier::SharedTier;
 use crate::stats::PoolCounters;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
-use crate::thread_cache::{self, CacheState, ClassLayout, ExitFlush, ThreadCache};
+use crate::sys::mem;
+use crate::tier::large::{LargeTier, Source};
+use crate::tier::retention::Retention;
+use crate::tier::shared::SharedTier;
+use crate::tier::thread_cache::{self, CacheState, ClassLayout, ExitFlush, ThreadCache};
 use crate::trim::Freed;
 use crate::{Error, SizeClasses};
 
@@ -296,7 +296,7 @@ static LIVE: std::sync::Mutex<Vec<std::sync::Weak<PoolInner>>> = std::sync::Mute
 pub(crate) fn register(pool: &Arc<PoolInner>) {
     #[cfg(not(tierpool_loom))]
     {
-        let _gate = crate::sync::fork_gate();
+        let _gate = crate::sys::fork::fork_gate();
         let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|p| p.strong_count() > 0);
         live.push(Arc::downgrade(pool));
@@ -309,7 +309,7 @@ pub(crate) fn register(pool: &Arc<PoolInner>) {
 pub(crate) fn unregister(pool: *const PoolInner) {
     #[cfg(not(tierpool_loom))]
     {
-        let _gate = crate::sync::fork_gate();
+        let _gate = crate::sys::fork::fork_gate();
         let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|p| !std::ptr::eq(p.as_ptr(), pool));
     }
@@ -326,7 +326,7 @@ pub(crate) fn tierpool_bytes() -> (u64, u64) {
     #[cfg(not(tierpool_loom))]
     {
         let pools: Vec<Arc<PoolInner>> = {
-            let _gate = crate::sync::fork_gate();
+            let _gate = crate::sys::fork::fork_gate();
             let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
             live.iter().filter_map(std::sync::Weak::upgrade).collect()
         };

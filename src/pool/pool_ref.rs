@@ -15,7 +15,7 @@
 //! pool's `Drop` frees them. Every count is taken and dropped through the
 //! functions below; nothing else in the crate names `Arc`'s count API.
 //!
-//! [`ExitFlush`]: crate::thread_cache::ExitFlush
+//! [`ExitFlush`]: crate::tier::thread_cache::ExitFlush
 
 use std::ptr::NonNull;
 

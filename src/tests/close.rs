@@ -8,7 +8,7 @@ use std::thread;
 
 use crate::Pool;
 use crate::sync::Arc;
-use crate::thread_cache;
+use crate::tier::thread_cache;
 
 /// A worker that made a cache for `pool` (emptied by a trim, so no block
 /// of it holds a count), then waits for a word before its thread exits.
@@ -79,7 +79,7 @@ fn a_close_refused_the_heavy_barrier_leaves_no_cache_a_dangling_pool() {
             thread::spawn(move || {
                 // As a seccomp filter that refuses `membarrier` to this
                 // thread.
-                crate::barrier::refuse_on_this_thread();
+                crate::sys::membarrier::refuse_on_this_thread();
                 drop(pool);
             })
             .join()

@@ -189,7 +189,7 @@ fn the_large_tier_holds_no_untouched_pages() {
     const K: usize = 1 << 10;
     let pool = mapped_pool();
     let buf = pool.get(1024 * K);
-    let mut resident = vec![0u8; 1024 * K / crate::os::PAGE];
+    let mut resident = vec![0u8; 1024 * K / crate::sys::mem::PAGE];
     // SAFETY: the buffer's pages are a mapping of 1 MiB that `buf` keeps
     // alive; `resident` has one byte per page.
     let rc = unsafe {

@@ -72,7 +72,7 @@ impl SharedTier {
         // wait for it for ever.
         #[cfg(not(tierpool_loom))]
         {
-            let _gate = crate::sync::fork_gate();
+            let _gate = crate::sys::fork::fork_gate();
             self.queue.push(Block(ptr));
         }
         #[cfg(tierpool_loom)]
@@ -86,7 +86,7 @@ impl SharedTier {
         // block in the child.
         #[cfg(not(tierpool_loom))]
         let ptr = {
-            let _gate = crate::sync::fork_gate();
+            let _gate = crate::sys::fork::fork_gate();
             self.queue.pop().map(|Block(p)| p)
         };
         #[cfg(tierpool_loom)]

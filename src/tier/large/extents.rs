@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{MAX_MOVES, MIN_PIECE};
-use crate::os::PAGE;
 use crate::stats::LargeStats;
+use crate::sys::mem::PAGE;
 
 /// The pure bookkeeping of the tier: idle runs and regions, as addresses.
 /// No system calls, so it is tested on its own (miri included).

@@ -18,12 +18,12 @@
 //!
 //! - `busy`, written only by the owner. The owner enters with
 //!   [`try_lock`](ThreadCache::try_lock): it stores `busy`, passes a
-//!   [light barrier](crate::barrier::light) (a compiler fence) and reads
+//!   [light barrier](crate::sys::membarrier::light) (a compiler fence) and reads
 //!   `remote`; if `remote` is set it backs out and uses the shared tier for
 //!   that one operation. No atomic read-modify-write, no waiting.
 //! - `remote`, taken by compare-and-swap by any other thread
 //!   ([`lock_all`]), which then passes a [heavy
-//!   barrier](crate::barrier::heavy) (`membarrier`: a full barrier on every
+//!   barrier](crate::sys::membarrier::heavy) (`membarrier`: a full barrier on every
 //!   thread of the process, one for a whole batch of caches) and waits for
 //!   `busy` to clear (the owner holds it for a few dozen instructions), or
 //!   skips the cache when skipping a busy cache is fine (an idle tick: a
@@ -36,8 +36,8 @@
 
 use std::ptr::NonNull;
 
-use crate::barrier;
 use crate::sync::{Arc, AtomicBool, Ordering, UnsafeCell, yield_now};
+use crate::sys::membarrier;
 
 /// Where one class's slots are and what one of its blocks holds.
 #[derive(Debug, Clone, Copy)]
@@ -229,7 +229,7 @@ impl ThreadCache {
         self.busy.store(true, Ordering::Relaxed);
         // Orders the store above before the load below, against the heavy
         // barrier of another thread that sets `remote` and then reads `busy`.
-        barrier::light();
+        membarrier::light();
         // Acquire: pairs with the Release that cleared `remote`, so the last
         // holder's writes (slots, counters, the blocks' bytes) are visible.
         if self.remote.load(Ordering::Acquire) {
@@ -314,7 +314,7 @@ pub(crate) fn lock_all(
     owner_patience: u32,
 ) -> Vec<CacheGuard<'_>> {
     let claimed: Vec<CacheGuard<'_>> = caches.iter().filter_map(|c| c.claim(patience)).collect();
-    if claimed.is_empty() || !barrier::heavy() {
+    if claimed.is_empty() || !membarrier::heavy() {
         return Vec::new();
     }
     claimed

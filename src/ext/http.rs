@@ -42,7 +42,7 @@ impl<E> BodyError<E> {
     /// itself failed, 500 otherwise.
     ///
     /// ```
-    /// use tierpool::io::BodyError;
+    /// use tierpool::BodyError;
     /// let err: BodyError<std::io::Error> =
     ///     BodyError::Pool(tierpool::Error::TooLarge { limit: 10, declared: Some(11) });
     /// assert_eq!(err.status(), http::StatusCode::PAYLOAD_TOO_LARGE);

@@ -49,9 +49,9 @@
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
-use crate::os;
 use crate::stats::LargeStats;
 use crate::sync::{AtomicUsize, Mutex, Ordering, SpinGuard, SpinLock};
+use crate::sys::mem;
 
 /// Runs smaller than this are not worth a system call to move: faulting
 /// 16 pages costs about what one `mremap` does.
@@ -275,16 +275,16 @@ impl LargeTier {
     }
 
     /// Maps a fresh block for a class of `capacity` bytes: its span (whole
-    /// pages), faulted in at once (`os::populate`).
+    /// pages), faulted in at once (`mem::populate`).
     pub(crate) fn map(&self, capacity: usize) -> Result<NonNull<u8>, crate::Error> {
-        let span = os::span(capacity);
+        let span = mem::span(capacity);
         // Mapped and faulted in outside the lock (faulting 8 MiB takes a
         // millisecond). Recorded after: an address the kernel hands out
         // was unmapped before, and every unmap here forgets its regions
         // before the lock goes, so the record cannot overlap.
-        let block = os::alloc(capacity)?;
+        let block = mem::alloc(capacity)?;
         // SAFETY: the fresh mapping of `span` bytes just made, ours.
-        unsafe { os::populate(block, span) };
+        unsafe { mem::populate(block, span) };
         self.books()
             .add_region(block.as_ptr().expose_provenance(), span);
         Ok(block)
@@ -295,8 +295,8 @@ impl LargeTier {
     /// system allocator's are (the global allocator's growing `Vec`s would
     /// otherwise hold their unused capacity resident).
     pub(crate) fn map_lazy(&self, span: usize) -> Result<NonNull<u8>, crate::Error> {
-        debug_assert!(span % os::PAGE == 0 && os::is_mapped(span));
-        let block = os::alloc(span)?;
+        debug_assert!(span % mem::PAGE == 0 && mem::is_mapped(span));
+        let block = mem::alloc(span)?;
         self.books()
             .add_region(block.as_ptr().expose_provenance(), span);
         Ok(block)
@@ -344,12 +344,12 @@ impl LargeTier {
     ) -> Option<NonNull<u8>> {
         let start = block.as_ptr().expose_provenance();
         let mut books = self.books();
-        if !os::CAN_MOVE_PAGES || !books.in_one_region(start, old) {
+        if !mem::CAN_MOVE_PAGES || !books.in_one_region(start, old) {
             return None;
         }
         // SAFETY: by the caller's promise a block of ours of `old` bytes,
         // inside one mapping (checked above), whose pages are the caller's.
-        let grown = unsafe { os::grow_pages(block, old, new) }?;
+        let grown = unsafe { mem::grow_pages(block, old, new) }?;
         books.remove_regions(start, old);
         books.add_region(grown.as_ptr().expose_provenance(), new);
         Some(grown)
@@ -371,7 +371,7 @@ impl LargeTier {
                 source: Source::Run,
             });
         }
-        if !assemble || !os::CAN_MOVE_PAGES {
+        if !assemble || !mem::CAN_MOVE_PAGES {
             return None;
         }
         // Past the process-wide bound on mappings nothing is moved (a move
@@ -386,7 +386,7 @@ impl LargeTier {
         // part side by side.
         // SAFETY: an idle piece is ours, page-aligned, inside one region
         // (so one mapping), and smaller than `span` (no run held `span`).
-        let Some(block) = (unsafe { os::grow_pages(address(first), first_len, span) }) else {
+        let Some(block) = (unsafe { mem::grow_pages(address(first), first_len, span) }) else {
             for &(s, l) in &pieces {
                 extents.insert_idle(s, l);
             }
@@ -404,7 +404,7 @@ impl LargeTier {
             // `filled + l <= span` keeps inside it; they cannot overlap (the
             // block's range was unmapped before the kernel chose it or is
             // the first piece's, grown into free addresses).
-            if !unsafe { os::move_pages(address(s), l, address(to + filled)) } {
+            if !unsafe { mem::move_pages(address(s), l, address(to + filled)) } {
                 extents.insert_idle(s, l);
                 break;
             }
@@ -426,7 +426,7 @@ impl LargeTier {
         if filled < span {
             // SAFETY: the fresh part of the block just made, ours (out of
             // every run), page aligned (every piece is whole pages).
-            unsafe { os::populate(address(to + filled), span - filled) };
+            unsafe { mem::populate(address(to + filled), span - filled) };
         }
         Some(Taken {
             block,
@@ -455,7 +455,7 @@ impl LargeTier {
         let mut extents = self.books();
         // SAFETY: by the caller's promise, pages of this tier's mappings
         // that the caller gave up.
-        unsafe { os::unmap(block, span) };
+        unsafe { mem::unmap(block, span) };
         extents.remove_regions(block.as_ptr().expose_provenance(), span);
     }
 
@@ -471,7 +471,7 @@ impl LargeTier {
         for (s, l) in runs {
             // SAFETY: taken out of the idle runs just now: ours, unused, in
             // this tier's mappings.
-            unsafe { os::unmap(address(s), l) };
+            unsafe { mem::unmap(address(s), l) };
             extents.remove_regions(s, l);
             released += l;
         }
