@@ -11,11 +11,10 @@ use std::slice;
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
-use crate::pool::{Admission, OVERSIZE, PoolInner, PoolRef, Returned, arc_ptr};
-use crate::sync::Arc;
+use crate::Error;
+use crate::pool::{BlockPool, OVERSIZE};
 use crate::sys::mem;
 use crate::tier::thread_cache;
-use crate::{Error, global};
 
 /// A byte buffer from a [`Pool`](crate::Pool): like a `Vec<u8>` whose memory
 /// goes back to the pool when it is dropped, on whatever thread.
@@ -41,9 +40,9 @@ pub struct PooledBuf {
     ptr: NonNull<u8>,
     len: usize,
     cap: usize,
-    /// The pool this block belongs to, holding one strong count of its
-    /// `Arc`; `None` only for the empty buffer of [`PooledBuf::new`].
-    pool: Option<NonNull<PoolInner>>,
+    /// The pool this block belongs to, whose strong count the block holds;
+    /// `None` only for the empty buffer of [`PooledBuf::new`].
+    pool: Option<BlockPool>,
     /// The block's class index, or `OVERSIZE` for an exact allocation.
     class: u32,
 }
@@ -76,75 +75,38 @@ impl PooledBuf {
         }
     }
 
-    /// Wraps a block of class `class` taken from `pool`.
+    /// Wraps a block of class `class` (or `OVERSIZE`) and `cap` bytes taken
+    /// from `pool`.
     ///
     /// # Safety
     ///
-    /// `ptr` is a block of the class's capacity that nobody else owns, and
-    /// the caller hands over one strong count of `pool` along with it.
+    /// `ptr` is a block of class `class` whose capacity is `cap` (or, with
+    /// `OVERSIZE`, an exact allocation of `cap` bytes from `mem::alloc`)
+    /// that nobody else owns, and the caller hands over one strong count of
+    /// `pool` along with it.
     #[inline]
-    pub(crate) unsafe fn from_block(ptr: NonNull<u8>, pool: &Arc<PoolInner>, class: u32) -> Self {
-        PooledBuf {
-            ptr,
-            len: 0,
-            cap: pool.info[class as usize].capacity,
-            pool: Some(arc_ptr(pool)),
-            class,
-        }
-    }
-
-    /// Like [`from_block`](Self::from_block), with the class's capacity
-    /// already at hand.
-    ///
-    /// # Safety
-    ///
-    /// As for `from_block`, and `cap` is the capacity of class `class`; or
-    /// as for `from_oversize` with `class` `OVERSIZE` and `cap` its size.
-    #[inline]
-    pub(crate) unsafe fn from_cached(
+    pub(crate) unsafe fn from_block(
         ptr: NonNull<u8>,
         cap: usize,
-        pool: &Arc<PoolInner>,
+        pool: BlockPool,
         class: u32,
     ) -> Self {
-        debug_assert!(class == OVERSIZE || cap == pool.info[class as usize].capacity);
         PooledBuf {
             ptr,
             len: 0,
             cap,
-            pool: Some(arc_ptr(pool)),
+            pool: Some(pool),
             class,
         }
     }
 
     /// Gives up the block and the pool count it holds, as
     /// `(block, capacity)`, without returning either; a buffer from
-    /// `from_block` or `from_oversize` of `pool` that
-    /// [`from_cached`](Self::from_cached) or `from_oversize` can wrap again.
+    /// `from_block` that `from_block` can wrap again.
     #[inline]
     pub(crate) fn into_block(self) -> (NonNull<u8>, usize) {
         let this = ManuallyDrop::new(self);
         (this.ptr, this.cap)
-    }
-
-    /// Wraps an exact allocation above the largest class.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` is a block of `size` bytes from `mem::alloc` that nobody else
-    /// owns, and the caller hands over one strong count of `pool` with it.
-    pub(crate) unsafe fn from_oversize(
-        ptr: NonNull<u8>,
-        size: usize,
-        pool: &Arc<PoolInner>,
-    ) -> Self {
-        PooledBuf {
-            ptr,
-            len: 0,
-            cap: size,
-            pool: Some(arc_ptr(pool)),
-            class: OVERSIZE,
-        }
     }
 
     /// Hands the pages of the unused capacity past `len() + keep` back to
@@ -159,26 +121,15 @@ impl PooledBuf {
     /// Returns whether it did.
     pub(crate) fn shrink_to_class(&mut self) -> bool {
         let Some(pool) = self.pool else { return false };
-        if self.class == OVERSIZE {
-            return false;
+        // SAFETY: our block holds a count of `pool`; it is of class `class`.
+        match unsafe { pool.shrink_to_class(self.ptr, self.len, self.class) } {
+            Some((class, cap)) => {
+                self.class = class;
+                self.cap = cap;
+                true
+            }
+            None => false,
         }
-        // SAFETY: our block holds a strong count, so the pool is alive.
-        let inner = unsafe { pool.as_ref() };
-        let from = self.class as usize;
-        let Some(to) = inner.classes.index_for(self.len.max(1)) else {
-            return false;
-        };
-        if to >= from || !inner.info[to].large || !inner.info[from].large {
-            return false;
-        }
-        // SAFETY: our block of class `from`, kept as a block of `to` (whose
-        // capacity holds our `len` bytes).
-        if !unsafe { inner.split_block(self.ptr, from, to) } {
-            return false;
-        }
-        self.cap = inner.info[to].capacity;
-        self.class = to as u32;
-        true
     }
 
     pub(crate) fn discard_spare(&mut self, keep: usize) -> usize {
@@ -191,12 +142,8 @@ impl PooledBuf {
         // `len` (so nothing in `[from, cap)`) holds data anyone may read: it
         // is spare capacity.
         let n = unsafe { mem::discard_tail(self.ptr, self.cap, from) };
-        // SAFETY: our block holds a strong count, so the pool is alive.
-        let inner = unsafe { pool.as_ref() };
-        inner
-            .counters
-            .released_bytes
-            .fetch_add(n as u64, crate::sync::Ordering::Relaxed);
+        // SAFETY: our block holds a count of `pool`.
+        unsafe { pool.count_released(n) };
         n
     }
 
@@ -304,24 +251,9 @@ impl PooledBuf {
             .ok_or(Error::CapacityOverflow {
                 requested: usize::MAX,
             })?;
-        let pool: Arc<PoolInner> = match self.pool {
-            // SAFETY: `p` came from `arc_ptr`, and our block holds a count
-            // across the call.
-            Some(p) => unsafe { PoolRef::upgrade(p) },
-            None => global().inner_arc().clone(),
-        };
-        let largest = pool.classes.largest();
-        let doubled = self.cap.saturating_mul(2);
-        let target = if requested <= largest {
-            requested.max(doubled).min(largest)
-        } else {
-            // Past the largest class, exact allocations that still double,
-            // as `Vec`'s do: appends stay amortised O(1). Never past
-            // `isize::MAX` for the doubling alone.
-            requested.max(doubled.min(isize::MAX as usize))
-        };
-        let mut bigger = PoolInner::get(&pool, target, Admission::Bypass)?;
-        // SAFETY: `bigger` has at least `target >= len` bytes of room and is
+        // SAFETY: our block, if any, holds a count of its pool.
+        let mut bigger = unsafe { BlockPool::for_growth(self.pool, self.cap, requested) }?;
+        // SAFETY: `bigger` has at least `requested >= len` bytes of room and is
         // a different allocation from ours.
         unsafe { ptr::copy_nonoverlapping(self.ptr.as_ptr(), bigger.ptr.as_ptr(), self.len) };
         bigger.len = self.len;
@@ -390,16 +322,14 @@ impl PooledBuf {
         let Some(pool) = this.pool else {
             return Vec::new();
         };
-        // SAFETY: the block holds a strong count, so the pool is alive.
-        unsafe { pool.as_ref() }.detach(this.class, this.cap);
         // The block came from `alloc_block(cap)` below the mapping threshold,
         // i.e. from the global allocator with `u8`'s layout for `cap` bytes.
         // SAFETY: that is exactly what a `Vec<u8>` of capacity `cap` frees
         // with; `len <= cap` bytes are initialised; `this` is never dropped.
         let vec = unsafe { Vec::from_raw_parts(this.ptr.as_ptr(), this.len, this.cap) };
-        // SAFETY: the count the block held; the pool may go now, and
-        // nothing below touches it.
-        drop(unsafe { PoolRef::from_raw(pool) });
+        // SAFETY: the block leaves the pool with its count; nothing below
+        // touches the pool.
+        unsafe { pool.detach(this.class, this.cap) };
         vec
     }
 }
@@ -422,8 +352,8 @@ impl Drop for PooledBuf {
         if self.class != OVERSIZE {
             // The fast path: onto this thread's front cache, calling
             // nothing (so it saves no registers).
-            // SAFETY: the block holds a strong count, so the pool is alive.
-            let id = unsafe { pool.as_ref() }.id;
+            // SAFETY: the block holds a count of `pool`.
+            let id = unsafe { pool.id() };
             let (block, class) = (self.ptr, self.class as usize);
             if let Ok(Some(true)) = thread_cache::with_front(id, |cache| cache.put(class, block)) {
                 // The count went into the thread cache with the block.
@@ -431,40 +361,8 @@ impl Drop for PooledBuf {
             }
         }
         // SAFETY: the block and its count are this buffer's, given up here.
-        unsafe { release(pool, self.ptr, self.cap, self.class) }
+        unsafe { pool.release(self.ptr, self.cap, self.class) }
     }
-}
-
-/// A buffer's block and pool count, returned past the front cache.
-///
-/// # Safety
-///
-/// `pool` came from `arc_ptr`, and the caller gives up `ptr` (a block of
-/// class `class`, or an exact allocation of `cap` bytes when `class` is
-/// `OVERSIZE`) and the pool count it holds.
-#[cold]
-#[inline(never)]
-unsafe fn release(pool: NonNull<PoolInner>, ptr: NonNull<u8>, cap: usize, class: u32) {
-    {
-        // SAFETY: the block holds a strong count, so the pool is alive for
-        // this scope.
-        let inner = unsafe { pool.as_ref() };
-        if class == OVERSIZE {
-            inner.give_back_oversize(ptr, cap);
-        } else {
-            // SAFETY: `pool` came from `arc_ptr` and the count keeps it
-            // alive; the caller gives up this block of class `class`.
-            let returned = unsafe { PoolInner::give_back(pool, ptr, class as usize) };
-            if returned == Returned::Cached {
-                // The count went into the thread cache with the block.
-                return;
-            }
-        }
-    }
-    // SAFETY: the block was freed or queued in the shared tier; drop the
-    // count it held. This may drop the pool, so it comes last, after every
-    // use of `inner`.
-    drop(unsafe { PoolRef::from_raw(pool) });
 }
 
 impl Default for PooledBuf {

@@ -395,7 +395,7 @@ unsafe fn give_back(ptr: *mut u8, size: usize) {
     if !tier.trimmer.swap(true, Ordering::Relaxed) {
         // Idle pages now exist: the trimmer gives them back when unused.
         // Started outside every lock of the tier.
-        crate::trim::ensure_running();
+        crate::trimmer::ensure_running();
     }
 }
 

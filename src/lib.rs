@@ -17,7 +17,7 @@ mod stats;
 mod sync;
 mod sys;
 mod tier;
-mod trim;
+mod trimmer;
 
 pub use buf::PooledBuf;
 pub use bytes;

@@ -133,7 +133,7 @@ impl Pool {
     ) -> Result<Chunks, BodyError<B::Error>> {
         let (result, activity) =
             read_body_recorded(&Draw::Pool(self.clone()), body, None, max_len).await;
-        self.inner_arc().adapters.record(&activity);
+        self.record_activity(&activity);
         result
     }
 }
@@ -152,7 +152,7 @@ impl Permit {
         max_len: usize,
     ) -> Result<Chunks, BodyError<B::Error>> {
         let (result, activity) = read_body_recorded(&self.draw(), body, None, max_len).await;
-        self.pool().inner_arc().adapters.record(&activity);
+        self.pool().record_activity(&activity);
         result
     }
 }

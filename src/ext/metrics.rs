@@ -8,8 +8,7 @@
 
 use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 
-use crate::pool::PoolInner;
-use crate::{Pool, Pressure};
+use crate::{Pool, Pressure, Stats};
 
 /// Gauges, label `pool`.
 const RETAINED: &str = "tierpool_retained_bytes";
@@ -83,7 +82,7 @@ impl Pool {
     /// pool.publish_metrics(); // with no recorder installed: a no-op
     /// ```
     pub fn publish_metrics(&self) {
-        publish(self.inner_arc());
+        self.publish_figures();
     }
 }
 
@@ -174,16 +173,13 @@ fn describe() {
     }
 }
 
-/// Publishes `inner`'s figures. Runs on the trimmer thread after each tick
-/// (inside its `catch_unwind`, so a panicking recorder cannot stop it) and
-/// from `publish_metrics`.
-pub(crate) fn publish(inner: &PoolInner) {
+/// Publishes a pool's figures, `stats`, under the label `pool="<name>"`;
+/// per class only for the classes in use unless `all_classes`. Runs on the
+/// trimmer thread after each tick (inside its `catch_unwind`, so a
+/// panicking recorder cannot stop it) and from `publish_metrics`.
+pub(crate) fn publish(stats: &Stats, name: &str, all_classes: bool) {
     describe();
-    let stats = inner.stats();
-    let pool = match &inner.name {
-        Some(name) => name.clone(),
-        None => format!("pool-{}", inner.id),
-    };
+    let pool = name.to_owned();
     let set = |name: &'static str, value: f64| {
         gauge!(name, "pool" => pool.clone()).set(value);
     };
@@ -215,9 +211,11 @@ pub(crate) fn publish(inner: &PoolInner) {
     // Per class: the classes that ever served a request or hold memory,
     // unless every class was asked for (`PoolBuilder::metrics_per_class`):
     // 49 default classes times three counters is many series for nothing.
-    for class in stats.classes.iter().filter(|c| {
-        inner.metrics_all_classes || c.hits + c.misses + c.returns > 0 || c.retained_bytes > 0
-    }) {
+    for class in stats
+        .classes
+        .iter()
+        .filter(|c| all_classes || c.hits + c.misses + c.returns > 0 || c.retained_bytes > 0)
+    {
         let labels = [
             ("pool", pool.clone()),
             ("class", class.capacity.to_string()),

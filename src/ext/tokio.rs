@@ -63,7 +63,7 @@ impl Pool {
         max_len: usize,
     ) -> io::Result<Chunks> {
         let (result, activity) = self.read_chunks_async(reader, hint, max_len).await;
-        self.inner_arc().adapters.record(&activity);
+        self.record_activity(&activity);
         result
     }
 

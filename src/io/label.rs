@@ -289,10 +289,9 @@ impl Pool {
     /// for the same label returns the same one. At most [`MAX_LABELS`]
     /// distinct labels are kept; further ones share [`OTHER_LABEL`].
     pub fn label(&self, label: &str) -> Label {
-        let inner = self.inner_arc();
         Label {
             pool: self.clone(),
-            label: inner.labels.get(label, inner.classes.len()),
+            label: self.label_state(label),
         }
     }
 }
@@ -356,7 +355,7 @@ impl Label {
     /// size of a body read whole in the label's distribution.
     pub(crate) fn record_activity(&self, activity: &Activity, len: Option<usize>) {
         self.label.counters.record(activity);
-        self.pool.inner_arc().adapters.record(activity);
+        self.pool.record_activity(activity);
         if let Some(len) = len {
             let classes = self.pool.size_classes();
             let bucket = classes.index_for(len).unwrap_or(classes.len());

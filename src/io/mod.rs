@@ -47,7 +47,7 @@ impl Pool {
         let file = File::open(path)?;
         let hint = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let chunks = self.read_to_end_with_hint(&file, hint)?;
-        if self.inner_arc().limits.page_cache() == PageCache::Drop {
+        if self.page_cache() == PageCache::Drop {
             let _ = crate::sys::files::drop_page_cache(&file, false);
         }
         Ok(chunks)
@@ -77,7 +77,7 @@ impl Pool {
             };
             data.advance(written);
         }
-        match self.inner_arc().limits.page_cache() {
+        match self.page_cache() {
             PageCache::Drop => crate::sys::files::drop_page_cache(&file, true)?,
             PageCache::Keep => file.flush()?,
         }

@@ -101,7 +101,7 @@ impl Pool {
         max_len: usize,
     ) -> io::Result<Chunks> {
         let (result, activity) = self.read_chunks(reader, hint, max_len);
-        self.inner_arc().adapters.record(&activity);
+        self.record_activity(&activity);
         result
     }
 

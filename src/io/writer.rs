@@ -94,14 +94,12 @@ impl PooledWriter {
     /// calls and chunks are recorded in the pool's adapter statistics.
     pub fn into_chunks(self) -> Chunks {
         let pool = self.draw.pool().clone();
-        pool.inner_arc()
-            .adapters
-            .record(&crate::io::label::Activity {
-                bytes: self.written,
-                read_calls: self.calls,
-                chunks: self.chunks.len() as u64,
-                ..Default::default()
-            });
+        pool.record_activity(&crate::io::label::Activity {
+            bytes: self.written,
+            read_calls: self.calls,
+            chunks: self.chunks.len() as u64,
+            ..Default::default()
+        });
         Chunks::from_bufs(pool, self.chunks)
     }
 

@@ -230,7 +230,7 @@ impl PoolBuilder {
             labels: Labels::default(),
             metrics_all_classes: self.metrics_all_classes,
         });
-        crate::trim::schedule(&inner);
+        trim::schedule(&inner);
         super::register(&inner);
         Pool {
             _handle: Arc::new(Handle(inner.clone())),

@@ -28,7 +28,7 @@ impl PoolInner {
         // SAFETY: an idle block of `class` (`capacity` bytes) taken out of
         // this thread's cache: nobody else owns it, and it carries its pool
         // count.
-        Some(unsafe { PooledBuf::from_cached(block, capacity, this, class) })
+        Some(unsafe { PooledBuf::from_block(block, capacity, BlockPool::of(this), class) })
     }
 
     /// [`get_cached`](Self::get_cached)'s block, capacity and class: an
@@ -57,7 +57,7 @@ impl PoolInner {
         admission: Admission,
     ) -> Result<PooledBuf, Error> {
         // A forked child has no trimmer thread yet: start one.
-        crate::trim::ensure_running();
+        crate::trimmer::ensure_running();
         let Some(class) = this.classes.index_for(min_capacity) else {
             return PoolInner::get_oversize(this, min_capacity, admission);
         };
@@ -67,12 +67,21 @@ impl PoolInner {
             thread_cache::with_cache(this.slot, this.id, |cache| cache.take(class))
         {
             // SAFETY: as in `get_cached`.
-            return Ok(unsafe { PooledBuf::from_cached(block, capacity, this, class as u32) });
+            return Ok(unsafe {
+                PooledBuf::from_block(block, capacity, BlockPool::of(this), class as u32)
+            });
         }
         if let Some((block, found)) = PoolInner::take_shared(this, class) {
             // SAFETY: popped from the shared tier, so ours; `take_shared`
             // took a pool count for it.
-            return Ok(unsafe { PooledBuf::from_block(block, this, found as u32) });
+            return Ok(unsafe {
+                PooledBuf::from_block(
+                    block,
+                    this.info[found].capacity,
+                    BlockPool::of(this),
+                    found as u32,
+                )
+            });
         }
         let capacity = this.info[class].capacity;
         // Admission before a fit: growing an idle block faults new memory
@@ -87,7 +96,14 @@ impl PoolInner {
         if let Some(block) = PoolInner::take_assembled(this, class, reserved.is_some()) {
             // SAFETY: made of idle pages of the large tier, so ours;
             // `take_assembled` took a pool count for it.
-            return Ok(unsafe { PooledBuf::from_block(block, this, class as u32) });
+            return Ok(unsafe {
+                PooledBuf::from_block(
+                    block,
+                    this.info[class].capacity,
+                    BlockPool::of(this),
+                    class as u32,
+                )
+            });
         }
         let info = this.info[class];
         PoolInner::note_allocation(this, capacity, reserved.is_some());
@@ -111,7 +127,14 @@ impl PoolInner {
         PoolRef::new(this).hand_over();
         // SAFETY: a fresh block of the class's capacity, owned by nobody
         // else, whose pool count was just taken.
-        let buf = unsafe { PooledBuf::from_block(block, this, class as u32) };
+        let buf = unsafe {
+            PooledBuf::from_block(
+                block,
+                this.info[class].capacity,
+                BlockPool::of(this),
+                class as u32,
+            )
+        };
         this.events.emit(Event::Allocated {
             capacity,
             reason: AllocReason::Miss,
@@ -278,7 +301,7 @@ impl PoolInner {
         PoolRef::new(this).hand_over();
         // SAFETY: a fresh allocation of `size` bytes, owned by nobody else,
         // whose pool count was just taken.
-        let buf = unsafe { PooledBuf::from_oversize(block, size, this) };
+        let buf = unsafe { PooledBuf::from_block(block, size, BlockPool::of(this), OVERSIZE) };
         this.events.emit(Event::Allocated {
             capacity: size,
             reason: AllocReason::Oversize,

@@ -24,42 +24,42 @@ pub(crate) struct ClassInfo {
 /// buffer can always reach its pool; blocks queued in the shared tier own
 /// none and are freed by the pool's `Drop` if still there. Every open thread
 /// cache owns one more (see `pool_ref`).
-pub(crate) struct PoolInner {
+pub(super) struct PoolInner {
     /// Unique for the life of the process.
-    pub(crate) id: u64,
+    pub(super) id: u64,
     /// This pool's index in every thread's cache table; reused after the
     /// pool is freed (the id tells a stale entry apart).
-    pub(crate) slot: usize,
-    pub(crate) name: Option<String>,
-    pub(crate) classes: SizeClasses,
-    pub(crate) info: Box<[ClassInfo]>,
+    pub(super) slot: usize,
+    pub(super) name: Option<String>,
+    pub(super) classes: SizeClasses,
+    pub(super) info: Box<[ClassInfo]>,
     pub(super) layouts: Box<[ClassLayout]>,
     /// Most credit a thread cache keeps after a slow path.
     pub(super) credit_limit: usize,
-    pub(crate) shared: Box<[SharedTier]>,
+    pub(super) shared: Box<[SharedTier]>,
     /// Idle pages of the mapped classes.
-    pub(crate) large: LargeTier,
-    pub(crate) retention: Retention,
+    pub(super) large: LargeTier,
+    pub(super) retention: Retention,
     /// Live thread caches, for trimming and statistics.
-    pub(crate) registry: Mutex<Vec<Arc<ThreadCache>>>,
-    pub(crate) counters: PoolCounters,
+    pub(super) registry: Mutex<Vec<Arc<ThreadCache>>>,
+    pub(super) counters: PoolCounters,
     /// Bytes allocated and not yet freed or detached: in use plus idle.
-    pub(crate) footprint: AtomicUsize,
+    pub(super) footprint: AtomicUsize,
     /// Idle capacity that trimming on idle leaves pooled.
-    pub(crate) min_retained: usize,
+    pub(super) min_retained: usize,
     /// Read by the trimmer thread, which loom and miri builds do not have.
     #[cfg_attr(any(tierpool_loom, miri), allow(dead_code))]
-    pub(crate) trim_interval: Duration,
+    pub(super) trim_interval: Duration,
     /// Set when the last handle drops: returns free from then on.
-    pub(crate) closed: AtomicBool,
-    pub(crate) events: Events,
-    pub(crate) limits: Limits,
+    pub(super) closed: AtomicBool,
+    pub(super) events: Events,
+    pub(super) limits: Limits,
     /// What the adapters did, all labels and none.
-    pub(crate) adapters: AdapterCounters,
-    pub(crate) labels: Labels,
+    pub(super) adapters: AdapterCounters,
+    pub(super) labels: Labels,
     /// Whether metrics publish every class, or only the classes in use.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) metrics_all_classes: bool,
+    pub(super) metrics_all_classes: bool,
 }
 
 /// What happened to a returned block's pool count.
@@ -209,7 +209,7 @@ impl Drop for PoolInner {
         self.large.release_all();
         slots::recycle(self.slot);
         super::unregister(self);
-        crate::trim::forget_soon();
+        crate::trimmer::forget_soon();
     }
 }
 

@@ -14,6 +14,7 @@
 //! the container's memory and admission `limits/`.
 
 mod admission;
+mod block;
 mod builder;
 mod caches;
 mod get;
@@ -21,11 +22,14 @@ mod give_back;
 mod inner;
 mod pool_ref;
 mod pressure;
+mod stats;
+mod trim;
 
 pub(crate) use admission::Draw;
 pub use admission::{Acquire, AdmitFuture, Permit};
-pub(crate) use inner::{Admission, ClassInfo, PoolInner, Returned};
-pub(crate) use pool_ref::{PoolRef, arc_ptr};
+pub(crate) use block::BlockPool;
+use inner::{Admission, ClassInfo, PoolInner, Returned};
+use pool_ref::{PoolRef, arc_ptr};
 
 use std::fmt;
 use std::ptr::NonNull;
@@ -34,17 +38,17 @@ use std::time::Duration;
 
 use crate::buf::PooledBuf;
 use crate::event::{AllocReason, DropReason, Event, EventHook, Events, TrimReason};
-use crate::io::label::{AdapterCounters, Labels};
+use crate::io::label::{Activity, AdapterCounters, LabelState, Labels};
 use crate::limits::{Limits, LimitsConfig, MemoryLimit, PageCache, Thresholds};
-use crate::stats::PoolCounters;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::sys::mem;
 use crate::tier::large::{LargeTier, Source};
 use crate::tier::retention::Retention;
 use crate::tier::shared::SharedTier;
 use crate::tier::thread_cache::{self, CacheState, ClassLayout, ExitFlush, ThreadCache};
-use crate::trim::Freed;
 use crate::{Error, SizeClasses};
+use stats::PoolCounters;
+use trim::Freed;
 
 /// How many classes above the requested one a miss may borrow an idle
 /// buffer from before allocating: a reuse instead of fresh page faults, at
@@ -192,7 +196,7 @@ impl Pool {
         // SAFETY: a block of `class` with `capacity` bytes, owned by nobody
         // else, carrying one pool count: from the cache, or given up by the
         // buffer `get_or_fail` made (whose class `class_of` recovers).
-        unsafe { PooledBuf::from_cached(block, capacity, &self.inner, class) }
+        unsafe { PooledBuf::from_block(block, capacity, BlockPool::of(&self.inner), class) }
     }
 
     /// Like [`get`](Self::get), but never aborts: an absurd size or a failed
@@ -258,8 +262,83 @@ impl Pool {
         self.inner.name.as_deref()
     }
 
-    pub(crate) fn inner_arc(&self) -> &Arc<PoolInner> {
+    fn inner_arc(&self) -> &Arc<PoolInner> {
         &self.inner
+    }
+
+    /// Records an adapter's call (a read, a body, a writer) in the pool's
+    /// adapter statistics.
+    pub(crate) fn record_activity(&self, activity: &Activity) {
+        self.inner.adapters.record(activity);
+    }
+
+    /// What [`read_file`](Self::read_file) and
+    /// [`write_file`](Self::write_file) do with the page cache.
+    pub(crate) fn page_cache(&self) -> PageCache {
+        self.inner.limits.page_cache()
+    }
+
+    /// The label `name` of this pool's reads (made on first use).
+    pub(crate) fn label_state(&self, name: &str) -> Arc<LabelState> {
+        self.inner.labels.get(name, self.inner.classes.len())
+    }
+
+    /// Publishes the pool's figures through the `metrics` facade.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_figures(&self) {
+        self.inner.publish_figures();
+    }
+}
+
+impl PoolInner {
+    /// Publishes the pool's figures under its metrics name (its
+    /// [`PoolBuilder::name`], else `pool-<id>`).
+    #[cfg(feature = "metrics")]
+    fn publish_figures(&self) {
+        let name = match &self.name {
+            Some(name) => name.clone(),
+            None => format!("pool-{}", self.id),
+        };
+        crate::ext::metrics::publish(&self.stats(), &name, self.metrics_all_classes);
+    }
+}
+
+/// What tests inside the crate may do to a pool that its API does not
+/// offer: drive its clock, reach its open thread caches, watch its life.
+#[cfg(test)]
+impl Pool {
+    /// One idle tick, as the trimmer runs it every `trim_interval`.
+    pub(crate) fn tick_now(&self) {
+        PoolInner::tick(&self.inner);
+    }
+
+    /// The pool's open thread caches, as a trim pass sees them.
+    pub(crate) fn open_caches(&self) -> Vec<Arc<ThreadCache>> {
+        self.inner.registry.lock().clone()
+    }
+
+    /// Whether the pool's memory is still allocated, after this handle is
+    /// gone.
+    #[cfg(not(tierpool_loom))]
+    pub(crate) fn liveness(&self) -> Liveness {
+        Liveness(Arc::downgrade(&self.inner))
+    }
+
+    /// Whether nobody waits in the pool's admission queue.
+    #[cfg(tierpool_loom)]
+    pub(crate) fn no_waiters(&self) -> bool {
+        self.inner.limits.waiters.is_empty()
+    }
+}
+
+/// Whether a pool is still allocated ([`Pool::liveness`]).
+#[cfg(all(test, not(tierpool_loom)))]
+pub(crate) struct Liveness(std::sync::Weak<PoolInner>);
+
+#[cfg(all(test, not(tierpool_loom)))]
+impl Liveness {
+    pub(crate) fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 
@@ -293,7 +372,7 @@ impl fmt::Debug for Pool {
 static LIVE: std::sync::Mutex<Vec<std::sync::Weak<PoolInner>>> = std::sync::Mutex::new(Vec::new());
 
 /// Notes a new pool (and forgets the ones freed since).
-pub(crate) fn register(pool: &Arc<PoolInner>) {
+fn register(pool: &Arc<PoolInner>) {
     #[cfg(not(tierpool_loom))]
     {
         let _gate = crate::sys::fork::fork_gate();
@@ -306,7 +385,7 @@ pub(crate) fn register(pool: &Arc<PoolInner>) {
 }
 
 /// Forgets a pool being freed, so its `Arc`'s allocation goes with it.
-pub(crate) fn unregister(pool: *const PoolInner) {
+fn unregister(pool: *const PoolInner) {
     #[cfg(not(tierpool_loom))]
     {
         let _gate = crate::sys::fork::fork_gate();

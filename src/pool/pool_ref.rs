@@ -28,7 +28,7 @@ use crate::sync::Arc;
 /// cache that owned it ([`PoolRef::from_raw`]); handed on to a block or a
 /// cache with [`PoolRef::hand_over`]; dropped, as the last use of the pool in
 /// the dropping scope, by `Drop`.
-pub(crate) struct PoolRef(NonNull<PoolInner>);
+pub(super) struct PoolRef(NonNull<PoolInner>);
 
 impl PoolRef {
     /// Takes a new count of `pool`.
@@ -115,7 +115,7 @@ impl Drop for PoolRef {
 /// The pool's address with the provenance of its whole `Arc` allocation,
 /// so that strong counts can be taken and dropped through it.
 #[inline]
-pub(crate) fn arc_ptr(this: &Arc<PoolInner>) -> NonNull<PoolInner> {
+pub(super) fn arc_ptr(this: &Arc<PoolInner>) -> NonNull<PoolInner> {
     // SAFETY: `Arc::as_ptr` never returns null.
     unsafe { NonNull::new_unchecked(Arc::as_ptr(this).cast_mut()) }
 }

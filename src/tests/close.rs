@@ -7,7 +7,6 @@ use std::sync::mpsc;
 use std::thread;
 
 use crate::Pool;
-use crate::sync::Arc;
 use crate::tier::thread_cache;
 
 /// A worker that made a cache for `pool` (emptied by a trim, so no block
@@ -40,17 +39,13 @@ fn pool() -> Pool {
 /// its thread exits, which frees it.
 fn a_skipped_cache_keeps_the_pool_until_its_thread_exits(close: impl FnOnce(Pool), alive: &str) {
     let pool = pool();
-    let weak = Arc::downgrade(pool.inner_arc());
+    let weak = pool.liveness();
     let (worker, go) = worker_with_an_empty_cache(&pool);
     close(pool);
-    assert!(weak.strong_count() > 0, "{alive}");
+    assert!(weak.is_alive(), "{alive}");
     go.send(()).unwrap();
     worker.join().unwrap();
-    assert_eq!(
-        weak.strong_count(),
-        0,
-        "freed when that cache's thread exits"
-    );
+    assert!(!weak.is_alive(), "freed when that cache's thread exits");
 }
 
 #[test]
@@ -59,7 +54,7 @@ fn a_cache_held_by_a_trim_pass_at_close_keeps_the_pool_alive_until_its_thread_ex
         |pool| {
             // Hold every cache as the trimmer's idle tick does while it
             // unmaps.
-            let caches = pool.inner_arc().registry.lock().clone();
+            let caches = pool.open_caches();
             let guards = thread_cache::lock_all(&caches, 1, 1);
             assert_eq!(guards.len(), 1);
             // The last handle goes on another thread; close skips the held
@@ -92,7 +87,7 @@ fn a_close_refused_the_heavy_barrier_leaves_no_cache_a_dangling_pool() {
 #[test]
 fn a_cache_flushed_by_its_thread_after_close_frees_the_pool_there() {
     let pool = pool();
-    let weak = Arc::downgrade(pool.inner_arc());
+    let weak = pool.liveness();
     let (ready_tx, ready_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let p = pool.clone();
@@ -105,25 +100,24 @@ fn a_cache_flushed_by_its_thread_after_close_frees_the_pool_there() {
         drop(buf); // a buffer out past close frees itself
     });
     ready_rx.recv().unwrap();
-    let caches = pool.inner_arc().registry.lock().clone();
+    let caches = pool.open_caches();
     let guards = thread_cache::lock_all(&caches, 1, 1);
     thread::spawn(move || drop(pool)).join().unwrap();
     drop(guards);
     drop(caches);
     go_tx.send(()).unwrap();
     worker.join().unwrap();
-    assert_eq!(weak.strong_count(), 0);
+    assert!(!weak.is_alive());
 }
 
 #[test]
 fn closing_with_every_cache_reachable_frees_the_pool_at_once() {
     let pool = pool();
-    let weak = Arc::downgrade(pool.inner_arc());
+    let weak = pool.liveness();
     let (worker, go) = worker_with_an_empty_cache(&pool);
     drop(pool);
-    assert_eq!(
-        weak.strong_count(),
-        0,
+    assert!(
+        !weak.is_alive(),
         "close closed the cache and dropped its count"
     );
     go.send(()).unwrap();

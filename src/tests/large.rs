@@ -156,7 +156,7 @@ fn idle_pages_of_four_blocks_serve_one_four_times_their_size_without_fresh_pages
 fn the_idle_tick_unmaps_large_pages_that_stayed_idle_all_interval() {
     const K: usize = 1 << 10;
     let pool = mapped_pool();
-    let inner = pool.inner_arc().clone();
+    let inner = pool.clone();
     let a = pool.get(1024 * K);
     let b = pool.get(1024 * K);
     drop(a);

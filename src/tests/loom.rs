@@ -5,7 +5,6 @@
 
 use loom::thread;
 
-use crate::pool::PoolInner;
 use crate::{Pool, SizeClasses};
 
 /// One class, one slot per thread cache, two in the shared tier: every
@@ -98,7 +97,7 @@ fn trim_races_with_get_and_return() {
 fn idle_tick_races_with_the_owner() {
     loom::model(|| {
         let pool = tiny_pool();
-        let inner = pool.inner_arc().clone();
+        let inner = pool.clone();
         let p = pool.clone();
         let owner = thread::spawn(move || {
             drop(use_buffer(&p, 1));
@@ -107,8 +106,8 @@ fn idle_tick_races_with_the_owner() {
         });
         // Two ticks: the second frees whatever the first saw idle,
         // possibly while the owner takes it back.
-        PoolInner::tick(&inner);
-        PoolInner::tick(&inner);
+        inner.tick_now();
+        inner.tick_now();
         owner.join().unwrap();
         drop(inner);
         check_quiescent(&pool);
@@ -175,7 +174,7 @@ fn a_waiter_woken_by_a_return_races_its_timeout() {
         returner.join().unwrap();
         let stats = pool.stats();
         assert_eq!(stats.in_use_bytes, 0, "{stats}");
-        assert!(pool.inner_arc().limits.waiters.is_empty(), "left the queue");
+        assert!(pool.no_waiters(), "left the queue");
     });
 }
 

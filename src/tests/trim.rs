@@ -2,14 +2,16 @@
 
 use super::*;
 
-pub(super) fn idle_pool(builder: crate::PoolBuilder) -> (Pool, StdArc<crate::pool::PoolInner>) {
+/// A pool whose ticks the test drives ([`Pool::tick_now`]), and a second
+/// handle for them.
+pub(super) fn idle_pool(builder: crate::PoolBuilder) -> (Pool, Pool) {
     let pool = builder.trim_interval(std::time::Duration::ZERO).build();
-    let inner = pool.inner_arc().clone();
+    let inner = pool.clone();
     (pool, inner)
 }
 
-pub(super) fn tick(inner: &StdArc<crate::pool::PoolInner>) {
-    crate::pool::PoolInner::tick(inner);
+pub(super) fn tick(pool: &Pool) {
+    pool.tick_now();
 }
 
 #[test]
@@ -156,7 +158,7 @@ fn a_class_that_only_received_returns_is_not_drained_at_the_next_tick() {
 fn idle_ticks_emit_events() {
     let (pool, events) =
         recording_pool(small_pool_builder().trim_interval(std::time::Duration::ZERO));
-    let inner = pool.inner_arc().clone();
+    let inner = pool.clone();
     drop(pool.get(100));
     tick(&inner);
     tick(&inner);

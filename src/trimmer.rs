@@ -1,7 +1,6 @@
-//! Trimming: the idle tick, the full trim, shrinking to a lowered limit,
-//! and the one background thread that drives the ticks of every pool.
-//!
-//! # The trimmer thread
+//! The trimmer: one background thread that drives the idle ticks and
+//! memory samples of every pool (and the global allocator's tier), and the
+//! fork handlers that keep its schedule's lock out of a `fork`.
 //!
 //! Started on the first pool that needs it, named `tierpool-trimmer`. It
 //! holds pools weakly, so a dropped pool simply leaves its schedule; it
@@ -12,191 +11,41 @@
 //! path of any pool in the child starts a new one, and the schedule's lock
 //! is never held across a fork (`pthread_atfork`), so the child cannot find
 //! it locked by a thread that does not exist there.
+//!
+//! It knows pools only as [`Scheduled`]: what a tick does is the pool's.
 
-use std::ptr::NonNull;
+use std::time::Duration;
 
-use crate::event::{Event, TrimReason};
-use crate::pool::{PoolInner, PoolRef, arc_ptr};
-use crate::sync::{Arc, Ordering};
-use crate::tier::thread_cache;
+use crate::sync::Arc;
 
-/// What one trim pass freed.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Freed {
-    pub(crate) buffers: usize,
-    pub(crate) bytes: usize,
+/// What the trimmer drives: a pool, held weakly.
+pub(crate) trait Scheduled: Send + Sync + 'static {
+    /// The work that is due (a tick, a memory sample, or both), run inside
+    /// the fork gate and under `catch_unwind`.
+    fn run(self: std::sync::Arc<Self>, tick: bool, sample: bool);
+
+    /// The after-tick hook, run outside the fork gate and under
+    /// `catch_unwind` (the pool publishes its metrics here).
+    fn after_tick(self: std::sync::Arc<Self>);
 }
 
-// === impl PoolInner (trimming) ===
-
-impl PoolInner {
-    /// Frees an idle block as trimmed: its memory, its reservation, and one
-    /// count in its class's figures and in `freed`. A cached block's pool
-    /// count is the caller's to drop.
-    ///
-    /// # Safety
-    ///
-    /// As [`PoolInner::free_idle`].
-    pub(crate) unsafe fn trim_block(&self, block: NonNull<u8>, class: usize, freed: &mut Freed) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.free_idle(block, class) };
-        self.counters.class[class]
-            .trimmed
-            .fetch_add(1, Ordering::Relaxed);
-        freed.buffers += 1;
-        freed.bytes += self.info[class].capacity;
-    }
-
-    /// Ends a trim pass, out of every thread cache's flag: counts it, wakes
-    /// an admission waiter if memory was freed, and emits its event, so
-    /// statistics and events always agree.
-    pub(crate) fn finish_pass(&self, freed: Freed, reason: TrimReason) {
-        self.counters.trimmed(freed.bytes);
-        if freed.bytes > 0 {
-            self.limits.note_return();
-        }
-        self.events.emit(Event::Trimmed {
-            buffers: freed.buffers,
-            bytes: freed.bytes,
-            reason,
-        });
-    }
-
-    /// Frees every idle block in every tier and every thread cache's credit.
-    pub(crate) fn trim(this: &Arc<PoolInner>, reason: TrimReason) {
-        let mut freed = Freed::default();
-        let caches = this.registry.lock().clone();
-        PoolInner::for_each_open_cache(&caches, |state| {
-            PoolInner::empty_cache(this, state, &mut freed);
-        });
-        drop(caches);
-        this.empty_shared(&mut freed);
-        this.finish_pass(freed, reason);
-    }
-
-    /// One idle tick: frees every block that stayed idle since the last
-    /// tick, in the shared tier and in every thread cache, down to
-    /// `min_retained`, and takes back the credit of caches that saw no
-    /// traffic all interval. Driven by the trimmer thread every
-    /// `trim_interval`, and directly by tests (the tick is the clock).
-    pub(crate) fn tick(this: &Arc<PoolInner>) {
-        let caches = this.registry.lock().clone();
-        // What may be freed before the floor: the idle bytes held now.
-        let mut idle: usize = this
-            .shared
-            .iter()
-            .zip(this.info.iter())
-            .map(|(tier, info)| tier.len() * info.capacity)
-            .sum::<usize>()
-            + this.large.idle_bytes();
-        // Caches whose owner is inside right now are in use, not idle: the
-        // tick skips them (owner patience 1) and holds the rest for both
-        // passes. Another pass over a cache (`stats()`) lasts microseconds:
-        // a hundred tries wait it out, and do not stall every tick on a
-        // cache that a thread lost in a `fork` holds.
-        let mut guards = thread_cache::lock_all(&caches, 100, 1);
-        for guard in &mut guards {
-            guard.with(|state| {
-                if !state.closed {
-                    idle += state.classes().iter().map(|c| c.bytes()).sum::<usize>();
-                }
-            });
-        }
-        let budget = idle.saturating_sub(this.min_retained);
-        let mut freed = Freed::default();
-        for (class, tier) in this.shared.iter().enumerate() {
-            let capacity = this.info[class].capacity;
-            for _ in 0..tier.idle_since_tick() {
-                if budget < freed.bytes + capacity {
-                    break;
-                }
-                let Some(block) = tier.pop() else { break };
-                // SAFETY: just popped from the shared tier.
-                unsafe { this.trim_block(block, class, &mut freed) };
-            }
-            tier.mark_tick();
-        }
-        // Idle pages of the large tier that no request needed all interval.
-        // Hot blocks join the runs first: one returned before this tick
-        // and not taken since is idle from now on, and goes at the next
-        // tick unless a request uses it.
-        this.large.drain_hot();
-        let unused = this.large.idle_since_tick();
-        this.release_large(unused.min(budget - freed.bytes), &mut freed);
-        // Each cache is let go as soon as it is done, so its owner is
-        // locked out only while its own blocks are freed.
-        for mut guard in guards {
-            guard.with(|state| {
-                if state.closed {
-                    return;
-                }
-                let before = freed.buffers;
-                for class in 0..this.info.len() {
-                    let capacity = this.info[class].capacity;
-                    let n = state.idle(class).min((budget - freed.bytes) / capacity);
-                    state.take_oldest(class, n, |block| {
-                        // SAFETY: just taken out of the cache; its count is
-                        // dropped below.
-                        unsafe { this.trim_block(block, class, &mut freed) };
-                    });
-                }
-                if state.ops() == state.ops_at_tick {
-                    // No traffic all interval: the credit goes back too.
-                    this.retention.unreserve(std::mem::take(&mut state.credit));
-                }
-                state.mark_tick();
-                // SAFETY: the freed blocks' counts; `this` is another.
-                unsafe { PoolRef::drop_many(arc_ptr(this), freed.buffers - before) };
-            });
-        }
-        drop(caches);
-        this.finish_pass(freed, TrimReason::Idle);
-    }
-
-    /// Frees idle blocks (the largest classes first) and thread caches'
-    /// credit until no more is reserved than the retention limit in force:
-    /// what memory pressure asks for.
-    pub(crate) fn shrink_to_limit(this: &Arc<PoolInner>) {
-        let limit = this.retention.limit();
-        let over = || this.retention.reserved() > limit;
-        if !over() {
-            return;
-        }
-        let mut freed = Freed::default();
-        let caches = this.registry.lock().clone();
-        // Credit first: it holds no memory, but it holds budget.
-        PoolInner::for_each_open_cache(&caches, |state| {
-            this.retention.unreserve(std::mem::take(&mut state.credit));
-        });
-        // The large tier's idle pages first: the smallest runs, the least
-        // reusable.
-        this.large.drain_hot();
-        this.release_large(this.retention.reserved().saturating_sub(limit), &mut freed);
-        for (class, tier) in this.shared.iter().enumerate().rev() {
-            while over() {
-                let Some(block) = tier.pop() else { break };
-                // SAFETY: just popped from the shared tier.
-                unsafe { this.trim_block(block, class, &mut freed) };
-            }
-        }
-        PoolInner::for_each_open_cache(&caches, |state| {
-            if over() {
-                PoolInner::empty_cache(this, state, &mut freed);
-            }
-        });
-        drop(caches);
-        this.finish_pass(freed, TrimReason::Pressure);
-    }
+/// Puts `pool` on the schedule: a tick every `interval` (none if zero),
+/// a sample every `sample`. Nothing without either; nothing under loom or
+/// miri, whose tests drive the ticks themselves (a thread would outlive
+/// miri's main thread).
+#[cfg(not(tierpool_loom))]
+pub(crate) fn schedule<T: Scheduled>(pool: &Arc<T>, interval: Duration, sample: Option<Duration>) {
+    #[cfg(not(miri))]
+    thread::schedule(pool, interval, sample);
+    #[cfg(miri)]
+    let _ = (pool, interval, sample);
 }
 
-/// Puts a pool on the trimmer's schedule (if it has a trim interval or a
-/// memory limit to sample). Nothing under loom or miri: their tests drive
-/// the ticks themselves, and a thread would outlive miri's main thread.
-pub(crate) fn schedule(pool: &Arc<PoolInner>) {
-    #[cfg(not(any(tierpool_loom, miri)))]
-    thread::schedule(pool);
-    #[cfg(any(tierpool_loom, miri))]
-    let _ = pool;
+/// Under loom the model drives the ticks; pools are not `Scheduled` (the
+/// trimmer's `Arc` is std's, a model's is loom's).
+#[cfg(tierpool_loom)]
+pub(crate) fn schedule<T>(pool: &Arc<T>, interval: Duration, sample: Option<Duration>) {
+    let _ = (pool, interval, sample);
 }
 
 /// Wakes the trimmer to drop a freed pool's schedule entry now (its `Weak`
@@ -220,12 +69,12 @@ mod thread {
     use std::sync::{Condvar, Mutex, MutexGuard, Weak};
     use std::time::{Duration, Instant};
 
-    use crate::pool::PoolInner;
+    use super::Scheduled;
     use crate::sync::Arc;
 
     /// A pool on the schedule.
     struct Entry {
-        pool: Weak<PoolInner>,
+        pool: Weak<dyn Scheduled>,
         interval: Duration,
         /// How often to sample the pool's memory (fixed when it is built).
         sample: Option<Duration>,
@@ -245,17 +94,20 @@ mod thread {
         SCHEDULE.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn schedule(pool: &Arc<PoolInner>) {
+    pub(super) fn schedule<T: Scheduled>(
+        pool: &Arc<T>,
+        interval: Duration,
+        sample: Option<Duration>,
+    ) {
         // Every process with a pool gets the fork handlers, trimmer or not.
         ATFORK.call_once(register_atfork);
-        let sample = pool.limits.sample_interval();
-        if pool.trim_interval.is_zero() && sample.is_none() {
+        if interval.is_zero() && sample.is_none() {
             return;
         }
         let now = Instant::now();
-        let interval = pool.trim_interval;
+        let weak: Weak<T> = Arc::downgrade(pool);
         lock().push(Entry {
-            pool: Arc::downgrade(pool),
+            pool: weak,
             interval,
             sample,
             next_tick: (!interval.is_zero())
@@ -300,7 +152,7 @@ mod thread {
     }
 
     fn run() {
-        let mut due: Vec<(Arc<PoolInner>, bool, bool)> = Vec::new();
+        let mut due: Vec<(Arc<dyn Scheduled>, bool, bool)> = Vec::new();
         let mut next_global: Option<Instant> = None;
         let mut schedule = lock();
         loop {
@@ -361,20 +213,12 @@ mod thread {
                     // so no cache flag is held across it.
                     let gate = crate::sys::fork::fork_gate();
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        if sample {
-                            PoolInner::sample_memory(&pool);
-                        }
-                        if tick {
-                            PoolInner::tick(&pool);
-                        }
+                        Arc::clone(&pool).run(tick, sample);
                     }));
                     drop(gate);
-                    // Outside the gate: the recorder is the application's
-                    // code, with locks of its own.
-                    #[cfg(feature = "metrics")]
                     if tick {
                         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            crate::ext::metrics::publish(&pool);
+                            pool.after_tick();
                         }));
                     }
                 }
