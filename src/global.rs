@@ -500,7 +500,7 @@ pub(crate) fn stats() -> GlobalStats {
         idle_bytes: large.idle_bytes,
         allocations: tier.allocations.load(Ordering::Relaxed),
         reused: tier.reused.load(Ordering::Relaxed),
-        assembled: large.assembled,
+        assembled: large.counters.assembled,
         remapped: tier.remapped.load(Ordering::Relaxed),
         fresh_bytes: tier.fresh_bytes.load(Ordering::Relaxed),
         trimmed_bytes: tier.trimmed_bytes.load(Ordering::Relaxed),

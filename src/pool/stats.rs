@@ -73,10 +73,20 @@ impl PoolInner {
             stats.in_use_buffers += class.in_use_buffers;
         }
         stats.classes = classes;
+        let large = self.large.stats();
         stats.large = LargeStats {
-            trimmed_bytes: load(&c.large_trimmed_bytes),
+            idle_bytes: large.idle_bytes,
             hot_blocks,
-            ..self.large.stats()
+            runs: large.runs,
+            mappings: large.mappings,
+            process_mappings: large.process_mappings,
+            mapping_bound: large.mapping_bound,
+            cut: large.counters.cut,
+            assembled: large.counters.assembled,
+            moves: large.counters.moves,
+            moved_bytes: large.counters.moved_bytes,
+            assembled_fresh_bytes: large.counters.assembled_fresh_bytes,
+            trimmed_bytes: load(&c.large_trimmed_bytes),
         };
         stats.retained_bytes += stats.large.idle_bytes;
         // Every idle byte holds a reservation, so the reserved bytes bound

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::LargeCounters;
 use super::{MAX_MOVES, MIN_PIECE};
-use crate::stats::LargeStats;
 use crate::sys::mem::PAGE;
 
 /// The pure bookkeeping of the tier: idle runs and regions, as addresses.
@@ -29,7 +29,7 @@ pub(crate) struct Extents {
     low_water: usize,
     /// The traffic counters (the idle figures are filled in by
     /// [`LargeTier::stats`]).
-    pub(super) counters: LargeStats,
+    pub(super) counters: LargeCounters,
 }
 
 impl Extents {

@@ -49,7 +49,6 @@
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
-use crate::stats::LargeStats;
 use crate::sync::{AtomicUsize, Mutex, Ordering, SpinGuard, SpinLock};
 use crate::sys::mem;
 
@@ -58,6 +57,33 @@ use crate::sys::mem;
 pub(crate) const MIN_PIECE: usize = 64 << 10;
 /// The most ranges one assembly moves.
 pub(crate) const MAX_MOVES: usize = 16;
+
+/// What the tier holds now and did so far, for its owner's statistics
+/// (`LargeStats` for a pool, `GlobalStats` for the global allocator).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LargeFigures {
+    pub(crate) idle_bytes: usize,
+    pub(crate) runs: usize,
+    /// Mappings the tier tracks, idle or in use.
+    pub(crate) mappings: usize,
+    /// Mappings of every large tier of the process, and their bound.
+    pub(crate) process_mappings: usize,
+    pub(crate) mapping_bound: usize,
+    pub(crate) counters: LargeCounters,
+}
+
+/// The tier's traffic counters, kept under its books' lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LargeCounters {
+    /// Blocks cut from an idle run.
+    pub(crate) cut: u64,
+    /// Blocks assembled from moved runs, the ranges and bytes moved into
+    /// them, and their bytes that no idle page covered.
+    pub(crate) assembled: u64,
+    pub(crate) moves: u64,
+    pub(crate) moved_bytes: u64,
+    pub(crate) assembled_fresh_bytes: u64,
+}
 
 /// Where a block came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -492,15 +518,15 @@ impl LargeTier {
 
     /// The tier's figures (all but `trimmed_bytes` and `hot_blocks`, which
     /// the pool fills in).
-    pub(crate) fn stats(&self) -> LargeStats {
+    pub(crate) fn stats(&self) -> LargeFigures {
         let e = self.books();
-        LargeStats {
+        LargeFigures {
             idle_bytes: e.idle_bytes(),
             runs: e.runs(),
             mappings: e.regions(),
             process_mappings: mappings(),
             mapping_bound: mapping_bound(),
-            ..e.counters.clone()
+            counters: e.counters,
         }
     }
 
