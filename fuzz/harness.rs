@@ -83,7 +83,7 @@ impl Read for ScriptedReader {
 }
 
 /// (a) A scripted reader (read sizes, `Interrupted`, errors, lying counts)
-/// through `read_to_end`, `read_to_end_limited` or `read_to_end_with_hint`.
+/// through `read_to_end`, `read_to_end_limited` or `read_with` (a size hint).
 pub(crate) fn read_to_end(bytes: &[u8]) {
     let mut input = Input(bytes);
     let mode = input.byte() % 3;
@@ -111,7 +111,7 @@ pub(crate) fn read_to_end(bytes: &[u8]) {
     let result = match mode {
         0 => pool.read_to_end(&mut reader),
         1 => pool.read_to_end_limited(&mut reader, limit),
-        _ => pool.read_to_end_with_hint(&mut reader, limit),
+        _ => pool.read_with(&mut reader, &tierpool::ReadOptions::new().size_hint(limit)),
     };
     match result {
         Ok(chunks) => {

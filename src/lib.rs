@@ -30,6 +30,7 @@ pub use ext::image::{DecodeError, Frame, ImageCost, PooledImage, Sample};
 pub use global::GlobalPool;
 pub use io::{
     AdapterStats, Chunks, ChunksBody, Label, LabelStats, MAX_LABELS, OTHER_LABEL, PooledWriter,
+    ReadOptions,
 };
 pub use limits::{
     ContainerMemory, MemoryEvents, MemoryLimit, PageCache, Pressure, PressureStall, Thresholds,

@@ -180,12 +180,19 @@ fn limited_reads_stop_one_byte_past_the_limit() {
 fn a_correct_hint_lands_in_one_buffer() {
     let pool = pool();
     for len in [1, 4096, 100_000, 3 << 20] {
-        let chunks = pool.read_to_end_with_hint(&data(len)[..], len).unwrap();
+        let chunks = pool
+            .read_with(&data(len)[..], &tierpool::ReadOptions::new().size_hint(len))
+            .unwrap();
         assert_eq!(chunks.iter().count(), 1, "len {len}");
         assert_eq!(chunks.to_vec(), data(len));
     }
     // A short hint only costs more chunks.
-    let chunks = pool.read_to_end_with_hint(&data(50_000)[..], 10).unwrap();
+    let chunks = pool
+        .read_with(
+            &data(50_000)[..],
+            &tierpool::ReadOptions::new().size_hint(10),
+        )
+        .unwrap();
     assert_eq!(chunks.to_vec(), data(50_000));
 }
 
@@ -337,21 +344,26 @@ fn size_classes_from_a_list_work_for_reads() {
 fn labels_learn_their_size_and_ignore_outliers() {
     let pool = pool();
     let thumbs = pool.label("thumbnail.decode");
+    let labelled = tierpool::ReadOptions::new().label(&thumbs);
     assert_eq!(thumbs.first_chunk(), 0, "nothing learned yet");
     for i in 0..40 {
         // 1 in 20 is a huge outlier.
         let len = if i % 20 == 19 { 20 << 20 } else { 150_000 };
-        assert_eq!(thumbs.read_to_end(&data(len)[..]).unwrap().len(), len);
+        assert_eq!(
+            pool.read_with(&data(len)[..], &labelled).unwrap().len(),
+            len
+        );
     }
     let class = pool.size_classes().class_for(150_000).unwrap();
     assert_eq!(thumbs.first_chunk(), class, "the outliers did not move it");
-    let body = thumbs.read_to_end(&data(150_000)[..]).unwrap();
+    let body = pool.read_with(&data(150_000)[..], &labelled).unwrap();
     assert_eq!(body.iter().count(), 1, "a typical body lands in one buffer");
     drop(body);
 
     let same = pool.label("thumbnail.decode");
     assert_eq!(same.first_chunk(), class, "one label, one distribution");
-    drop(pool.label("pdf.render").read_to_end(&data(10)[..]).unwrap());
+    let pdf = tierpool::ReadOptions::new().label(&pool.label("pdf.render"));
+    drop(pool.read_with(&data(10)[..], &pdf).unwrap());
 
     let stats = pool.stats();
     assert_eq!(stats.labels.len(), 2);

@@ -76,7 +76,10 @@ async fn read_to_end_round_trips() {
         assert_eq!(chunks.to_vec(), data(len));
     }
     let err = pool
-        .read_to_end_limited_async(tokio::io::repeat(1), 50_000)
+        .read_with_async(
+            tokio::io::repeat(1),
+            &tierpool::ReadOptions::new().max_len(50_000),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
@@ -157,12 +160,24 @@ fn an_exact_hint_lands_in_one_chunk_and_a_limit_still_holds() {
             step: 64 << 10,
             pend: false,
         };
-        let chunks = block_on(pool.read_to_end_with_hint_async(reader, len, usize::MAX)).unwrap();
+        let chunks = block_on(
+            pool.read_with_async(
+                reader,
+                &tierpool::ReadOptions::new()
+                    .size_hint(len)
+                    .max_len(usize::MAX),
+            ),
+        )
+        .unwrap();
         assert_eq!(chunks.iter().count(), 1, "{len}");
         assert_eq!(chunks.to_vec(), data(len));
     }
     // A hint past the limit does not let the read past it.
-    let err = block_on(pool.read_to_end_with_hint_async(&data(5000)[..], 5000, 1000)).unwrap_err();
+    let err = block_on(pool.read_with_async(
+        &data(5000)[..],
+        &tierpool::ReadOptions::new().size_hint(5000).max_len(1000),
+    ))
+    .unwrap_err();
     assert_eq!(
         tierpool::Error::from_io(&err),
         Some(&tierpool::Error::TooLarge {
@@ -171,8 +186,15 @@ fn an_exact_hint_lands_in_one_chunk_and_a_limit_still_holds() {
         })
     );
     // A short hint only costs chunks.
-    let chunks =
-        block_on(pool.read_to_end_with_hint_async(&data(70_000)[..], 1000, usize::MAX)).unwrap();
+    let chunks = block_on(
+        pool.read_with_async(
+            &data(70_000)[..],
+            &tierpool::ReadOptions::new()
+                .size_hint(1000)
+                .max_len(usize::MAX),
+        ),
+    )
+    .unwrap();
     assert_eq!(chunks.to_vec(), data(70_000));
     assert_eq!(pool.stats().adapters.too_large, 1);
 }
@@ -180,14 +202,15 @@ fn an_exact_hint_lands_in_one_chunk_and_a_limit_still_holds() {
 #[test]
 fn labelled_async_reads_learn_and_count_under_their_label() {
     let pool = Pool::new();
-    let uploads = pool.label("upload");
+    let uploads = tierpool::ReadOptions::new().label(&pool.label("upload"));
     for _ in 0..10 {
-        let chunks = block_on(uploads.read_to_end_async(&data(200_000)[..])).unwrap();
+        let chunks = block_on(pool.read_with_async(&data(200_000)[..], &uploads)).unwrap();
         assert_eq!(chunks.len(), 200_000);
     }
-    let chunks = block_on(uploads.read_to_end_async(&data(200_000)[..])).unwrap();
+    let chunks = block_on(pool.read_with_async(&data(200_000)[..], &uploads)).unwrap();
     assert_eq!(chunks.iter().count(), 1, "started at the learned size");
-    assert!(block_on(uploads.read_to_end_limited_async(&data(10)[..], 5)).is_err());
+    let limited = uploads.clone().max_len(5);
+    assert!(block_on(pool.read_with_async(&data(10)[..], &limited)).is_err());
     let label = &pool.stats().labels[0];
     assert_eq!(label.label, "upload");
     assert_eq!((label.activity.reads, label.activity.too_large), (11, 1));

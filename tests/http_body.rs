@@ -177,14 +177,15 @@ fn a_failing_body_is_a_body_error_and_frees_everything() {
 #[test]
 fn labelled_body_reads_learn_their_size() {
     let pool = Pool::new();
-    let uploads = pool.label("upload");
+    let label = pool.label("upload");
+    let uploads = tierpool::ReadOptions::new().label(&label);
     for _ in 0..10 {
-        let chunks = block_on(uploads.read_body(TestBody::new(30_000, 10), usize::MAX)).unwrap();
+        let chunks = block_on(pool.read_body_with(TestBody::new(30_000, 10), &uploads)).unwrap();
         assert_eq!(chunks.len(), 300_000);
     }
-    assert!(uploads.first_chunk() >= 300_000);
+    assert!(label.first_chunk() >= 300_000);
     // Learned: the next undeclared body of that size lands in one chunk.
-    let chunks = block_on(uploads.read_body(TestBody::new(30_000, 10), usize::MAX)).unwrap();
+    let chunks = block_on(pool.read_body_with(TestBody::new(30_000, 10), &uploads)).unwrap();
     assert_eq!(chunks.iter().count(), 1);
     let stats = pool.stats();
     assert_eq!(stats.labels[0].activity.reads, 11);

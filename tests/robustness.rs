@@ -218,11 +218,8 @@ fn idle_threads_credit_goes_back_on_trim() {
 fn untrusted_labels_are_bounded() {
     let pool = base().build();
     for i in 0..2000 {
-        drop(
-            pool.label(&format!("tenant-{i}"))
-                .read_to_end(&b"x"[..])
-                .unwrap(),
-        );
+        let tenant = tierpool::ReadOptions::new().label(&pool.label(&format!("tenant-{i}")));
+        drop(pool.read_with(&b"x"[..], &tenant).unwrap());
     }
     let labels = pool.stats().labels;
     assert_eq!(labels.len(), tierpool::MAX_LABELS + 1);
@@ -237,7 +234,12 @@ fn untrusted_labels_are_bounded() {
 fn a_huge_hint_costs_nothing() {
     let pool = base().build();
     for hint in [usize::MAX, 1 << 45, 1 << 40] {
-        let body = pool.read_to_end_with_hint(&b"tiny body"[..], hint).unwrap();
+        let body = pool
+            .read_with(
+                &b"tiny body"[..],
+                &tierpool::ReadOptions::new().size_hint(hint),
+            )
+            .unwrap();
         assert_eq!(body.to_vec(), b"tiny body");
     }
 }
@@ -248,7 +250,9 @@ fn after_an_exact_hint_every_chunk_but_the_last_is_full() {
     // 96 KiB is a class: the hint fills one chunk exactly, then a probe
     // finds more.
     let data = vec![9u8; (96 << 10) + 5000];
-    let body = pool.read_to_end_with_hint(&data[..], 96 << 10).unwrap();
+    let body = pool
+        .read_with(&data[..], &tierpool::ReadOptions::new().size_hint(96 << 10))
+        .unwrap();
     assert_eq!(body.to_vec(), data);
     let chunks: Vec<&[u8]> = body.iter().collect();
     assert!(chunks.len() >= 2);

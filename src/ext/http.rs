@@ -15,10 +15,10 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::io::label::{Activity, Label, Outcome};
+use crate::io::label::{Activity, Outcome};
 use crate::io::read::{ChunkPlan, shrink_last};
 use crate::pool::Draw;
-use crate::{Chunks, ChunksBody, Error, ErrorKind, Permit, Pool, PooledBuf};
+use crate::{Chunks, ChunksBody, Error, ErrorKind, Permit, Pool, PooledBuf, ReadOptions};
 
 /// Why [`Pool::read_body`] failed: the body passed the limit (413), the pool
 /// could not give the memory (503 or 500), or the body itself failed (400:
@@ -103,7 +103,7 @@ impl Pool {
     ///   read or a chunk taken.
     /// - The declared length is the hint: a correct one lands the body in
     ///   one buffer; a false one costs only more chunks (and is trusted up
-    ///   to 64 MiB, as in [`read_to_end_with_hint`](Pool::read_to_end_with_hint)).
+    ///   to 64 MiB, as [`ReadOptions::size_hint`]).
     /// - A body with no or a false declared length is stopped by the first
     ///   frame that passes the limit; at most `max_len + 1` bytes are kept.
     ///
@@ -131,9 +131,25 @@ impl Pool {
         body: B,
         max_len: usize,
     ) -> Result<Chunks, BodyError<B::Error>> {
+        self.read_body_with(body, &ReadOptions::new().max_len(max_len))
+            .await
+    }
+
+    /// [`read_body`](Pool::read_body) with [`ReadOptions`]: the limit, a
+    /// label, and a size hint for a body that declares no length.
+    ///
+    /// # Errors
+    ///
+    /// As `read_body`.
+    pub async fn read_body_with<B: Body>(
+        &self,
+        body: B,
+        options: &ReadOptions,
+    ) -> Result<Chunks, BodyError<B::Error>> {
+        let draw = Draw::Pool(self.clone());
         let (result, activity) =
-            read_body_recorded(&Draw::Pool(self.clone()), body, None, max_len).await;
-        self.record_activity(&activity);
+            read_body_recorded(&draw, body, options.hint(), options.limit()).await;
+        options.record(self, &activity, result.as_ref().ok().map(Chunks::len));
         result
     }
 }
@@ -151,8 +167,24 @@ impl Permit {
         body: B,
         max_len: usize,
     ) -> Result<Chunks, BodyError<B::Error>> {
-        let (result, activity) = read_body_recorded(&self.draw(), body, None, max_len).await;
-        self.pool().record_activity(&activity);
+        self.read_body_with(body, &ReadOptions::new().max_len(max_len))
+            .await
+    }
+
+    /// [`Pool::read_body_with`] for an admitted request.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::read_body`], except that admission never refuses.
+    pub async fn read_body_with<B: Body>(
+        &self,
+        body: B,
+        options: &ReadOptions,
+    ) -> Result<Chunks, BodyError<B::Error>> {
+        let (result, activity) =
+            read_body_recorded(&self.draw(), body, options.hint(), options.limit()).await;
+        let len = result.as_ref().ok().map(Chunks::len);
+        options.record(self.pool(), &activity, len);
         result
     }
 }
@@ -218,26 +250,6 @@ async fn fill_from_body<B: Body>(
     let pool = draw.pool();
     shrink_last(pool.size_classes(), &mut chunks, 0, |n| draw.take(n))?;
     Ok(Chunks::from_bufs(pool.clone(), chunks))
-}
-
-#[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
-impl Label {
-    /// [`Pool::read_body`], counted under the label and started at its
-    /// learned size when the body declares no length.
-    ///
-    /// # Errors
-    ///
-    /// As [`Pool::read_body`].
-    pub async fn read_body<B: Body>(
-        &self,
-        body: B,
-        max_len: usize,
-    ) -> Result<Chunks, BodyError<B::Error>> {
-        let (result, activity) =
-            read_body_recorded(&Draw::Pool(self.pool().clone()), body, self.hint(), max_len).await;
-        self.record_activity(&activity, result.as_ref().ok().map(Chunks::len));
-        result
-    }
 }
 
 /// The declared length as a hint: exact, or a non-zero lower bound.

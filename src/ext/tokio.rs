@@ -1,4 +1,5 @@
-//! Async adapters (feature `tokio`): `Pool::read_to_end_async`, and
+//! Async adapters (feature `tokio`): `Pool::read_to_end_async` and
+//! `Pool::read_with_async` (the read loop of `io::read`, awaited), and
 //! `AsyncRead + AsyncBufRead + AsyncSeek` for `Chunks`, `AsyncWrite` for
 //! `PooledWriter`.
 
@@ -8,10 +9,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite, ReadBuf};
 
-use crate::io::Label;
-use crate::io::label::Activity;
-use crate::io::read::{ChunkPlan, PROBE, ReadWindow, lying_reader};
-use crate::{Chunks, Pool, PooledBuf, PooledWriter};
+use crate::io::read::Source;
+use crate::{Chunks, Pool, PooledWriter, ReadOptions};
 
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl Pool {
@@ -22,171 +21,46 @@ impl Pool {
     ///
     /// As `read_to_end`.
     pub async fn read_to_end_async<R: AsyncRead + Unpin>(&self, reader: R) -> io::Result<Chunks> {
-        self.read_async_recorded(reader, None, usize::MAX).await
+        self.read_with_async(reader, &ReadOptions::new()).await
     }
 
-    /// [`read_to_end_limited`](Pool::read_to_end_limited) for an
-    /// [`AsyncRead`].
+    /// [`read_with`](Pool::read_with) for an [`AsyncRead`]: a limit, a size
+    /// hint, a label.
+    ///
+    /// ```
+    /// # tokio_test_block_on(async {
+    /// use tierpool::{Pool, ReadOptions};
+    /// let pool = Pool::new();
+    /// let options = ReadOptions::new().max_len(1 << 20);
+    /// let body = pool.read_with_async(&[1u8; 40_000][..], &options).await?;
+    /// assert_eq!(body.len(), 40_000);
+    /// # Ok::<(), std::io::Error>(()) });
+    /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
-    /// As `read_to_end_limited`.
-    pub async fn read_to_end_limited_async<R: AsyncRead + Unpin>(
+    /// As [`read_to_end_limited`](Pool::read_to_end_limited).
+    pub async fn read_with_async<R: AsyncRead + Unpin>(
         &self,
         reader: R,
-        max_len: usize,
+        options: &ReadOptions,
     ) -> io::Result<Chunks> {
-        self.read_async_recorded(reader, None, max_len).await
-    }
-
-    /// [`read_to_end_with_hint`](Pool::read_to_end_with_hint) for an
-    /// [`AsyncRead`], with a limit (`usize::MAX` for none): with a correct
-    /// hint the data lands in one buffer; a hint past `max_len` is trimmed
-    /// to it.
-    ///
-    /// # Errors
-    ///
-    /// As `read_to_end_limited`.
-    pub async fn read_to_end_with_hint_async<R: AsyncRead + Unpin>(
-        &self,
-        reader: R,
-        hint: usize,
-        max_len: usize,
-    ) -> io::Result<Chunks> {
-        self.read_async_recorded(reader, Some(hint), max_len).await
-    }
-
-    async fn read_async_recorded<R: AsyncRead + Unpin>(
-        &self,
-        reader: R,
-        hint: Option<usize>,
-        max_len: usize,
-    ) -> io::Result<Chunks> {
-        let (result, activity) = self.read_chunks_async(reader, hint, max_len).await;
-        self.record_activity(&activity);
+        let mut source = Async(reader);
+        let (result, activity) = self.read_source(&mut source, options).await;
+        options.record(self, &activity, result.as_ref().ok().map(Chunks::len));
         result
-    }
-
-    /// The async [`read_chunks`](Pool::read_chunks): reads and reports what
-    /// it did; recording it is the caller's.
-    pub(crate) async fn read_chunks_async<R: AsyncRead + Unpin>(
-        &self,
-        mut reader: R,
-        hint: Option<usize>,
-        max_len: usize,
-    ) -> (io::Result<Chunks>, Activity) {
-        let started = std::time::Instant::now();
-        let mut activity = Activity::default();
-        let result = self
-            .read_async(&mut reader, hint, max_len, &mut activity)
-            .await;
-        activity.elapsed = started.elapsed();
-        activity.finish(&result);
-        (result, activity)
-    }
-
-    async fn read_async<R: AsyncRead + Unpin>(
-        &self,
-        reader: &mut R,
-        hint: Option<usize>,
-        max_len: usize,
-        activity: &mut Activity,
-    ) -> io::Result<Chunks> {
-        let plan = ChunkPlan::new(max_len);
-        let mut chunks: Vec<PooledBuf> = Vec::new();
-        let mut total = 0usize;
-        let mut size = plan.first(hint);
-        // Bytes a probe read past an exact hint: they start the next chunk.
-        let mut carry = ([0u8; PROBE], 0usize);
-        let mut overhang;
-        'chunks: loop {
-            let mut chunk = self.try_get(size + carry.1)?;
-            activity.chunks += 1;
-            chunk.extend_from_slice(&carry.0[..carry.1]);
-            carry.1 = 0;
-            let mut window = ReadWindow::default();
-            while chunk.len() < chunk.capacity() && plan.remaining(total) > 0 {
-                let bytes = window.next(&mut chunk, plan.remaining(total));
-                let n = read_retrying(reader, bytes, &mut activity.read_calls).await?;
-                if n == 0 {
-                    overhang = window.overhang();
-                    chunks.push(chunk);
-                    break 'chunks;
-                }
-                window.commit(&mut chunk, n);
-                total += n;
-                activity.bytes = total;
-            }
-            let full = chunk.len() == chunk.capacity();
-            overhang = window.overhang();
-            chunks.push(chunk);
-            plan.check(total)?;
-            if full && hint == Some(total) {
-                // The hint was exact so far: check for the end with a probe
-                // instead of a whole new chunk.
-                let window = plan.remaining(total).min(PROBE);
-                let n =
-                    read_retrying(reader, &mut carry.0[..window], &mut activity.read_calls).await?;
-                if n == 0 {
-                    break;
-                }
-                carry.1 = n;
-                total += n;
-                activity.bytes = total;
-                plan.check(total)?;
-            }
-            size = plan.next(total);
-        }
-        let discarded = self.shrink_last(&mut chunks, overhang)?;
-        Ok(Chunks::from_bufs(self.clone(), chunks).with_discarded(discarded))
     }
 }
 
-/// One `read`, retrying `Interrupted`; a count larger than the buffer is
-/// `InvalidData`.
-async fn read_retrying<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut [u8],
-    calls: &mut u64,
-) -> io::Result<usize> {
-    loop {
-        *calls += 1;
-        match reader.read(buf).await {
-            Ok(n) if n > buf.len() => return Err(lying_reader(n, buf.len())),
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
+/// An [`AsyncRead`] as a read loop's source.
+struct Async<R>(R);
 
-#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-impl Label {
-    /// [`Pool::read_to_end_async`], starting at the label's learned size
-    /// and counted under the label, as [`Label::read_to_end`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Pool::read_to_end`].
-    pub async fn read_to_end_async<R: AsyncRead + Unpin>(&self, reader: R) -> io::Result<Chunks> {
-        self.read_to_end_limited_async(reader, usize::MAX).await
-    }
-
-    /// [`Pool::read_to_end_limited_async`], starting at the label's learned
-    /// size and counted under the label.
-    ///
-    /// # Errors
-    ///
-    /// As [`Pool::read_to_end_limited`].
-    pub async fn read_to_end_limited_async<R: AsyncRead + Unpin>(
-        &self,
-        reader: R,
-        max_len: usize,
-    ) -> io::Result<Chunks> {
-        let pool = self.pool();
-        let (result, activity) = pool.read_chunks_async(reader, self.hint(), max_len).await;
-        self.record(&result, &activity);
-        result
+impl<R: AsyncRead + Unpin> Source for Async<R> {
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> impl Future<Output = io::Result<usize>> + 'a {
+        self.0.read(buf)
     }
 }
 

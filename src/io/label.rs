@@ -2,11 +2,11 @@
 //! in how many calls and chunks, how long it takes, and the distribution of
 //! its final sizes, which also calibrates where its reads start.
 
-use std::io::{self, Read};
+use std::io;
 use std::time::Duration;
 
+use crate::Pool;
 use crate::sync::{AtomicU64, Ordering};
-use crate::{Chunks, Pool};
 
 /// Samples after which the histogram is halved, so the distribution follows
 /// recent traffic.
@@ -253,7 +253,8 @@ impl LabelState {
     }
 }
 
-/// A labelled entry point for reads: [`Pool::label`].
+/// A pipeline's name for its reads: [`Pool::label`], passed to a read
+/// with [`ReadOptions::label`](crate::ReadOptions::label).
 ///
 /// Each label learns the distribution of its final sizes. After a few reads,
 /// its reads start with a chunk of the class that held 90% of its recent
@@ -263,14 +264,16 @@ impl LabelState {
 /// histogram halves every 1024 reads to follow changing traffic.
 ///
 /// ```
-/// let pool = tierpool::Pool::new();
-/// let thumbnails = pool.label("thumbnail.decode");
+/// use tierpool::{Pool, ReadOptions};
+///
+/// let pool = Pool::new();
+/// let thumbnails = ReadOptions::new().label(&pool.label("thumbnail.decode"));
 /// for _ in 0..20 {
-///     let body = thumbnails.read_to_end(&[0u8; 150_000][..])?;
+///     let body = pool.read_with(&[0u8; 150_000][..], &thumbnails)?;
 ///     assert_eq!(body.len(), 150_000);
 /// }
 /// // Calibrated: one chunk of the class that holds 150 000 bytes.
-/// assert_eq!(thumbnails.read_to_end(&[0u8; 150_000][..])?.iter().count(), 1);
+/// assert_eq!(pool.read_with(&[0u8; 150_000][..], &thumbnails)?.iter().count(), 1);
 /// let stats = pool.stats();
 /// assert_eq!(stats.labels[0].label, "thumbnail.decode");
 /// assert_eq!(stats.labels[0].max, 150_000);
@@ -311,51 +314,15 @@ impl Label {
             .unwrap_or(0)
     }
 
-    /// [`Pool::read_to_end`], starting at the label's learned size.
-    ///
-    /// # Errors
-    ///
-    /// As [`Pool::read_to_end`].
-    pub fn read_to_end<R: Read>(&self, reader: R) -> io::Result<Chunks> {
-        self.read_limited(reader, usize::MAX)
-    }
-
-    /// [`Pool::read_to_end_limited`], starting at the label's learned size.
-    ///
-    /// # Errors
-    ///
-    /// As [`Pool::read_to_end_limited`].
-    pub fn read_to_end_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
-        self.read_limited(reader, max_len)
-    }
-
-    fn read_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
-        let (result, activity) = self.pool.read_chunks(reader, self.hint(), max_len);
-        self.record(&result, &activity);
-        result
-    }
-
-    #[cfg_attr(not(any(feature = "tokio", feature = "http-body")), allow(dead_code))]
-    pub(crate) fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
     /// Where this label's reads start: its learned size, if any.
     pub(crate) fn hint(&self) -> Option<usize> {
         Some(self.first_chunk()).filter(|&n| n > 0)
     }
 
-    /// Records a read once, for both the label and the pool, and its final
-    /// size in the label's distribution.
-    pub(crate) fn record(&self, result: &io::Result<Chunks>, activity: &Activity) {
-        self.record_activity(activity, result.as_ref().ok().map(Chunks::len));
-    }
-
-    /// Records a call once, for both the label and the pool, and the final
-    /// size of a body read whole in the label's distribution.
-    pub(crate) fn record_activity(&self, activity: &Activity, len: Option<usize>) {
+    /// Counts a call under the label, and the final size of what was read
+    /// whole in its distribution (the pool's own count is the caller's).
+    pub(crate) fn note(&self, activity: &Activity, len: Option<usize>) {
         self.label.counters.record(activity);
-        self.pool.record_activity(activity);
         if let Some(len) = len {
             let classes = self.pool.size_classes();
             let bucket = classes.index_for(len).unwrap_or(classes.len());

@@ -9,6 +9,7 @@ pub(crate) mod writer;
 
 pub use chunks::{Chunks, ChunksBody};
 pub use label::{AdapterStats, Label, LabelStats, MAX_LABELS, OTHER_LABEL};
+pub use read::ReadOptions;
 pub use writer::PooledWriter;
 
 use std::fs::File;
@@ -46,7 +47,7 @@ impl Pool {
     pub fn read_file<P: AsRef<Path>>(&self, path: P) -> io::Result<Chunks> {
         let file = File::open(path)?;
         let hint = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-        let chunks = self.read_to_end_with_hint(&file, hint)?;
+        let chunks = self.read_with(&file, &ReadOptions::new().size_hint(hint))?;
         if self.page_cache() == PageCache::Drop {
             let _ = crate::sys::files::drop_page_cache(&file, false);
         }

@@ -1,11 +1,12 @@
-//! `Pool::read_to_end` and friends: read a stream into a chain of pooled
-//! chunks, with no doubling and no copying.
+//! `Pool::read_to_end` and [`ReadOptions`]: read a stream into a chain of
+//! pooled chunks, with no doubling and no copying. One read loop serves
+//! the blocking reads and the async ones (`ext::tokio`).
 
 use std::io::{self, Read};
-
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::io::label::Activity;
+use crate::io::label::{Activity, Label};
 use crate::{Chunks, Pool, PooledBuf};
 
 /// The first chunk of a read with no size hint.
@@ -32,6 +33,89 @@ const SHORT_WINDOW: usize = 4 << 10;
 /// the zeroed overhang past the data stays near the size of the last read.
 const FIRST_WINDOW: usize = 16 << 10;
 
+/// How a read goes: a limit, a size hint, a label. The default reads
+/// everything, starting at 16 KiB, unlabelled.
+///
+/// ```
+/// use tierpool::{Pool, ReadOptions};
+///
+/// let pool = Pool::new();
+/// let uploads = pool.label("upload");
+/// let options = ReadOptions::new().max_len(32 << 20).size_hint(150_000).label(&uploads);
+/// let body = pool.read_with(&[7u8; 150_000][..], &options)?;
+/// assert_eq!(body.len(), 150_000);
+/// assert_eq!(body.iter().count(), 1); // the hint was right: one chunk
+/// assert_eq!(pool.stats().labels[0].label, "upload");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    max_len: usize,
+    size_hint: Option<usize>,
+    label: Option<Label>,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions::new()
+    }
+}
+
+impl ReadOptions {
+    /// No limit, no hint, no label.
+    pub const fn new() -> Self {
+        ReadOptions {
+            max_len: usize::MAX,
+            size_hint: None,
+            label: None,
+        }
+    }
+
+    /// An error as soon as more than `max_len` bytes arrive, as
+    /// [`Pool::read_to_end_limited`]: the reader is never asked for more
+    /// than `max_len + 1` bytes in all.
+    pub const fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// Starts with one chunk of the class that holds `size` bytes: with a
+    /// correct hint the data lands in one buffer. A wrong hint costs
+    /// nothing but more chunks, and an absurd one (an untrusted
+    /// Content-Length) is trusted only up to 64 MiB. Zero means no hint.
+    /// A request body's declared length comes before it.
+    pub const fn size_hint(mut self, size: usize) -> Self {
+        self.size_hint = if size == 0 { None } else { Some(size) };
+        self
+    }
+
+    /// Counts the read under `label` in [`Stats::labels`](crate::Stats::labels)
+    /// and, without a size hint, starts it at the label's learned size.
+    pub fn label(mut self, label: &Label) -> Self {
+        self.label = Some(label.clone());
+        self
+    }
+
+    /// The size hint, else the label's learned size.
+    pub(crate) fn hint(&self) -> Option<usize> {
+        self.size_hint
+            .or_else(|| self.label.as_ref().and_then(Label::hint))
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.max_len
+    }
+
+    /// Records a call in `pool`'s adapter statistics, and under the label
+    /// (with the size of what was read whole, if it was).
+    pub(crate) fn record(&self, pool: &Pool, activity: &Activity, len: Option<usize>) {
+        pool.record_activity(activity);
+        if let Some(label) = &self.label {
+            label.note(activity, len);
+        }
+    }
+}
+
 // === impl Pool (adapters) ===
 
 impl Pool {
@@ -56,7 +140,7 @@ impl Pool {
     /// The reader's error; `InvalidData` for a lying reader; `OutOfMemory`
     /// when a chunk cannot be allocated.
     pub fn read_to_end<R: Read>(&self, reader: R) -> io::Result<Chunks> {
-        self.read_recorded(reader, None, usize::MAX)
+        self.read_with(reader, &ReadOptions::new())
     }
 
     /// Like [`read_to_end`](Self::read_to_end), but an error as soon as more
@@ -77,53 +161,43 @@ impl Pool {
     /// [`Error::TooLarge`](crate::Error::TooLarge) (see
     /// [`Error::from_io`](crate::Error::from_io)); and those of `read_to_end`.
     pub fn read_to_end_limited<R: Read>(&self, reader: R, max_len: usize) -> io::Result<Chunks> {
-        self.read_recorded(reader, None, max_len)
+        self.read_with(reader, &ReadOptions::new().max_len(max_len))
     }
 
-    /// Like [`read_to_end`](Self::read_to_end), starting with one chunk of
-    /// the class that holds `hint` bytes: with a correct hint the data lands
-    /// in one buffer. A wrong hint costs nothing but more chunks, and an
-    /// absurd one (an untrusted Content-Length) is trusted only up to
-    /// 64 MiB: past that, chunks grow with the data actually read.
+    /// [`read_to_end`](Self::read_to_end) with [`ReadOptions`]: a limit, a
+    /// size hint, a label.
     ///
     /// # Errors
     ///
-    /// As `read_to_end`.
-    pub fn read_to_end_with_hint<R: Read>(&self, reader: R, hint: usize) -> io::Result<Chunks> {
-        self.read_recorded(reader, Some(hint), usize::MAX)
-    }
-
-    /// An unlabelled read, recorded in the pool's adapter statistics.
-    fn read_recorded<R: Read>(
-        &self,
-        reader: R,
-        hint: Option<usize>,
-        max_len: usize,
-    ) -> io::Result<Chunks> {
-        let (result, activity) = self.read_chunks(reader, hint, max_len);
-        self.record_activity(&activity);
+    /// As `read_to_end_limited`.
+    pub fn read_with<R: Read>(&self, reader: R, options: &ReadOptions) -> io::Result<Chunks> {
+        let mut source = Blocking(reader);
+        let (result, activity) = ready_now(self.read_source(&mut source, options));
+        options.record(self, &activity, result.as_ref().ok().map(Chunks::len));
         result
     }
 
-    /// Reads into chunks and reports what it did (timed, failed or not);
-    /// recording it is the caller's, so a labelled read counts once.
-    pub(crate) fn read_chunks<R: Read>(
+    /// Reads `source` into chunks and reports what it did (timed, failed or
+    /// not); recording it is the caller's. The one read loop of the
+    /// blocking and the async reads.
+    pub(crate) async fn read_source<S: Source>(
         &self,
-        reader: R,
-        hint: Option<usize>,
-        max_len: usize,
+        source: &mut S,
+        options: &ReadOptions,
     ) -> (io::Result<Chunks>, Activity) {
         let started = Instant::now();
         let mut activity = Activity::default();
-        let result = self.fill_chunks(reader, hint, max_len, &mut activity);
+        let result = self
+            .fill_chunks(source, options.hint(), options.limit(), &mut activity)
+            .await;
         activity.elapsed = started.elapsed();
         activity.finish(&result);
         (result, activity)
     }
 
-    fn fill_chunks<R: Read>(
+    async fn fill_chunks<S: Source>(
         &self,
-        mut reader: R,
+        reader: &mut S,
         hint: Option<usize>,
         max_len: usize,
         activity: &mut Activity,
@@ -135,36 +209,34 @@ impl Pool {
         // Bytes a probe read past an exact hint: they start the next chunk.
         let mut carry = ([0u8; PROBE], 0usize);
         let mut overhang;
-        loop {
+        'chunks: loop {
             let mut chunk = self.try_get(size + carry.1)?;
             activity.chunks += 1;
             chunk.extend_from_slice(&carry.0[..carry.1]);
             carry.1 = 0;
-            let before = chunk.len();
-            let (eof, zeroed) = fill(
-                &mut chunk,
-                &mut reader,
-                plan.remaining(total),
-                &mut activity.read_calls,
-            )?;
-            overhang = zeroed;
-            total += chunk.len() - before;
-            activity.bytes = total;
-            plan.check(total)?;
-            let full = chunk.len() == chunk.capacity();
-            chunks.push(chunk);
-            if eof {
-                break;
+            let mut window = ReadWindow::default();
+            while chunk.len() < chunk.capacity() && plan.remaining(total) > 0 {
+                let bytes = window.next(&mut chunk, plan.remaining(total));
+                let n = read_retrying(reader, bytes, &mut activity.read_calls).await?;
+                if n == 0 {
+                    overhang = window.overhang();
+                    chunks.push(chunk);
+                    break 'chunks;
+                }
+                window.commit(&mut chunk, n);
+                total += n;
+                activity.bytes = total;
             }
+            let full = chunk.len() == chunk.capacity();
+            overhang = window.overhang();
+            chunks.push(chunk);
+            plan.check(total)?;
             if full && hint == Some(total) {
                 // The hint was exact so far: check for the end with a probe
                 // instead of a whole new chunk.
                 let window = plan.remaining(total).min(PROBE);
-                let n = read_retrying(
-                    &mut reader,
-                    &mut carry.0[..window],
-                    &mut activity.read_calls,
-                )?;
+                let n =
+                    read_retrying(reader, &mut carry.0[..window], &mut activity.read_calls).await?;
                 if n == 0 {
                     break;
                 }
@@ -300,28 +372,6 @@ pub(crate) fn lying_reader(n: usize, len: usize) -> io::Error {
     )
 }
 
-/// Reads into `chunk`'s spare capacity until it is full, the stream ends
-/// (`eof`), or `budget` bytes were read. Also returns the bytes zeroed past
-/// the data (the window's overhang).
-fn fill<R: Read>(
-    chunk: &mut PooledBuf,
-    reader: &mut R,
-    budget: usize,
-    calls: &mut u64,
-) -> io::Result<(bool, usize)> {
-    let mut budget = budget;
-    let mut window = ReadWindow::default();
-    while chunk.len() < chunk.capacity() && budget > 0 {
-        let n = read_retrying(reader, window.next(chunk, budget), calls)?;
-        if n == 0 {
-            return Ok((true, window.overhang()));
-        }
-        window.commit(chunk, n);
-        budget -= n;
-    }
-    Ok((false, window.overhang()))
-}
-
 /// Hands out a chunk's spare capacity as initialised windows to read into,
 /// so readers go straight into the chunk and never see stale bytes.
 #[derive(Debug)]
@@ -396,13 +446,49 @@ impl ReadWindow {
     }
 }
 
+/// A stream the read loop reads from: a blocking [`Read`] ([`Blocking`],
+/// whose reads are ready at once) or an `AsyncRead` (`ext::tokio`).
+pub(crate) trait Source {
+    /// One read into `buf`.
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> impl Future<Output = io::Result<usize>> + 'a;
+}
+
+/// A blocking reader as a [`Source`]: each read runs when its future is
+/// first polled, and is ready then.
+pub(crate) struct Blocking<R>(pub(crate) R);
+
+impl<R: Read> Source for Blocking<R> {
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> impl Future<Output = io::Result<usize>> + 'a {
+        std::future::ready(self.0.read(buf))
+    }
+}
+
+/// The output of a future that never waits: the read loop over a
+/// [`Blocking`] source, whose every read is ready at once.
+fn ready_now<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        // Unreachable with a `Blocking` source; polling again is all a
+        // future that returned `Pending` without waiting on anything needs.
+    }
+}
+
 /// One `read`, retrying `Interrupted`; a count larger than the buffer is
 /// `InvalidData`.
-fn read_retrying<R: Read>(reader: &mut R, buf: &mut [u8], calls: &mut u64) -> io::Result<usize> {
+async fn read_retrying<S: Source>(
+    reader: &mut S,
+    buf: &mut [u8],
+    calls: &mut u64,
+) -> io::Result<usize> {
     loop {
         *calls += 1;
-        match reader.read(buf) {
-            Ok(n) if n > buf.len() => return Err(lying_reader(n, buf.len())),
+        let len = buf.len();
+        match reader.read(buf).await {
+            Ok(n) if n > len => return Err(lying_reader(n, len)),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
