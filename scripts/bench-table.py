@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the README's benchmark table from criterion's saved estimates.
 
-Run after `cargo bench --bench pool`; reads target/criterion/*/*/new/estimates.json
+Run after `cargo bench -p tierpool-harness --bench pool`; reads target/criterion/*/*/new/estimates.json
 and shows each benchmark's median time and its ratio to tierpool in the same
 group (above 1.00x: tierpool is that many times faster).
 """

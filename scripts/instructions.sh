@@ -9,7 +9,7 @@
 # With --budget, exits non-zero if tierpool's get + drop costs more than N
 # instructions (.ci/run enforces the project's budget this way).
 set -euo pipefail
-cd "$(dirname "$0")/../instructions"
+cd "$(dirname "$0")/.."
 
 budget=""
 if [ "${1:-}" = "--budget" ]; then budget="$2"; fi
@@ -24,8 +24,8 @@ for alloc in glibc jemalloc mimalloc; do
     features=""
     [ "$alloc" != glibc ] && features="--features $alloc"
     # shellcheck disable=SC2086
-    cargo build --quiet --release $features --target-dir "target/$alloc"
-    bin[$alloc]="target/$alloc/release/tierpool-instructions"
+    cargo build --quiet --release -p tierpool-harness $features --target-dir "target/$alloc" --bin instructions
+    bin[$alloc]="target/$alloc/release/instructions"
 done
 
 count() { # binary subject op n -> instructions

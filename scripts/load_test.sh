@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features="http-body,image,metrics"
-cargo build --release --features "$features" --example service --example load_test
+cargo build --release --features "$features" --example service
+cargo build --release -p tierpool-harness --bin load_test
 target="${CARGO_TARGET_DIR:-target}"
-exec "$target/release/examples/load_test" --service "$target/release/examples/service" "$@"
+exec "$target/release/load_test" --service "$target/release/examples/service" "$@"

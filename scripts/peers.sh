@@ -7,7 +7,7 @@
 #
 #   scripts/peers.sh
 set -euo pipefail
-cd "$(dirname "$0")/../instructions"
+cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 declare -A bin
@@ -15,7 +15,7 @@ for alloc in glibc jemalloc mimalloc globalpool; do
     features=""
     [ "$alloc" != glibc ] && features="--features $alloc"
     # shellcheck disable=SC2086
-    cargo build --quiet --release $features --target-dir "target/$alloc" --bin peers
+    cargo build --quiet --release -p tierpool-harness $features --target-dir "target/$alloc" --bin peers
     bin[$alloc]="target/$alloc/release/peers"
 done
 

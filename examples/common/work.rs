@@ -1,7 +1,7 @@
 //! The work of an image, QR and PDF service, written twice: with plain `Vec`
 //! everywhere and with tierpool, producing the same bytes. Shared by the
-//! service example and the main job (`#[path]`-included by each).
-#![allow(dead_code)] // each includer uses its part
+//! service example and the main job (the harness library includes it).
+#![allow(dead_code, unreachable_pub)] // each includer uses its part; public for the harness library
 
 use std::io::Cursor;
 
@@ -12,7 +12,7 @@ use tierpool::{Chunks, DecodeError, ImageCost, Permit};
 
 /// The most bytes of text a QR code is made from (version 40 at level M
 /// holds 2331).
-pub(crate) const QR_MAX_TEXT: usize = 2048;
+pub const QR_MAX_TEXT: usize = 2048;
 /// Pixels per QR module, and modules of quiet zone around the code.
 const QR_SCALE: usize = 8;
 const QR_QUIET: usize = 4;
@@ -24,7 +24,7 @@ const PAGE_LINES: usize = 70;
 
 /// Why a request could not be served, and the status a service answers.
 #[derive(Debug)]
-pub(crate) enum Failure {
+pub enum Failure {
     /// 400: empty or malformed request.
     BadRequest(String),
     /// 413: over a size limit.
@@ -37,7 +37,7 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    pub(crate) fn status(&self) -> u16 {
+    pub fn status(&self) -> u16 {
         match self {
             Failure::BadRequest(_) => 400,
             Failure::TooLarge(_) => 413,
@@ -46,7 +46,7 @@ impl Failure {
         }
     }
 
-    pub(crate) fn message(&self) -> &str {
+    pub fn message(&self) -> &str {
         match self {
             Failure::BadRequest(m)
             | Failure::TooLarge(m)
@@ -64,7 +64,7 @@ fn limits(max_frame: u64) -> Limits {
 }
 
 /// The thumbnail's height for `width`, keeping the aspect ratio.
-pub(crate) fn thumbnail_height(width: u32, (w, h): (u32, u32)) -> u32 {
+pub fn thumbnail_height(width: u32, (w, h): (u32, u32)) -> u32 {
     ((u64::from(h) * u64::from(width) + u64::from(w) / 2) / u64::from(w)).max(1) as u32
 }
 
@@ -74,11 +74,7 @@ pub(crate) fn thumbnail_height(width: u32, (w, h): (u32, u32)) -> u32 {
 /// the image's header before anything is decoded: the frame and the
 /// decoder's working memory, the thumbnail and its PNG. A decompression
 /// bomb or a truncated JPEG is refused here (422).
-pub(crate) fn thumbnail_cost(
-    upload: &mut Chunks,
-    width: u32,
-    max_frame: u64,
-) -> Result<usize, Failure> {
+pub fn thumbnail_cost(upload: &mut Chunks, width: u32, max_frame: u64) -> Result<usize, Failure> {
     if upload.is_empty() {
         return Err(Failure::BadRequest("empty body".into()));
     }
@@ -100,7 +96,7 @@ fn decode_failure(e: DecodeError) -> Failure {
 /// Decodes `upload` into a pooled frame, makes a `width`-wide thumbnail and
 /// encodes it as PNG into pooled chunks, all on an admitted request's
 /// `permit` (see [`thumbnail_cost`]): nothing inside is refused.
-pub(crate) fn thumbnail_pool(
+pub fn thumbnail_pool(
     permit: &Permit,
     upload: Chunks,
     width: u32,
@@ -123,7 +119,7 @@ pub(crate) fn thumbnail_pool(
 }
 
 /// The same with plain `Vec`s: `image`'s own decode, the same thumbnail.
-pub(crate) fn thumbnail_vec(upload: &[u8], width: u32, max_frame: u64) -> Result<Vec<u8>, Failure> {
+pub fn thumbnail_vec(upload: &[u8], width: u32, max_frame: u64) -> Result<Vec<u8>, Failure> {
     if upload.is_empty() {
         return Err(Failure::BadRequest("empty body".into()));
     }
@@ -201,11 +197,11 @@ fn qr_pixels(modules: &[Color], width: usize, mut row: impl FnMut(&[u8])) {
 
 /// What a QR code takes at most: the largest code's frame (version 40,
 /// 1480 pixels a side) and its PNG, with room to spare.
-pub(crate) const QR_COST: usize = 4 << 20;
+pub const QR_COST: usize = 4 << 20;
 
 /// A QR code as PNG: rendered into a pooled frame, encoded into pooled
 /// chunks, on an admitted request's `permit` (of [`QR_COST`]).
-pub(crate) fn qr_pool(permit: &Permit, text: &[u8]) -> Result<Chunks, Failure> {
+pub fn qr_pool(permit: &Permit, text: &[u8]) -> Result<Chunks, Failure> {
     let (modules, width) = qr_modules(text)?;
     let side = (width + 2 * QR_QUIET) * QR_SCALE;
     let mut frame = permit.get(side * side);
@@ -218,7 +214,7 @@ pub(crate) fn qr_pool(permit: &Permit, text: &[u8]) -> Result<Chunks, Failure> {
 }
 
 /// The same with plain `Vec`s.
-pub(crate) fn qr_vec(text: &[u8]) -> Result<Vec<u8>, Failure> {
+pub fn qr_vec(text: &[u8]) -> Result<Vec<u8>, Failure> {
     let (modules, width) = qr_modules(text)?;
     let side = (width + 2 * QR_QUIET) * QR_SCALE;
     let mut frame = Vec::with_capacity(side * side);
@@ -234,14 +230,14 @@ pub(crate) fn qr_vec(text: &[u8]) -> Result<Vec<u8>, Failure> {
 
 /// What a PDF of `text_len` bytes of text takes: pdf-writer's own `Vec`
 /// (the text, its page objects, and a doubling as it grows) and the lines.
-pub(crate) fn pdf_cost(text_len: usize) -> usize {
+pub fn pdf_cost(text_len: usize) -> usize {
     text_len.saturating_mul(4).saturating_add(256 << 10)
 }
 
 /// A PDF of `text` in Helvetica, wrapped at 95 characters and paginated at
 /// 70 lines (pdf-writer builds it in its own `Vec`; the PDF is small beside
 /// the images).
-pub(crate) fn pdf(text: &[u8]) -> Result<Vec<u8>, Failure> {
+pub fn pdf(text: &[u8]) -> Result<Vec<u8>, Failure> {
     use pdf_writer::{Content, Finish, Name, Pdf, Rect, Ref, Str};
 
     if text.is_empty() {

@@ -1,25 +1,25 @@
 //! A minimal HTTP/1.1 client over a raw `TcpStream`, for tests that talk to
 //! a real server on loopback (and need to send what a real client would
 //! not: a false Content-Length, a body cut short, headers alone).
-#![allow(dead_code)] // each test file uses its part
+#![allow(dead_code, unreachable_pub)] // each test file uses its part; public for the harness library
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// A response: status, head (lower-cased) and the body, de-chunked.
-pub(crate) struct Response {
-    pub(crate) status: u16,
-    pub(crate) head: String,
-    pub(crate) body: Vec<u8>,
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
 }
 
 impl Response {
-    pub(crate) fn text(&self) -> String {
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
             (k.trim() == name).then(|| v.trim())
@@ -30,7 +30,7 @@ impl Response {
 /// Sends `head` then `body` on a fresh connection and reads the whole
 /// response. A server that answers and closes before the body is sent
 /// (a 413 from the headers) is fine.
-pub(crate) fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> Response {
+pub fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> Response {
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -40,7 +40,7 @@ pub(crate) fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> Response {
 }
 
 /// A POST with a Content-Length, on a connection that closes after it.
-pub(crate) fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Response {
+pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Response {
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -49,7 +49,7 @@ pub(crate) fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Response {
 }
 
 /// A GET on a connection that closes after it.
-pub(crate) fn get(addr: SocketAddr, path: &str) -> Response {
+pub fn get(addr: SocketAddr, path: &str) -> Response {
     exchange(
         addr,
         &format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"),
@@ -58,7 +58,7 @@ pub(crate) fn get(addr: SocketAddr, path: &str) -> Response {
 }
 
 /// Reads a response to the end of the connection.
-pub(crate) fn read_response(conn: &mut TcpStream) -> Response {
+pub fn read_response(conn: &mut TcpStream) -> Response {
     let mut raw = Vec::new();
     let _ = conn.read_to_end(&mut raw);
     let end = raw

@@ -1,9 +1,9 @@
 //! PNG fixtures.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)] // public for the harness library
 
 /// A PNG with its IHDR width and height replaced (and its CRC fixed): a
 /// decompression bomb's header on a small file.
-pub(crate) fn with_dimensions(png: &[u8], width: u32, height: u32) -> Vec<u8> {
+pub fn with_dimensions(png: &[u8], width: u32, height: u32) -> Vec<u8> {
     let mut out = png.to_vec();
     assert_eq!(&out[12..16], b"IHDR");
     out[16..20].copy_from_slice(&width.to_be_bytes());

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// Draws one line per series of `(seconds, MiB)` points into `path`.
-pub(crate) fn draw(
+pub fn draw(
     path: &Path,
     caption: &str,
     x_desc: &str,

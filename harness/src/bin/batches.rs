@@ -2,7 +2,7 @@
 //! `Vec` and with tierpool, side by side.
 //!
 //! ```sh
-//! cargo run --release --features image --example batches
+//! cargo run --release -p tierpool-harness --bin batches
 //! ```
 //!
 //! It makes its own data (photos as JPEG and PNG up to 12 megapixels, QR
@@ -16,14 +16,7 @@
 //! under a limit below plain `Vec`'s peak and shows who is OOM-killed; the
 //! pool's workers hold a job back while admission refuses its memory.
 
-#[path = "common/cgroup.rs"]
-mod cgroup;
-#[path = "common/chart.rs"]
-mod chart;
-#[path = "common/procfs.rs"]
-mod procfs;
-#[path = "common/work.rs"]
-mod work;
+use tierpool_harness::{chart, procfs, work};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -32,8 +25,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cgroup::Cgroup;
 use tierpool::{Chunks, ContainerMemory, Pool};
+use tierpool_harness::cgroup::Cgroup;
 use work::Failure;
 
 /// The jobs' own large allocations (the decoders', pdf-writer's) go
@@ -70,9 +63,9 @@ fn main() {
 /// Where the data and the chart go: under cargo's target directory.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the program's own path");
-    // target/<profile>/examples/batches
+    // target/<profile>/batches
     exe.ancestors()
-        .nth(3)
+        .nth(2)
         .map_or_else(std::env::temp_dir, Path::to_path_buf)
 }
 

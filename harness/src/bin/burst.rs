@@ -11,13 +11,11 @@
 //! a table and draws the resident-memory-over-time chart (SVG).
 //!
 //! ```text
-//! cargo bench --bench burst                            # all modes, summary, table, chart
-//! cargo bench --bench burst -- --threads 2 --jobs 400 --chart out.svg
+//! cargo run --release -p tierpool-harness --bin burst           # all modes, summary, table, chart
+//! cargo run --release -p tierpool-harness --bin burst -- --threads 2 --jobs 400 --chart out.svg
 //! ```
 
-#[path = "../examples/common/chart.rs"]
-mod chart;
-mod common;
+use tierpool_harness::{chart, workload as common};
 
 use std::io::Read;
 use std::process::Command;
@@ -56,8 +54,14 @@ fn main() {
         runs: 3,
     };
     let mut mode = None;
-    // Under cargo's target directory, wherever CARGO_TARGET_DIR puts it.
-    let mut chart = concat!(env!("CARGO_TARGET_TMPDIR"), "/burst.svg").to_string();
+    // Beside the binary, under cargo's target directory, wherever
+    // CARGO_TARGET_DIR puts it.
+    let mut chart = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("burst.svg")))
+        .unwrap_or_else(|| "burst.svg".into())
+        .display()
+        .to_string();
     let mut i = 1;
     while i < args.len() {
         let value = args.get(i + 1).map(String::as_str);
@@ -379,9 +383,9 @@ fn jobs<B>(
     read_upload: impl Fn(&mut Upload) -> u64,
 ) {
     held_jobs(thread, count as u64, get, put_row, |i, rng| {
-        if i as usize % UPLOAD_EVERY == 0 {
+        if (i as usize).is_multiple_of(UPLOAD_EVERY) {
             // An upload of unknown length arrives, in 64 KiB reads.
-            let len = MIN_JOB + (rng.next() >> 20) as usize % (MAX_UPLOAD - MIN_JOB);
+            let len = MIN_JOB + (rng.next_u64() >> 20) as usize % (MAX_UPLOAD - MIN_JOB);
             let mut upload = Upload { left: len };
             assert_eq!(read_upload(&mut upload), len as u64 * 0x42);
         }

@@ -9,21 +9,21 @@ use std::hint::black_box;
 use std::io::{self, Read};
 
 /// A decoder's row.
-pub(crate) const ROW: usize = 16 << 10;
+pub const ROW: usize = 16 << 10;
 /// Jobs each thread keeps alive at once.
-pub(crate) const HELD: usize = 5;
-pub(crate) const MIN_JOB: usize = 64 << 10;
-pub(crate) const MAX_JOB: usize = 8 << 20;
+pub const HELD: usize = 5;
+pub const MIN_JOB: usize = 64 << 10;
+pub const MAX_JOB: usize = 8 << 20;
 
 /// xorshift64*: deterministic job sizes without another dependency.
-pub(crate) struct Rng(pub(crate) u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    pub(crate) fn for_thread(thread: usize) -> Rng {
+    pub fn for_thread(thread: usize) -> Rng {
         Rng(0x9e37_79b9_7f4a_7c15 ^ (thread as u64 + 1))
     }
 
-    pub(crate) fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -31,8 +31,8 @@ impl Rng {
     }
 
     /// A job size, 64 KiB to 8 MiB.
-    pub(crate) fn job_size(&mut self) -> usize {
-        MIN_JOB + (self.next() as usize % (MAX_JOB - MIN_JOB))
+    pub fn job_size(&mut self) -> usize {
+        MIN_JOB + (self.next_u64() as usize % (MAX_JOB - MIN_JOB))
     }
 }
 
@@ -40,7 +40,7 @@ impl Rng {
 /// row with `put_row`, and held until [`HELD`] newer ones exist.
 /// `before_job(i, rng)` runs first for each job (the burst reads uploads
 /// there).
-pub(crate) fn held_jobs<B>(
+pub fn held_jobs<B>(
     thread: usize,
     count: u64,
     get: impl Fn(usize) -> B,
@@ -68,12 +68,12 @@ pub(crate) fn held_jobs<B>(
 }
 
 /// What one `read` of a [`Stream`] delivers at most.
-pub(crate) const STREAM_READ: usize = 64 << 10;
+pub const STREAM_READ: usize = 64 << 10;
 
 /// A stream of `left` bytes that hides its length, delivered in 64 KiB
 /// reads, as an upload arrives.
-pub(crate) struct Stream {
-    pub(crate) left: usize,
+pub struct Stream {
+    pub left: usize,
 }
 
 impl Read for Stream {

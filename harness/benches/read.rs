@@ -3,7 +3,7 @@
 //! with enough capacity, cleared and reused), side by side. Before timing it
 //! prints the memory each holds per read, as a multiple of the data.
 
-mod common;
+use tierpool_harness::workload as common;
 
 use std::hint::black_box;
 use std::io::Read;

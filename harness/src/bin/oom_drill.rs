@@ -3,8 +3,8 @@
 //! own, at limits where `Vec` survives and where it is OOM-killed.
 //!
 //! ```sh
-//! sudo cargo run --release --example oom_drill            # Linux, root
-//! cargo run --release --example oom_drill -- --help
+//! sudo cargo run --release -p tierpool-harness --bin oom_drill    # Linux, root
+//! cargo run --release -p tierpool-harness --bin oom_drill -- --help
 //! ```
 //!
 //! Each request holds three buffers at once, as an image service does: the
@@ -27,9 +27,7 @@ use std::time::{Duration, Instant};
 
 use tierpool::{ContainerMemory, Pool};
 
-#[path = "common/cgroup.rs"]
-mod cgroup;
-use cgroup::Cgroup;
+use tierpool_harness::cgroup::Cgroup;
 
 const MODES: [&str; 4] = ["vec", "pool", "pool+admission", "pool+get_timeout"];
 const MIB: usize = 1 << 20;

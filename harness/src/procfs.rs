@@ -3,7 +3,7 @@
 
 /// A `kB` field of the status file (`"VmRSS:"`, `"VmHWM:"`) of process
 /// `pid`, or of this process for `None`; `None` if it cannot be read.
-pub(crate) fn status_kib(pid: Option<u32>, field: &str) -> Option<u64> {
+pub fn status_kib(pid: Option<u32>, field: &str) -> Option<u64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/status"),
         None => "/proc/self/status".to_owned(),

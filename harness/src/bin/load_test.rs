@@ -13,14 +13,7 @@
 //! checked. It reports throughput, p50/p99 latency, the service's peak and
 //! after-idle resident memory, and the pool's hit rate from `/metrics`.
 
-#[path = "../tests/common/http.rs"]
-mod http;
-#[path = "common/photo.rs"]
-mod photo;
-#[path = "../tests/common/png.rs"]
-mod png;
-#[path = "common/procfs.rs"]
-mod procfs;
+use tierpool_harness::{http, photo, png, procfs};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --features http-body,image,metrics --example service
-//! cargo run --release --features image --example service_drill -- [--limits 256,384,440] [--runs 1] [--mode both|pool|vec] [--clients 8] [--requests 48] [--only K] [--settle] [--verbose]
+//! cargo run --release -p tierpool-harness --bin service_drill -- [--limits 256,384,440] [--runs 1] [--mode both|pool|vec] [--clients 8] [--requests 48] [--only K] [--settle] [--verbose]
 //! ```
 //!
 //! For each limit and mode it starts the service example (release build) in
@@ -17,10 +17,7 @@
 //! killed, an answer other than 200 or 503, a reset, fewer served than the
 //! floor, not ready or not serving after the load, or a non-zero exit.
 
-#[path = "common/cgroup.rs"]
-mod cgroup;
-#[path = "common/photo.rs"]
-mod photo;
+use tierpool_harness::photo;
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,8 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cgroup::Cgroup;
 use tierpool::ContainerMemory;
+use tierpool_harness::cgroup::Cgroup;
 
 const MIB: u64 = 1 << 20;
 

@@ -2,7 +2,7 @@
 //! by side in one run, plus an oracle that reuses pre-faulted buffers with no
 //! bookkeeping at all (the limit for the mixed workload).
 //!
-//! `cargo bench --bench pool`; `scripts/bench-table.py` turns criterion's
+//! `cargo bench -p tierpool-harness --bench pool`; `scripts/bench-table.py` turns criterion's
 //! output into the README's table of ratios.
 
 use std::hint::black_box;
@@ -14,9 +14,9 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tierpool::Pool;
 use zeropool::ZeroPool;
 
-/// A decoder's output row.
-mod common;
 use common::{HELD, MAX_JOB, held_jobs};
+/// A decoder's output row.
+use tierpool_harness::workload as common;
 
 fn fast_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("fast_path_get4096_drop");

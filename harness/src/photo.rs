@@ -4,7 +4,7 @@
 use std::io::Cursor;
 
 /// A `w` × `h` RGB gradient encoded as `format`.
-pub(crate) fn photo(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
+pub fn photo(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
     let image = image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(w, h, |x, y| {
         image::Rgb([
             (x * 255 / w) as u8,

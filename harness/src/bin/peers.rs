@@ -12,11 +12,9 @@
 //! in steady state at 300 KB, 3 MiB, 9 MB, 25 MB and 64 MiB (64 KiB reads;
 //! tierpool also reports its misses per read).
 
-#[path = "../../../benches/common/mod.rs"]
-mod common;
+use tierpool_harness::workload as common;
 
-#[path = "../global_alloc.rs"]
-mod global_alloc;
+tierpool_harness::global_allocator!();
 
 use std::cell::{Cell, RefCell};
 use std::hint::black_box;

@@ -17,7 +17,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use tierpool::Pool;
 
-mod global_alloc;
+tierpool_harness::global_allocator!();
 
 const SIZE: usize = 4096;
 const BATCH: usize = 64;

@@ -10,7 +10,7 @@ use tierpool::ContainerMemory;
 
 /// A memory cgroup under the process's own, for children this program
 /// starts; removed on drop.
-pub(crate) struct Cgroup {
+pub struct Cgroup {
     dir: PathBuf,
     version: u8,
 }
@@ -18,7 +18,7 @@ pub(crate) struct Cgroup {
 impl Cgroup {
     /// Creates `name` under `own` with a memory limit of `limit` bytes and
     /// no swap.
-    pub(crate) fn create(own: &ContainerMemory, name: &str, limit: u64) -> std::io::Result<Cgroup> {
+    pub fn create(own: &ContainerMemory, name: &str, limit: u64) -> std::io::Result<Cgroup> {
         let dir = own.path.join(name);
         fs::create_dir(&dir)?;
         let cgroup = Cgroup {
@@ -42,18 +42,18 @@ impl Cgroup {
     }
 
     /// Moves process `pid` into the cgroup.
-    pub(crate) fn adopt(&self, pid: u32) -> std::io::Result<()> {
+    pub fn adopt(&self, pid: u32) -> std::io::Result<()> {
         self.write("cgroup.procs", &pid.to_string())
     }
 
     /// The file a process writes its pid (or "0", itself) to to join.
-    pub(crate) fn procs_path(&self) -> PathBuf {
+    pub fn procs_path(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
     }
 
     /// A handle that reads the cgroup's figures from another thread (and
     /// does not remove it).
-    pub(crate) fn clone_handle(&self) -> Probe {
+    pub fn clone_handle(&self) -> Probe {
         Probe {
             dir: self.dir.clone(),
             version: self.version,
@@ -61,12 +61,12 @@ impl Cgroup {
     }
 
     /// Usage minus inactive page cache, as the kubelet computes it.
-    pub(crate) fn working_set(&self) -> u64 {
+    pub fn working_set(&self) -> u64 {
         self.clone_handle().working_set()
     }
 
     /// Whether the kernel's OOM killer killed a process of the cgroup.
-    pub(crate) fn oom_killed(&self) -> bool {
+    pub fn oom_killed(&self) -> bool {
         let file = if self.version == 1 {
             "memory.oom_control"
         } else {
@@ -81,7 +81,7 @@ impl Probe {
     /// The memory.stat fields `names` (v1: their `total_` forms) and the
     /// kernel memory charged (v1 `memory.kmem.usage_in_bytes`, v2 the
     /// `kernel` field), for a breakdown of the working set.
-    pub(crate) fn breakdown(&self, names: &[&str]) -> Vec<(String, u64)> {
+    pub fn breakdown(&self, names: &[&str]) -> Vec<(String, u64)> {
         let stat = fs::read_to_string(self.dir.join("memory.stat")).unwrap_or_default();
         let mut out: Vec<(String, u64)> = names
             .iter()
@@ -108,14 +108,14 @@ impl Probe {
 }
 
 /// Reads a cgroup's figures; see [`Cgroup::clone_handle`].
-pub(crate) struct Probe {
+pub struct Probe {
     dir: PathBuf,
     version: u8,
 }
 
 impl Probe {
     /// Usage minus inactive page cache, as the kubelet computes it.
-    pub(crate) fn working_set(&self) -> u64 {
+    pub fn working_set(&self) -> u64 {
         let read = |file: &str| fs::read_to_string(self.dir.join(file)).unwrap_or_default();
         let (usage, inactive) = if self.version == 1 {
             ("memory.usage_in_bytes", "total_inactive_file")

@@ -8,11 +8,9 @@
 //! which do not depend on the machine's load, and its wall time per job,
 //! which does.
 
-#[path = "../../../benches/common/mod.rs"]
-mod common;
+use tierpool_harness::workload as common;
 
-#[path = "../global_alloc.rs"]
-mod global_alloc;
+tierpool_harness::global_allocator!();
 
 use common::held_jobs;
 use tierpool::Pool;

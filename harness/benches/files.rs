@@ -2,7 +2,7 @@
 //! `Pool::read_file` with `PageCache::Drop` (the default) and `Keep`, beside
 //! `std::fs::write` and `std::fs::read`, in one run. Medians of 7.
 //!
-//! `cargo bench --bench files [-- --mib 64]`
+//! `cargo bench -p tierpool-harness --bench files [-- --mib 64]`
 
 use std::time::{Duration, Instant};
 
