@@ -18,6 +18,7 @@ use image::{
     ImageResult, Limits, Luma, LumaA, Rgb, Rgba,
 };
 
+use crate::pool::Draw;
 use crate::{Error, Permit, Pool, PooledBuf};
 
 mod cost;
@@ -56,12 +57,12 @@ pub struct Frame<T: Sample> {
 // === impl Frame ===
 
 impl<T: Sample> Frame<T> {
-    /// Takes a frame of `len` samples through `get` (a pool's `try_get`, or
-    /// an admitted request's permit), zeroed: a decoder is safe code that
+    /// Takes a frame of `len` samples through `draw` (the pool, refusably,
+    /// or an admitted request's permit), zeroed: a decoder is safe code that
     /// may read its buffer or leave some of it unwritten, and neither may
     /// show a previous user's bytes.
     fn take(
-        get: &mut dyn FnMut(usize) -> Result<PooledBuf, Error>,
+        draw: &Draw,
         len: usize,
     ) -> Result<Frame<T>, Error> {
         let size = std::mem::size_of::<T>();
@@ -72,7 +73,7 @@ impl<T: Sample> Frame<T> {
             .ok_or(Error::CapacityOverflow {
                 requested: usize::MAX,
             })?;
-        let mut buf = get(bytes)?;
+        let mut buf = draw.take(bytes)?;
         let offset = buf.as_ptr().addr().wrapping_neg() % align;
         buf.resize(offset + len * size, 0);
         Ok(Frame {
@@ -393,7 +394,7 @@ impl Pool {
         reader: R,
         limits: Limits,
     ) -> Result<PooledImage, DecodeError> {
-        decode_reader(reader, limits, &mut |bytes| self.try_get(bytes))
+        decode_reader(reader, limits, &Draw::Pool(self.clone()))
     }
 
     /// Decodes with a decoder the caller made (a format chosen by hand, a
@@ -408,7 +409,7 @@ impl Pool {
         decoder: D,
         limits: Limits,
     ) -> Result<PooledImage, DecodeError> {
-        decode_into(decoder, limits, &mut |bytes| self.try_get(bytes))
+        decode_into(decoder, limits, &Draw::Pool(self.clone()))
     }
 }
 
@@ -452,7 +453,7 @@ impl Permit {
         reader: R,
         limits: Limits,
     ) -> Result<PooledImage, DecodeError> {
-        decode_reader(reader, limits, &mut |bytes| Ok(self.get(bytes)))
+        decode_reader(reader, limits, &self.draw())
     }
 
     /// [`Pool::decode_with`] for an admitted request: the frame comes out
@@ -467,7 +468,7 @@ impl Permit {
         decoder: D,
         limits: Limits,
     ) -> Result<PooledImage, DecodeError> {
-        decode_into(decoder, limits, &mut |bytes| Ok(self.get(bytes)))
+        decode_into(decoder, limits, &self.draw())
     }
 }
 
@@ -476,7 +477,7 @@ impl Permit {
 fn decode_reader<R: BufRead + Seek>(
     mut reader: R,
     limits: Limits,
-    get: &mut dyn FnMut(usize) -> Result<PooledBuf, Error>,
+    draw: &Draw,
 ) -> Result<PooledImage, DecodeError> {
     if jpeg_truncated(&mut reader).map_err(ImageError::IoError)? {
         return Err(DecodeError::Truncated);
@@ -486,7 +487,7 @@ fn decode_reader<R: BufRead + Seek>(
         .map_err(ImageError::IoError)?;
     reader.limits(limits.clone());
     let decoder = reader.into_decoder()?;
-    decode_into(decoder, limits, get)
+    decode_into(decoder, limits, draw)
 }
 
 /// The decoded frame's size, from the header: refused over
@@ -506,12 +507,12 @@ fn frame_within_limit(decoder: &impl ImageDecoder, limits: &Limits) -> Result<u6
     Ok(frame_bytes)
 }
 
-/// The checks and the decoding of [`Pool::decode_with`], the frame taken
-/// through `get`.
+/// The one decode path of `Pool` and `Permit`: the checks and the
+/// decoding of [`Pool::decode_with`], the frame taken through `draw`.
 fn decode_into<D: ImageDecoder>(
     mut decoder: D,
     mut limits: Limits,
-    get: &mut dyn FnMut(usize) -> Result<PooledBuf, Error>,
+    draw: &Draw,
 ) -> Result<PooledImage, DecodeError> {
     let (width, height) = decoder.dimensions();
     let color = decoder.color_type();
@@ -523,7 +524,7 @@ fn decode_into<D: ImageDecoder>(
     })?;
     macro_rules! decode {
         ($variant:ident, $sample:ty) => {{
-            let mut frame = Frame::<$sample>::take(get, bytes / std::mem::size_of::<$sample>())?;
+            let mut frame = Frame::<$sample>::take(draw, bytes / std::mem::size_of::<$sample>())?;
             decoder.read_image(frame.overwrite())?;
             let image = ImageBuffer::from_raw(width, height, frame).ok_or_else(|| {
                 ImageError::Parameter(image::error::ParameterError::from_kind(
