@@ -1,2 +1,3 @@
 pub(crate) mod http;
 pub(crate) mod png;
+pub(crate) mod scratch;

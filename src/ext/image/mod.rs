@@ -61,10 +61,7 @@ impl<T: Sample> Frame<T> {
     /// or an admitted request's permit), zeroed: a decoder is safe code that
     /// may read its buffer or leave some of it unwritten, and neither may
     /// show a previous user's bytes.
-    fn take(
-        draw: &Draw,
-        len: usize,
-    ) -> Result<Frame<T>, Error> {
+    fn take(draw: &Draw, len: usize) -> Result<Frame<T>, Error> {
         let size = std::mem::size_of::<T>();
         let align = std::mem::align_of::<T>();
         let bytes = len
