@@ -189,6 +189,10 @@ impl PoolInner {
                     if c == class {
                         PoolInner::refill(this, cache, class);
                     }
+                    // A thread that only takes (its buffers are dropped on
+                    // other threads) turns every hit into credit: the rest
+                    // goes back to the budget here, its slow path.
+                    this.cap_credit(cache);
                     true
                 })
                 .unwrap_or(false);

@@ -149,11 +149,7 @@ impl PoolInner {
                     cache.credit += info.capacity;
                 }
             }
-            if cache.credit > pool.credit_limit {
-                let keep = pool.credit_limit / 2;
-                pool.retention.unreserve(cache.credit - keep);
-                cache.credit = keep;
-            }
+            pool.cap_credit(cache);
             cache.put(class, block)
         })?;
         // Spilled blocks owned a count each; queued or freed, they own none
@@ -163,6 +159,19 @@ impl PoolInner {
         // and at least one other count (the returned block's) is alive.
         unsafe { PoolRef::drop_many(this, spilled) };
         if put { Some(Returned::Cached) } else { None }
+    }
+
+    /// Gives a thread cache's credit past `credit_limit` back to the
+    /// retention budget, keeping half the limit. Run on the slow paths of
+    /// gets and returns alike: a thread that only takes, or only returns,
+    /// would otherwise hold budget that no idle block uses, until the
+    /// budget ran out for everyone.
+    pub(super) fn cap_credit(&self, cache: &mut CacheState) {
+        if cache.credit > self.credit_limit {
+            let keep = self.credit_limit / 2;
+            self.retention.unreserve(cache.credit - keep);
+            cache.credit = keep;
+        }
     }
 
     /// Emits the `Dropped` events of spilled blocks the shared tier had no

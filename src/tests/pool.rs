@@ -145,6 +145,46 @@ fn cross_thread_returns_balance() {
     assert!(stats.retained_bytes <= pool.max_retained_bytes());
 }
 
+/// A thread that only takes (its buffers are dropped on another thread)
+/// turns each hit into credit for a return that never comes to it; that
+/// credit must go back to the budget, or it drains the budget and the pool
+/// stops keeping anything (once: a third of such gets missed).
+#[test]
+fn a_thread_that_only_takes_keeps_no_more_credit_than_its_limit() {
+    const CACHE: usize = 16 * 4096;
+    let pool = Pool::builder()
+        .size_classes(SizeClasses::from_sizes(&[4096]).unwrap())
+        .max_retained_bytes(64 * 4096)
+        .thread_cache_bytes(CACHE)
+        .build();
+    let (to_dropper, batches) = std::sync::mpsc::sync_channel::<Vec<PooledBuf>>(1);
+    let dropper = std::thread::spawn(move || {
+        for batch in batches {
+            drop(batch);
+        }
+    });
+    let rounds = if cfg!(miri) { 8 } else { 200 };
+    for _ in 0..rounds {
+        let batch: Vec<PooledBuf> = (0..8).map(|_| pool.get(4096)).collect();
+        to_dropper.send(batch).unwrap();
+    }
+    drop(to_dropper);
+    dropper.join().unwrap();
+    let stats = pool.stats();
+    // The limit after each slow path, plus the hits since (a cache's
+    // depth): at most twice the limit, never the whole budget.
+    assert!(
+        stats.credit_bytes <= 2 * CACHE,
+        "credit {}: {stats}",
+        stats.credit_bytes
+    );
+    assert_eq!(stats.classes[0].dropped_full, 0, "{stats}");
+    // What the dropper's cache spilled and flushed came back to the taker:
+    // misses are the blocks in flight (batches in the channel, two caches),
+    // not a share of all gets.
+    assert!(stats.classes[0].misses <= 100, "{stats}");
+}
+
 #[test]
 fn dropping_the_pool_with_buffers_out_is_fine() {
     let (pool, events) =
