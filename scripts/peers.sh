@@ -40,7 +40,7 @@ done
 echo "time as a multiple of the oracle's (medians of 7 rounds; mixed: 400 jobs a thread; read: per read; misses: the pool's per read/job)"
 
 declare -A f
-for alloc in glibc jemalloc mimalloc; do
+for alloc in glibc jemalloc mimalloc globalpool; do
     while read -r w v; do f[$alloc,$w]=$v; done < <(run "$alloc" fast)
 done
 echo
@@ -49,4 +49,18 @@ for w in fast-tierpool fast-vec; do
     printf '%-26s %12s %13s %13s\n' "${w#fast-} get(4096) + drop" \
         "${f[glibc,$w]}" "${f[jemalloc,$w]}" "${f[mimalloc,$w]}"
 done
-echo "wall time, medians of 7 rounds of 10 million pairs; each column is one binary with that global allocator"
+for w in 4096 1048576; do
+    printf '%-26s %12s %13s %13s\n' "tierpool cross-thread $w" \
+        "${f[glibc,cross-tierpool-$w]}" "${f[jemalloc,cross-tierpool-$w]}" "${f[mimalloc,cross-tierpool-$w]}"
+    printf '%-26s %12s %13s %13s\n' "Vec cross-thread $w" \
+        "${f[glibc,cross-vec-$w]}" "${f[jemalloc,cross-vec-$w]}" "${f[mimalloc,cross-vec-$w]}"
+done
+echo "wall time, medians of 7 rounds: 10 million get + drop pairs; cross-thread: buffers filled on one thread, dropped on another in batches of 256; each column is one binary with that global allocator"
+
+echo
+printf '%-30s %10s %10s %10s %12s %9s\n' "plain code" "glibc" "jemalloc" "mimalloc" "GlobalPool" "GP/glibc"
+for w in small-box small-vec grow-64mib cross-vec-1048576; do
+    printf '%-30s %10s %10s %10s %12s %8sx\n' "$w" "${f[glibc,$w]}" "${f[jemalloc,$w]}" \
+        "${f[mimalloc,$w]}" "${f[globalpool,$w]}" "$(ratio "${f[globalpool,$w]}" "${f[glibc,$w]}")"
+done
+echo "ns per 48-byte box / per short Vec<u32> / µs per Vec grown to 64 MiB by 64 KiB appends / ns per 1 MiB Vec dropped on another thread; GlobalPool's inner allocator is glibc"

@@ -5,8 +5,10 @@
 //!
 //! `peers SUBJECT` prints one line per workload: `WORKLOAD micros`, the
 //! median of the rounds, for SUBJECT = tierpool, vec or oracle. `peers
-//! fast` prints the fast path's nanoseconds per `get(4096)` + drop for
-//! tierpool and for `Vec`. The
+//! fast` prints the fast path's nanoseconds per `get(4096)` + drop and per
+//! buffer taken on one thread and dropped on another, for tierpool and for
+//! `Vec`, and plain code on the binary's allocator: 48-byte boxes, short
+//! `Vec<u32>`s, a `Vec` grown to 64 MiB by 64 KiB appends. The
 //! workloads: the mixed steady state (jobs of 64 KiB–8 MiB written in
 //! 16 KiB rows, five held per thread; 1 and 2 threads) and `read_to_end`
 //! in steady state at 300 KB, 3 MiB, 9 MB, 25 MB and 64 MiB (64 KiB reads;
@@ -34,6 +36,18 @@ fn main() {
         // The fast path in wall time, both subjects in this process.
         println!("fast-tierpool {:.2}", fast_path("tierpool"));
         println!("fast-vec {:.2}", fast_path("vec"));
+        for size in CROSS_SIZES {
+            println!(
+                "cross-tierpool-{size} {:.1}",
+                cross_thread("tierpool", size)
+            );
+            println!("cross-vec-{size} {:.1}", cross_thread("vec", size));
+        }
+        // Plain code on this binary's global allocator (`GlobalPool`'s
+        // targets): small allocations, a Vec grown by appends.
+        println!("small-box {:.1}", small_boxes());
+        println!("small-vec {:.1}", short_vecs());
+        println!("grow-64mib {:.0}", grow_by_appends());
         return;
     }
     for threads in [1, 2] {
@@ -76,6 +90,109 @@ fn fast_path(subject: &str) -> f64 {
         })
         .collect();
     median(rounds).as_nanos() as f64 / f64::from(PAIRS)
+}
+
+/// The sizes of the cross-thread returns: a small body, a frame.
+const CROSS_SIZES: [usize; 2] = [4096, 1 << 20];
+
+/// Nanoseconds per buffer taken and filled on this thread and dropped on
+/// another, in batches of 256 (a body read on an
+/// async worker and dropped on a blocking thread): the median of the
+/// rounds, after a warm-up round.
+fn cross_thread(subject: &str, size: usize) -> f64 {
+    const BATCH: usize = 256;
+    let batches = if size <= 4096 { 2_000 } else { 40 };
+    let pool = Pool::new();
+    let round = || {
+        let (to_dropper, rx) = std::sync::mpsc::sync_channel::<Vec<Box<dyn Send>>>(2);
+        let started = Instant::now();
+        let dropper = std::thread::spawn(move || {
+            for batch in rx {
+                drop(black_box(batch));
+            }
+        });
+        for _ in 0..batches {
+            let mut batch: Vec<Box<dyn Send>> = Vec::with_capacity(BATCH);
+            for _ in 0..BATCH {
+                if subject == "tierpool" {
+                    let mut buf = pool.get(black_box(size));
+                    buf.resize(size, 1);
+                    batch.push(Box::new(buf));
+                } else {
+                    let buf = vec![1u8; black_box(size)];
+                    batch.push(Box::new(buf));
+                }
+            }
+            to_dropper.send(batch).expect("the dropper runs");
+        }
+        drop(to_dropper);
+        dropper.join().expect("the dropper finishes");
+        started.elapsed()
+    };
+    round();
+    let rounds = (0..ROUNDS).map(|_| round()).collect();
+    median(rounds).as_nanos() as f64 / (batches * BATCH) as f64
+}
+
+/// Nanoseconds per 48-byte box made and dropped, 1000 alive at a time.
+fn small_boxes() -> f64 {
+    const N: usize = 1000;
+    const BATCHES: usize = 2_000;
+    let round = || {
+        let started = Instant::now();
+        let mut held: Vec<Box<[u64; 6]>> = Vec::with_capacity(N);
+        for b in 0..BATCHES {
+            for i in 0..N {
+                held.push(Box::new([black_box((b * N + i) as u64); 6]));
+            }
+            black_box(&held);
+            held.clear();
+        }
+        started.elapsed()
+    };
+    round();
+    let rounds = (0..ROUNDS).map(|_| round()).collect();
+    median(rounds).as_nanos() as f64 / (N * BATCHES) as f64
+}
+
+/// Nanoseconds per short `Vec<u32>` (eight pushes from empty, so three
+/// growths) made and dropped.
+fn short_vecs() -> f64 {
+    const N: usize = 2_000_000;
+    let round = || {
+        let started = Instant::now();
+        for i in 0..N {
+            let mut v: Vec<u32> = Vec::new();
+            for j in 0..8 {
+                v.push(black_box((i + j) as u32));
+            }
+            black_box(&v);
+        }
+        started.elapsed()
+    };
+    round();
+    let rounds = (0..ROUNDS).map(|_| round()).collect();
+    median(rounds).as_nanos() as f64 / N as f64
+}
+
+/// Microseconds to grow a `Vec` to 64 MiB by 64 KiB appends and drop it
+/// (`realloc` all the way: `mremap` on glibc and `GlobalPool`).
+fn grow_by_appends() -> f64 {
+    const CHUNK: usize = 64 << 10;
+    let chunk = vec![0x5a_u8; CHUNK];
+    let round = || {
+        let started = Instant::now();
+        let mut v: Vec<u8> = Vec::new();
+        while v.len() < 64 << 20 {
+            v.extend_from_slice(black_box(&chunk));
+        }
+        black_box(&v);
+        drop(v);
+        started.elapsed()
+    };
+    round();
+    let rounds = (0..ROUNDS).map(|_| round()).collect();
+    median(rounds).as_micros() as f64
 }
 
 fn median(mut rounds: Vec<Duration>) -> Duration {
