@@ -64,3 +64,22 @@ for w in small-box small-vec grow-64mib cross-vec-1048576; do
         "${f[mimalloc,$w]}" "${f[globalpool,$w]}" "$(ratio "${f[globalpool,$w]}" "${f[glibc,$w]}")"
 done
 echo "ns per 48-byte box / per short Vec<u32> / µs per Vec grown to 64 MiB by 64 KiB appends / ns per 1 MiB Vec dropped on another thread; GlobalPool's inner allocator is glibc"
+
+# The mixed workload copies 16 KiB rows; how fast depends on where the
+# rows' source sits against the destination (see harness/src/workload.rs):
+# tierpool and both oracles at four source offsets, in the glibc binary.
+echo
+printf '%-18s %11s %11s %13s %10s %12s\n' "mixed, row at" "tierpool µs" "oracle µs" "page-aligned" "x oracle" "x paged"
+for off in 0 16 32 48; do
+    declare -A m=()
+    for subject in tierpool oracle oracle-paged; do
+        while read -r w v rest; do m[$subject,$w]=$v; done < <(TIERPOOL_ROW_OFFSET=$off "${bin[glibc]}" "$subject" mixed)
+    done
+    for th in 1 2; do
+        w="mixed-${th}t"
+        printf '%-18s %11s %11s %13s %9sx %11sx\n' "$off mod 64, ${th}t" "${m[tierpool,$w]}" \
+            "${m[oracle,$w]}" "${m[oracle-paged,$w]}" \
+            "$(ratio "${m[tierpool,$w]}" "${m[oracle,$w]}")" "$(ratio "${m[tierpool,$w]}" "${m[oracle-paged,$w]}")"
+    done
+done
+echo "oracle: pre-faulted Vecs from glibc (16 bytes into their pages); page-aligned: the same, page-aligned like the pool's blocks"

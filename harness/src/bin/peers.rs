@@ -4,7 +4,9 @@
 //! buffers with no bookkeeping, side by side in one process.
 //!
 //! `peers SUBJECT` prints one line per workload: `WORKLOAD micros`, the
-//! median of the rounds, for SUBJECT = tierpool, vec or oracle. `peers
+//! median of the rounds, for SUBJECT = tierpool, vec, oracle or
+//! oracle-paged (the mixed workload only, into page-aligned buffers);
+//! `peers SUBJECT mixed` runs the mixed workload alone. `peers
 //! fast` prints the fast path's nanoseconds per `get(4096)` + drop and per
 //! buffer taken on one thread and dropped on another, for tierpool and for
 //! `Vec`, and plain code on the binary's allocator: 48-byte boxes, short
@@ -57,6 +59,9 @@ fn main() {
             print!(" misses_per_read={m:.3}");
         }
         println!();
+    }
+    if std::env::args().nth(2).as_deref() == Some("mixed") {
+        return;
     }
     for len in SIZES {
         let (time, misses) = read(&subject, len);
@@ -204,8 +209,12 @@ fn median(mut rounds: Vec<Duration>) -> Duration {
 /// after one warm-up round; for the pool, also its misses per job.
 fn mixed(subject: &str, threads: usize) -> (Duration, Option<f64>) {
     let pool = Pool::new();
+    // The oracle's buffers: pre-faulted, from this binary's allocator
+    // (`oracle`), or page-aligned as the pool's blocks are (`oracle-paged`,
+    // the same placement with no bookkeeping at all).
+    let slack = if subject == "oracle-paged" { 4096 } else { 0 };
     let slots: Vec<std::sync::Mutex<Vec<Vec<u8>>>> = (0..threads)
-        .map(|_| std::sync::Mutex::new((0..=HELD).map(|_| vec![1u8; MAX_JOB]).collect()))
+        .map(|_| std::sync::Mutex::new((0..=HELD).map(|_| vec![1u8; MAX_JOB + slack]).collect()))
         .collect();
     let round = || {
         let started = Instant::now();
@@ -227,6 +236,31 @@ fn mixed(subject: &str, threads: usize) -> (Duration, Option<f64>) {
                         |buf: &mut Vec<u8>, row| buf.extend_from_slice(row),
                         |_, _| {},
                     ),
+                    "oracle-paged" => {
+                        let mut mine = slots[t].lock().unwrap();
+                        let next = Cell::new(0);
+                        let lens = RefCell::new([0usize; HELD + 1]);
+                        let mine = RefCell::new(&mut *mine);
+                        held_jobs(
+                            t,
+                            JOBS,
+                            |_| {
+                                let i = next.get();
+                                next.set((i + 1) % (HELD + 1));
+                                lens.borrow_mut()[i] = 0;
+                                i
+                            },
+                            |&mut i, row| {
+                                let mut mine = mine.borrow_mut();
+                                let buf = &mut mine[i];
+                                let page = (4096 - buf.as_ptr() as usize % 4096) % 4096;
+                                let len = &mut lens.borrow_mut()[i];
+                                buf[page + *len..page + *len + row.len()].copy_from_slice(row);
+                                *len += row.len();
+                            },
+                            |_, _| {},
+                        );
+                    }
                     _ => {
                         // The limit: HELD + 1 pre-faulted buffers, in turn.
                         let mut mine = slots[t].lock().unwrap();
