@@ -105,28 +105,40 @@ const CROSS_SIZES: [usize; 2] = [4096, 1 << 20];
 /// async worker and dropped on a blocking thread): the median of the
 /// rounds, after a warm-up round.
 fn cross_thread(subject: &str, size: usize) -> f64 {
+    let pool = Pool::new();
+    if subject == "tierpool" {
+        cross_thread_of(size, || {
+            let mut buf = pool.get(black_box(size));
+            buf.resize(size, 1);
+            buf
+        })
+    } else {
+        cross_thread_of(size, || vec![1u8; black_box(size)])
+    }
+}
+
+/// [`cross_thread`] for buffers made by `make`: no allocation but theirs
+/// (the batches' vectors are reused).
+fn cross_thread_of<B: Send + 'static>(size: usize, make: impl Fn() -> B) -> f64 {
     const BATCH: usize = 256;
     let batches = if size <= 4096 { 2_000 } else { 40 };
-    let pool = Pool::new();
     let round = || {
-        let (to_dropper, rx) = std::sync::mpsc::sync_channel::<Vec<Box<dyn Send>>>(2);
+        let (to_dropper, rx) = std::sync::mpsc::sync_channel::<Vec<B>>(2);
+        let (back, empties) = std::sync::mpsc::channel::<Vec<B>>();
         let started = Instant::now();
         let dropper = std::thread::spawn(move || {
-            for batch in rx {
-                drop(black_box(batch));
+            for mut batch in rx {
+                batch.clear();
+                black_box(&batch);
+                let _ = back.send(batch);
             }
         });
         for _ in 0..batches {
-            let mut batch: Vec<Box<dyn Send>> = Vec::with_capacity(BATCH);
+            let mut batch = empties
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BATCH));
             for _ in 0..BATCH {
-                if subject == "tierpool" {
-                    let mut buf = pool.get(black_box(size));
-                    buf.resize(size, 1);
-                    batch.push(Box::new(buf));
-                } else {
-                    let buf = vec![1u8; black_box(size)];
-                    batch.push(Box::new(buf));
-                }
+                batch.push(make());
             }
             to_dropper.send(batch).expect("the dropper runs");
         }
