@@ -210,7 +210,7 @@ impl Pool {
         let mut carry = ([0u8; PROBE], 0usize);
         let mut overhang;
         'chunks: loop {
-            let mut chunk = self.try_get(size + carry.1)?;
+            let mut chunk = self.try_get_chunk(size + carry.1)?;
             activity.chunks += 1;
             chunk.extend_from_slice(&carry.0[..carry.1]);
             carry.1 = 0;

@@ -48,6 +48,36 @@ impl PoolInner {
         Some((block, capacity, class as u32))
     }
 
+    /// [`Pool::try_get_chunk`]: for a mapped class without thread caches,
+    /// an idle block of the class or of a class down to half its size
+    /// (largest first) before the usual path.
+    pub(super) fn get_chunk(this: &Arc<PoolInner>, size: usize) -> Result<PooledBuf, Error> {
+        if let Some(class) = this.classes.index_for(size) {
+            let info = this.info[class];
+            if info.large && info.depth == 0 {
+                let half = this.classes.index_for(info.capacity / 2).unwrap_or(class);
+                for c in (half..=class).rev() {
+                    if !this.info[c].large {
+                        break;
+                    }
+                    if let Some((block, found)) = PoolInner::take_shared(this, c) {
+                        // SAFETY: idle pages of the large tier, so ours;
+                        // `take_shared` took a pool count for the block.
+                        return Ok(unsafe {
+                            PooledBuf::from_block(
+                                block,
+                                this.info[found].capacity,
+                                BlockPool::of(this),
+                                found as u32,
+                            )
+                        });
+                    }
+                }
+            }
+        }
+        PoolInner::get(this, size, Admission::Check)
+    }
+
     /// The shared tier (or a larger class's idle block), then the allocator.
     #[cold]
     #[inline(never)]

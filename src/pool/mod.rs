@@ -223,6 +223,16 @@ impl Pool {
         PoolInner::get(&self.inner, min_capacity, Admission::Check)
     }
 
+    /// A read's next chunk: a block of the class that holds `size` bytes,
+    /// or, when none is idle but a mapped block of at least half that is,
+    /// that one, taken with no system call. A read's chunk sizes are free,
+    /// so it takes what is there instead of assembling a block with
+    /// `mremap` (or faulting a fresh one) every time a steady upload's last
+    /// chunk was cut down to its data. Else as [`try_get`](Self::try_get).
+    pub(crate) fn try_get_chunk(&self, size: usize) -> Result<PooledBuf, Error> {
+        PoolInner::get_chunk(&self.inner, size)
+    }
+
     /// Frees every idle buffer now, in every tier: the shared tier and the
     /// caches of all threads, idle ones included (exited threads flushed
     /// theirs into the shared tier when they exited). Thread caches' unused
