@@ -17,6 +17,10 @@
 
 use tierpool_harness::{chart, workload as common};
 
+// With `--features globalpool`, the `vec` mode is plain `Vec` on
+// `GlobalPool` (the pool modes use both).
+tierpool_harness::global_allocator!();
+
 use std::io::Read;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +48,9 @@ struct Config {
     jobs: usize,
     /// Runs per mode; the table shows medians, the chart the median run.
     runs: usize,
+    /// The idle time after the burst (`--idle-secs`, default 3 s; give
+    /// `GlobalPool`, whose tier trims every 5 s, 12 s).
+    idle: Duration,
 }
 
 fn main() {
@@ -52,6 +59,7 @@ fn main() {
         threads: 4,
         jobs: 300,
         runs: 3,
+        idle: IDLE,
     };
     let mut mode = None;
     // Beside the binary, under cargo's target directory, wherever
@@ -74,12 +82,15 @@ fn main() {
             ("--threads", Some(v)) => config.threads = parse(v, "--threads"),
             ("--jobs", Some(v)) => config.jobs = parse(v, "--jobs"),
             ("--runs", Some(v)) => config.runs = parse(v, "--runs"),
+            ("--idle-secs", Some(v)) => {
+                config.idle = Duration::from_secs(parse(v, "--idle-secs") as u64)
+            }
             ("--mode", Some(v)) => mode = Some(v.to_string()),
             ("--chart", Some(v)) => chart = v.to_string(),
             (other, _) => {
                 eprintln!(
                     "usage: burst [--threads N] [--jobs N per thread] [--runs N] \
-                     [--chart FILE.svg]  (got {other:?})"
+                     [--idle-secs N] [--chart FILE.svg]  (got {other:?})"
                 );
                 std::process::exit(2);
             }
@@ -113,6 +124,7 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
                     .args(["--mode", mode])
                     .args(["--threads", &config.threads.to_string()])
                     .args(["--jobs", &config.jobs.to_string()])
+                    .args(["--idle-secs", &config.idle.as_secs().to_string()])
                     .output()
                     .expect("the benchmark can start itself");
                 let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -154,7 +166,7 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
         config.threads,
         config.jobs,
         HELD,
-        IDLE.as_secs_f64(),
+        config.idle.as_secs_f64(),
         config.runs
     );
     println!(
@@ -166,7 +178,7 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
         kept_two(trim),
         (2 * TRIM_INTERVAL).as_millis(),
         kept(trim),
-        IDLE.as_secs_f64(),
+        config.idle.as_secs_f64(),
         kept_two(vec),
         kept(vec),
     );
@@ -195,8 +207,8 @@ fn run_parent(exe: &str, config: Config, chart: &str) {
          intervals later and {} s later. kept: (resident - before) / (peak - before), two \
          intervals and {} s after the burst.",
         TRIM_INTERVAL.as_secs_f64(),
-        IDLE.as_secs_f64(),
-        IDLE.as_secs_f64(),
+        config.idle.as_secs_f64(),
+        config.idle.as_secs_f64(),
     );
     println!(
         "\npool statistics of the pool-trim run (tc hits: served by the thread's own cache; sh \
@@ -355,7 +367,7 @@ fn run_child(mode: &str, config: Config) {
         let burst_kib = status_kib("VmRSS");
         std::thread::sleep(2 * TRIM_INTERVAL);
         let two_kib = status_kib("VmRSS");
-        std::thread::sleep(IDLE - 2 * TRIM_INTERVAL);
+        std::thread::sleep(config.idle.saturating_sub(2 * TRIM_INTERVAL));
         done.store(true, Ordering::Relaxed);
         (elapsed, burst_kib, two_kib)
     });
