@@ -146,11 +146,7 @@ impl Pool {
         body: B,
         options: &ReadOptions,
     ) -> Result<Chunks, BodyError<B::Error>> {
-        let draw = Draw::Pool(self.clone());
-        let (result, activity) =
-            read_body_recorded(&draw, body, options.hint(), options.limit()).await;
-        options.record(self, &activity, result.as_ref().ok().map(Chunks::len));
-        result
+        read_body_through(&Draw::Pool(self.clone()), body, options).await
     }
 }
 
@@ -181,32 +177,30 @@ impl Permit {
         body: B,
         options: &ReadOptions,
     ) -> Result<Chunks, BodyError<B::Error>> {
-        let (result, activity) =
-            read_body_recorded(&self.draw(), body, options.hint(), options.limit()).await;
-        let len = result.as_ref().ok().map(Chunks::len);
-        options.record(self.pool(), &activity, len);
-        result
+        read_body_through(&self.draw(), body, options).await
     }
 }
 
-/// Reads a body through `draw` and reports what it did (timed, failed or
-/// not); recording it is the caller's, so a labelled read counts once.
-async fn read_body_recorded<B: Body>(
+/// The body reads of `Pool` and `Permit`: reads a body through `draw` with
+/// `options`, and records the read (timed, failed or not) once, in the
+/// pool's statistics and under the options' label.
+async fn read_body_through<B: Body>(
     draw: &Draw,
     body: B,
-    learned: Option<usize>,
-    max_len: usize,
-) -> (Result<Chunks, BodyError<B::Error>>, Activity) {
+    options: &ReadOptions,
+) -> Result<Chunks, BodyError<B::Error>> {
     let started = Instant::now();
     let mut activity = Activity::default();
-    let result = fill_from_body(draw, body, learned, max_len, &mut activity).await;
+    let result = fill_from_body(draw, body, options.hint(), options.limit(), &mut activity).await;
     activity.elapsed = started.elapsed();
     activity.outcome = match &result {
         Ok(_) => Outcome::Done,
         Err(e) if e.is_too_large() => Outcome::TooLarge,
         Err(_) => Outcome::Failed,
     };
-    (result, activity)
+    let len = result.as_ref().ok().map(Chunks::len);
+    options.record(draw.pool(), &activity, len);
+    result
 }
 
 /// Reads a body into chunks taken through `draw`.

@@ -31,6 +31,19 @@ impl PoolInner {
         Some(unsafe { PooledBuf::from_block(block, capacity, BlockPool::of(this), class) })
     }
 
+    /// A buffer over `block`, a block of class `class` of this pool.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a block of class `class` of `this` that nobody else owns,
+    /// and it carries one pool count, which the buffer takes over.
+    #[inline]
+    unsafe fn buf_of_class(this: &Arc<PoolInner>, block: NonNull<u8>, class: usize) -> PooledBuf {
+        let capacity = this.info[class].capacity;
+        // SAFETY: forwarded from the caller.
+        unsafe { PooledBuf::from_block(block, capacity, BlockPool::of(this), class as u32) }
+    }
+
     /// [`get_cached`](Self::get_cached)'s block, capacity and class: an
     /// idle block that carries a pool count.
     #[inline(always)]
@@ -63,14 +76,7 @@ impl PoolInner {
                     if let Some((block, found)) = PoolInner::take_shared(this, c) {
                         // SAFETY: idle pages of the large tier, so ours;
                         // `take_shared` took a pool count for the block.
-                        return Ok(unsafe {
-                            PooledBuf::from_block(
-                                block,
-                                this.info[found].capacity,
-                                BlockPool::of(this),
-                                found as u32,
-                            )
-                        });
+                        return Ok(unsafe { PoolInner::buf_of_class(this, block, found) });
                     }
                 }
             }
@@ -104,14 +110,7 @@ impl PoolInner {
         if let Some((block, found)) = PoolInner::take_shared(this, class) {
             // SAFETY: popped from the shared tier, so ours; `take_shared`
             // took a pool count for it.
-            return Ok(unsafe {
-                PooledBuf::from_block(
-                    block,
-                    this.info[found].capacity,
-                    BlockPool::of(this),
-                    found as u32,
-                )
-            });
+            return Ok(unsafe { PoolInner::buf_of_class(this, block, found) });
         }
         let capacity = this.info[class].capacity;
         // Admission before a fit: growing an idle block faults new memory
@@ -126,14 +125,7 @@ impl PoolInner {
         if let Some(block) = PoolInner::take_assembled(this, class, reserved.is_some()) {
             // SAFETY: made of idle pages of the large tier, so ours;
             // `take_assembled` took a pool count for it.
-            return Ok(unsafe {
-                PooledBuf::from_block(
-                    block,
-                    this.info[class].capacity,
-                    BlockPool::of(this),
-                    class as u32,
-                )
-            });
+            return Ok(unsafe { PoolInner::buf_of_class(this, block, class) });
         }
         let info = this.info[class];
         PoolInner::note_allocation(this, capacity, reserved.is_some());
@@ -157,14 +149,7 @@ impl PoolInner {
         PoolRef::new(this).hand_over();
         // SAFETY: a fresh block of the class's capacity, owned by nobody
         // else, whose pool count was just taken.
-        let buf = unsafe {
-            PooledBuf::from_block(
-                block,
-                this.info[class].capacity,
-                BlockPool::of(this),
-                class as u32,
-            )
-        };
+        let buf = unsafe { PoolInner::buf_of_class(this, block, class) };
         this.events.emit(Event::Allocated {
             capacity,
             reason: AllocReason::Miss,
