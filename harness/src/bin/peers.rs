@@ -146,9 +146,7 @@ fn cross_thread_of<B: Send + 'static>(size: usize, make: impl Fn() -> B) -> f64 
         dropper.join().expect("the dropper finishes");
         started.elapsed()
     };
-    round();
-    let rounds = (0..ROUNDS).map(|_| round()).collect();
-    median(rounds).as_nanos() as f64 / (batches * BATCH) as f64
+    median_after_warm_up(round).as_nanos() as f64 / (batches * BATCH) as f64
 }
 
 /// Nanoseconds per 48-byte box made and dropped, 1000 alive at a time.
@@ -167,9 +165,7 @@ fn small_boxes() -> f64 {
         }
         started.elapsed()
     };
-    round();
-    let rounds = (0..ROUNDS).map(|_| round()).collect();
-    median(rounds).as_nanos() as f64 / (N * BATCHES) as f64
+    median_after_warm_up(round).as_nanos() as f64 / (N * BATCHES) as f64
 }
 
 /// Nanoseconds per short `Vec<u32>` (eight pushes from empty, so three
@@ -187,9 +183,7 @@ fn short_vecs() -> f64 {
         }
         started.elapsed()
     };
-    round();
-    let rounds = (0..ROUNDS).map(|_| round()).collect();
-    median(rounds).as_nanos() as f64 / N as f64
+    median_after_warm_up(round).as_nanos() as f64 / N as f64
 }
 
 /// Microseconds to grow a `Vec` to 64 MiB by 64 KiB appends and drop it
@@ -207,9 +201,13 @@ fn grow_by_appends() -> f64 {
         drop(v);
         started.elapsed()
     };
+    median_after_warm_up(round).as_micros() as f64
+}
+
+/// The median of `ROUNDS` rounds after one warm-up round.
+fn median_after_warm_up(round: impl Fn() -> Duration) -> Duration {
     round();
-    let rounds = (0..ROUNDS).map(|_| round()).collect();
-    median(rounds).as_micros() as f64
+    median((0..ROUNDS).map(|_| round()).collect())
 }
 
 fn median(mut rounds: Vec<Duration>) -> Duration {
