@@ -189,9 +189,7 @@ impl PooledBuf {
         self.reserve(data.len());
         // SAFETY: `reserve` made room for `data.len()` bytes after `len`; a
         // `&[u8]` cannot overlap the buffer we hold `&mut` to.
-        unsafe {
-            ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(self.len), data.len());
-        }
+        unsafe { crate::copy::copy(data.as_ptr(), self.ptr.as_ptr().add(self.len), data.len()) };
         self.len += data.len();
     }
 

@@ -4,6 +4,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod buf;
+mod copy;
 mod error;
 mod event;
 mod ext;
