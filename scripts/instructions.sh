@@ -41,7 +41,7 @@ per_op() { # binary subject op -> instructions per operation
 }
 
 printf '%-14s %10s %14s %16s %16s\n' "op" "tierpool" "Vec (glibc)" "Vec (jemalloc)" "Vec (mimalloc)"
-for op in get-drop freeze cross-thread; do
+for op in get-drop get-drop-large freeze cross-thread; do
     tp=$(per_op "${bin[glibc]}" tierpool "$op")
     printf '%-14s %10s %14s %16s %16s\n' "$op" "$tp" \
         "$(per_op "${bin[glibc]}" vec "$op")" \
@@ -49,7 +49,7 @@ for op in get-drop freeze cross-thread; do
         "$(per_op "${bin[mimalloc]}" vec "$op")"
     if [ "$op" = get-drop ]; then get_drop=$tp; fi
 done
-echo "instructions per operation (callgrind; N = $N1 and $N2; 4096-byte buffers)"
+echo "instructions per operation (callgrind; N = $N1 and $N2; 4096-byte buffers, get-drop-large 1 MiB)"
 
 if [ -n "$budget" ] && [ "$get_drop" -gt "$budget" ]; then
     echo "FAILED: tierpool's get + drop costs $get_drop instructions, over the budget of $budget" >&2

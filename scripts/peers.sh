@@ -72,9 +72,8 @@ echo
 printf '%-18s %11s %11s %13s %10s %12s\n' "mixed, row at" "tierpool µs" "oracle µs" "page-aligned" "x oracle" "x paged"
 for off in 0 16 32 48; do
     declare -A m=()
-    for subject in tierpool oracle oracle-paged; do
-        while read -r w v rest; do m[$subject,$w]=$v; done < <(TIERPOOL_ROW_OFFSET=$off "${bin[glibc]}" "$subject" mixed)
-    done
+    while read -r subject w v rest; do m[$subject,$w]=$v; done < \
+        <(TIERPOOL_ROW_OFFSET=$off "${bin[glibc]}" tierpool,oracle,oracle-paged 2>/dev/null)
     for th in 1 2; do
         w="mixed-${th}t"
         printf '%-18s %11s %11s %13s %9sx %11sx\n' "$off mod 64, ${th}t" "${m[tierpool,$w]}" \
@@ -83,3 +82,23 @@ for off in 0 16 32 48; do
     done
 done
 echo "oracle: pre-faulted Vecs from glibc (16 bytes into their pages); page-aligned: the same, page-aligned like the pool's blocks"
+
+# The mixed workload once more, each allocator's binary in one process
+# with the subjects' rounds in turn (a change in the machine's load falls
+# on all of them alike): tierpool and plain Vec against the oracle (that
+# binary's pre-faulted Vecs), and tierpool against Vec. In the GlobalPool
+# binary, plain Vec is GlobalPool's and so are the oracle's buffers.
+echo
+printf '%-22s %11s %11s %11s %10s %10s %13s\n' "mixed, rounds in turn" "tierpool µs" "Vec µs" "oracle µs" \
+    "tierpool x" "Vec x" "tierpool/Vec"
+for alloc in glibc jemalloc mimalloc globalpool; do
+    declare -A m=()
+    while read -r subject w v rest; do m[$subject,$w]=$v; done < <("${bin[$alloc]}" tierpool,vec,oracle 2>/dev/null)
+    for th in 1 2; do
+        w="mixed-${th}t"
+        printf '%-22s %11s %11s %11s %9sx %9sx %12sx\n' "$alloc, ${th}t" "${m[tierpool,$w]}" "${m[vec,$w]}" \
+            "${m[oracle,$w]}" "$(ratio "${m[tierpool,$w]}" "${m[oracle,$w]}")" \
+            "$(ratio "${m[vec,$w]}" "${m[oracle,$w]}")" "$(ratio "${m[tierpool,$w]}" "${m[vec,$w]}")"
+    done
+done
+echo "medians of 7 rounds, 400 jobs a thread; the rows' source 16 bytes into a cache line (TIERPOOL_ROW_OFFSET)"

@@ -3,6 +3,8 @@
 //! SUBJECT: `tierpool` or `vec`. OP:
 //! - `get-drop`: a 4096-byte buffer taken and dropped on one thread (for
 //!   tierpool, a cached class);
+//! - `get-drop-large`: the same with 1 MiB, nothing written (for tierpool,
+//!   a mapped class of the large tier);
 //! - `freeze`: 16 bytes written, frozen into `Bytes`, and the `Bytes`
 //!   dropped: the path every HTTP response takes;
 //! - `cross-thread`: taken on one thread and dropped on another, in batches
@@ -20,11 +22,13 @@ use tierpool::Pool;
 tierpool_harness::global_allocator!();
 
 const SIZE: usize = 4096;
+const LARGE: usize = 1 << 20;
 const BATCH: usize = 64;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: tierpool-instructions tierpool|vec get-drop|freeze|cross-thread N";
+    let usage =
+        "usage: tierpool-instructions tierpool|vec get-drop|get-drop-large|freeze|cross-thread N";
     let (subject, op, n) = match &args[1..] {
         [s, o, n] => (s.as_str(), o.as_str(), n.parse::<usize>().expect(usage)),
         _ => panic!("{usage}"),
@@ -46,16 +50,18 @@ fn run(subject: &str, op: &str, pool: &Pool, n: usize) {
         // neither the pool's work nor the allocator's can be optimised
         // away, but the handle is not moved through memory for it (that
         // would count stores and loads of the harness, not of the pool).
-        ("tierpool", "get-drop") => {
+        ("tierpool", "get-drop" | "get-drop-large") => {
+            let size = if op == "get-drop" { SIZE } else { LARGE };
             for _ in 0..n {
-                let buf = pool.get(black_box(SIZE));
+                let buf = pool.get(black_box(size));
                 black_box(buf.as_ptr());
                 drop(buf);
             }
         }
-        ("vec", "get-drop") => {
+        ("vec", "get-drop" | "get-drop-large") => {
+            let size = if op == "get-drop" { SIZE } else { LARGE };
             for _ in 0..n {
-                let buf = Vec::<u8>::with_capacity(black_box(SIZE));
+                let buf = Vec::<u8>::with_capacity(black_box(size));
                 black_box(buf.as_ptr());
                 drop(buf);
             }

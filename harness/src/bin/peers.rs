@@ -6,7 +6,9 @@
 //! `peers SUBJECT` prints one line per workload: `WORKLOAD micros`, the
 //! median of the rounds, for SUBJECT = tierpool, vec, oracle or
 //! oracle-paged (the mixed workload only, into page-aligned buffers);
-//! `peers SUBJECT mixed` runs the mixed workload alone. `peers
+//! `peers SUBJECT mixed` runs the mixed workload alone, and `peers
+//! SUBJECT,SUBJECT,...` runs it for several subjects in one process, their
+//! rounds in turn (`SUBJECT mixed-1t micros` lines). `peers
 //! fast` prints the fast path's nanoseconds per `get(4096)` + drop and per
 //! buffer taken on one thread and dropped on another, for tierpool and for
 //! `Vec`, and plain code on the binary's allocator: 48-byte boxes, short
@@ -52,13 +54,27 @@ fn main() {
         println!("grow-64mib {:.0}", grow_by_appends());
         return;
     }
+    let subjects: Vec<&str> = subject.split(',').collect();
     for threads in [1, 2] {
-        let (time, misses) = mixed(&subject, threads);
-        print!("mixed-{threads}t {}", time.as_micros());
-        if let Some(m) = misses {
-            print!(" misses_per_read={m:.3}");
+        for (&subject, (time, misses)) in subjects.iter().zip(mixed(&subjects, threads)) {
+            if subjects.len() > 1 {
+                print!("{subject} ");
+            }
+            print!("mixed-{threads}t {}", time.as_micros());
+            if let Some(m) = misses {
+                print!(" misses_per_read={m:.3}");
+            }
+            println!();
         }
-        println!();
+    }
+    // Plain `Vec` on `GlobalPool`: what its tier did (to stderr).
+    #[cfg(all(
+        feature = "globalpool",
+        not(any(feature = "jemalloc", feature = "mimalloc"))
+    ))]
+    eprintln!("{}", GLOBAL.stats());
+    if subjects.len() > 1 {
+        return;
     }
     if std::env::args().nth(2).as_deref() == Some("mixed") {
         return;
@@ -215,22 +231,28 @@ fn median(mut rounds: Vec<Duration>) -> Duration {
     rounds[rounds.len() / 2]
 }
 
-/// The median over the rounds of the mixed workload on `threads` threads,
-/// after one warm-up round; for the pool, also its misses per job.
-fn mixed(subject: &str, threads: usize) -> (Duration, Option<f64>) {
+/// The medians over the rounds of the mixed workload on `threads`
+/// threads, for each subject, after one warm-up round each; for the pool,
+/// also its misses per job. Several subjects run in one process, their
+/// rounds taken in turn, so a change in the machine's load falls on all of
+/// them alike.
+fn mixed(subjects: &[&str], threads: usize) -> Vec<(Duration, Option<f64>)> {
     let pool = Pool::new();
-    // The oracle's buffers: pre-faulted, from this binary's allocator
-    // (`oracle`), or page-aligned as the pool's blocks are (`oracle-paged`,
-    // the same placement with no bookkeeping at all).
-    let slack = if subject == "oracle-paged" { 4096 } else { 0 };
-    let slots: Vec<std::sync::Mutex<Vec<Vec<u8>>>> = (0..threads)
-        .map(|_| std::sync::Mutex::new((0..=HELD).map(|_| vec![1u8; MAX_JOB + slack]).collect()))
-        .collect();
-    let round = || {
+    // The oracles' buffers: pre-faulted, from this binary's allocator
+    // (`oracle` writes from their start, `oracle-paged` from their first
+    // page boundary: the pool's placement with no bookkeeping at all).
+    // Each its own (`oracle` leaves its buffers' lengths at the last job).
+    let buffers = || -> Vec<std::sync::Mutex<Vec<Vec<u8>>>> {
+        (0..threads)
+            .map(|_| std::sync::Mutex::new((0..=HELD).map(|_| vec![1u8; MAX_JOB + 4096]).collect()))
+            .collect()
+    };
+    let (slots, paged) = (buffers(), buffers());
+    let round = |subject: &str| {
         let started = Instant::now();
         std::thread::scope(|s| {
             for t in 0..threads {
-                let (pool, slots) = (&pool, &slots);
+                let (pool, slots, paged) = (&pool, &slots, &paged);
                 s.spawn(move || match subject {
                     "tierpool" => held_jobs(
                         t,
@@ -247,7 +269,7 @@ fn mixed(subject: &str, threads: usize) -> (Duration, Option<f64>) {
                         |_, _| {},
                     ),
                     "oracle-paged" => {
-                        let mut mine = slots[t].lock().unwrap();
+                        let mut mine = paged[t].lock().unwrap();
                         let next = Cell::new(0);
                         let lens = RefCell::new([0usize; HELD + 1]);
                         let mine = RefCell::new(&mut *mine);
@@ -294,12 +316,23 @@ fn mixed(subject: &str, threads: usize) -> (Duration, Option<f64>) {
         });
         started.elapsed()
     };
-    round();
+    for subject in subjects {
+        round(subject);
+    }
     let misses = || -> u64 { pool.stats().classes.iter().map(|c| c.misses).sum() };
     let before = misses();
-    let time = median((0..ROUNDS).map(|_| round()).collect());
+    let mut times = vec![Vec::new(); subjects.len()];
+    for _ in 0..ROUNDS {
+        for (subject, times) in subjects.iter().zip(&mut times) {
+            times.push(round(subject));
+        }
+    }
     let per_job = (misses() - before) as f64 / (ROUNDS as u64 * JOBS * threads as u64) as f64;
-    (time, (subject == "tierpool").then_some(per_job))
+    subjects
+        .iter()
+        .zip(times)
+        .map(|(&subject, times)| (median(times), (subject == "tierpool").then_some(per_job)))
+        .collect()
 }
 
 /// The median time of one steady-state read of `len` bytes; for the pool,
