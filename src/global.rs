@@ -312,12 +312,12 @@ fn take(size: usize) -> Option<(NonNull<u8>, bool)> {
         return None;
     }
     let tier = tier();
-    if let Some(block) = tier.large.take_growable(span) {
-        tier.reused.fetch_add(1, Ordering::Relaxed);
-        note_in_use(tier, span);
-        tier.allocations.fetch_add(1, Ordering::Relaxed);
-        return Some((block, false));
-    }
+    // Best fit, as a pool's classes: the smallest idle run that holds the
+    // block. (Cutting every block from the largest run, to leave it room
+    // to grow in place, broke the large runs up: in the mixed steady state
+    // 17% of the allocations were then assembled and 4% of the bytes
+    // mapped fresh, against 2.5% and 1% with best fit, 2026-12-06. A `Vec`
+    // that grows still does so without a copy, with `mremap`.)
     let (block, fresh) = match tier.large.take(span, true) {
         Some(taken) => match taken.source {
             Source::Run => {
@@ -485,11 +485,10 @@ pub(crate) fn hold_for_fork() -> Option<crate::tier::large::ForkHold> {
     TIER.get().and_then(|t| t.large.hold_for_fork())
 }
 
-/// Whether the tier exists and holds idle pages (the trimmer ticks it).
+/// Whether the tier exists (the trimmer ticks it from then on).
 #[cfg_attr(any(tierpool_loom, miri), allow(dead_code))]
-pub(crate) fn has_idle() -> bool {
-    TIER.get()
-        .is_some_and(|t| t.footprint.load(Ordering::Relaxed) > t.in_use.load(Ordering::Relaxed))
+pub(crate) fn exists() -> bool {
+    TIER.get().is_some()
 }
 
 pub(crate) fn stats() -> GlobalStats {

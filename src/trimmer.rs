@@ -167,18 +167,19 @@ mod thread {
             }
             let mut earliest: Option<Instant> = None;
             // The global allocator's tier, once it exists, ticks on the
-            // default interval.
-            if crate::global::has_idle() || next_global.is_some() {
+            // default interval for as long as the process lives. (Not only
+            // while it holds idle pages: its blocks come back on the
+            // program's threads, inside `dealloc`, which cannot wake this
+            // thread safely, so a tier that held none at one tick would
+            // keep what it got after it until some pool woke the thread.)
+            if crate::global::exists() {
                 let at =
                     *next_global.get_or_insert_with(|| now + crate::Pool::DEFAULT_TRIM_INTERVAL);
                 if at <= now {
                     let _ = std::panic::catch_unwind(crate::global::tick);
-                    next_global =
-                        crate::global::has_idle().then(|| now + crate::Pool::DEFAULT_TRIM_INTERVAL);
+                    next_global = Some(now + crate::Pool::DEFAULT_TRIM_INTERVAL);
                 }
-                if let Some(at) = next_global {
-                    earliest = Some(at);
-                }
+                earliest = next_global;
             }
             for entry in schedule.iter_mut() {
                 let tick = entry.next_tick.is_some_and(|t| t <= now);
@@ -234,7 +235,15 @@ mod thread {
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
-                None => WAKE.wait(schedule).unwrap_or_else(|e| e.into_inner()),
+                // Nothing due: look again after an interval all the same.
+                // The global allocator's tier may appear meanwhile, and
+                // its first blocks come back inside `dealloc`, which does
+                // not wake this thread (see above).
+                None => {
+                    WAKE.wait_timeout(schedule, crate::Pool::DEFAULT_TRIM_INTERVAL)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
             };
         }
     }

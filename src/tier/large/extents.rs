@@ -116,19 +116,6 @@ impl Extents {
         Some(start)
     }
 
-    /// Cuts `len` bytes from the front of the largest idle run, if it
-    /// holds them: the rest of that run follows the block, so the block
-    /// can grow into it ([`extend`](Self::extend)) as a growing `Vec` does.
-    pub(crate) fn cut_largest(&mut self, len: usize) -> Option<usize> {
-        let &(run, start) = self.by_len.iter().next_back()?;
-        if run < len {
-            return None;
-        }
-        self.take_from_run(start, run, len, false);
-        self.counters.cut += 1;
-        Some(start)
-    }
-
     /// Takes `[at, at + len)` out of the idle run that starts at `at`, if
     /// it holds that much: a block that ends at `at` grows into it.
     pub(crate) fn extend(&mut self, at: usize, len: usize) -> bool {

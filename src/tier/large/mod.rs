@@ -328,13 +328,6 @@ impl LargeTier {
         Ok(block)
     }
 
-    /// A block of `span` bytes cut from the front of the largest idle run,
-    /// leaving the rest of the run behind it to grow into: the global
-    /// allocator's first choice (`Vec`s grow; a pool's classes do not).
-    pub(crate) fn take_growable(&self, span: usize) -> Option<NonNull<u8>> {
-        self.books().cut_largest(span).map(address)
-    }
-
     /// Grows a block of `old` bytes that this tier handed out to `new`
     /// bytes in place, when the idle run right after it holds the rest: no
     /// system call, no copy, no fresh page.
