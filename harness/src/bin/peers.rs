@@ -81,7 +81,7 @@ fn main() {
     }
     for len in SIZES {
         let (time, misses) = read(&subject, len);
-        print!("read-{len} {}", time.as_micros());
+        print!("read-{len} {:.2}", time.as_secs_f64() * 1e6);
         if let Some(m) = misses {
             print!(" misses_per_read={m:.3}");
         }
