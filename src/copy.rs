@@ -16,9 +16,13 @@
 //! depends on where its source happens to sit.
 //!
 //! So copies from 4 KiB up to 1 MiB whose source and destination differ
-//! modulo 32 take the vector loop here; everything else (small copies,
-//! agreeing alignments, and copies large enough for `memcpy`'s
-//! non-temporal path) stays with `memcpy`.
+//! modulo 32 take a loop of 32-byte AVX2 loads and stores when the CPU has
+//! AVX2 (as fast as `memcpy` in every case measured: 14.5–14.7 ms there,
+//! and 104–116 GB/s against `memcpy`'s 94–97 GB/s for 4–16 KiB copies that
+//! stay in the L1 cache, where a 16-byte SSE2 loop managed 31–59 GB/s);
+//! everything else (small copies, agreeing alignments, copies large enough
+//! for `memcpy`'s non-temporal path, CPUs without AVX2) stays with
+//! `memcpy`.
 
 use std::ptr;
 
@@ -38,10 +42,12 @@ const LOOP_BELOW: usize = 1 << 20;
 #[inline]
 pub(crate) unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    if (LOOP_FROM..LOOP_BELOW).contains(&len) && (dst as usize).wrapping_sub(src as usize) % 32 != 0
+    if (LOOP_FROM..LOOP_BELOW).contains(&len)
+        && (dst as usize).wrapping_sub(src as usize) % 32 != 0
+        && std::arch::is_x86_feature_detected!("avx2")
     {
-        // SAFETY: forwarded from the caller.
-        unsafe { x86_64::copy_loop(src, dst, len) };
+        // SAFETY: forwarded from the caller; the CPU has AVX2 (checked).
+        unsafe { x86_64::copy_avx2(src, dst, len) };
         return;
     }
     // SAFETY: forwarded from the caller.
@@ -50,37 +56,38 @@ pub(crate) unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64 {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_storeu_si256};
     use std::ptr;
 
-    /// 64 bytes a step in four 16-byte loads and stores (SSE2, which every
-    /// x86-64 has), the rest with `memcpy`.
+    /// 128 bytes a step in four 32-byte loads and stores, the rest with
+    /// `memcpy`.
     ///
     /// # Safety
     ///
-    /// As [`copy`](super::copy).
+    /// As [`copy`](super::copy), and the CPU has AVX2.
     #[cold]
     #[inline(never)]
-    pub(super) unsafe fn copy_loop(mut src: *const u8, mut dst: *mut u8, mut len: usize) {
-        while len >= 64 {
-            // SAFETY: `len >= 64` bytes are left in both ranges (the
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn copy_avx2(mut src: *const u8, mut dst: *mut u8, mut len: usize) {
+        while len >= 128 {
+            // SAFETY: `len >= 128` bytes are left in both ranges (the
             // caller's promise, less what was copied); the loads and stores
-            // are unaligned ones.
+            // are unaligned ones, and the caller checked for AVX2.
             unsafe {
-                let a = _mm_loadu_si128(src.cast::<__m128i>());
-                let b = _mm_loadu_si128(src.add(16).cast::<__m128i>());
-                let c = _mm_loadu_si128(src.add(32).cast::<__m128i>());
-                let d = _mm_loadu_si128(src.add(48).cast::<__m128i>());
-                _mm_storeu_si128(dst.cast::<__m128i>(), a);
-                _mm_storeu_si128(dst.add(16).cast::<__m128i>(), b);
-                _mm_storeu_si128(dst.add(32).cast::<__m128i>(), c);
-                _mm_storeu_si128(dst.add(48).cast::<__m128i>(), d);
-                src = src.add(64);
-                dst = dst.add(64);
+                let a = _mm256_loadu_si256(src.cast::<__m256i>());
+                let b = _mm256_loadu_si256(src.add(32).cast::<__m256i>());
+                let c = _mm256_loadu_si256(src.add(64).cast::<__m256i>());
+                let d = _mm256_loadu_si256(src.add(96).cast::<__m256i>());
+                _mm256_storeu_si256(dst.cast::<__m256i>(), a);
+                _mm256_storeu_si256(dst.add(32).cast::<__m256i>(), b);
+                _mm256_storeu_si256(dst.add(64).cast::<__m256i>(), c);
+                _mm256_storeu_si256(dst.add(96).cast::<__m256i>(), d);
+                src = src.add(128);
+                dst = dst.add(128);
             }
-            len -= 64;
+            len -= 128;
         }
-        // SAFETY: the `len < 64` bytes left of both ranges.
+        // SAFETY: the `len < 128` bytes left of both ranges.
         unsafe { ptr::copy_nonoverlapping(src, dst, len) };
     }
 }
@@ -95,7 +102,7 @@ mod tests {
     fn copies_exactly_the_bytes() {
         // Under miri the lengths about the loop's lower bound only.
         let lens: &[usize] = if cfg!(miri) {
-            &[0, 63, 4095, 4096, 4096 + 65]
+            &[0, 63, 4095, 4096, 4096 + 129]
         } else {
             &[
                 0,
