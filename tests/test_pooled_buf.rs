@@ -147,3 +147,33 @@ fn appends_past_the_largest_class_stay_amortised() {
     );
     assert!(buf.capacity() < 2 * total + 8192);
 }
+
+/// Appends of every size about the copy loop's bounds, from sources at
+/// every 16-byte offset and odd ones, through `extend_from_slice`, `Write`
+/// and `BufMut`, into a buffer of a mapped class: the bytes are exactly
+/// `Vec`'s.
+#[test]
+fn appends_from_any_source_offset_are_exact() {
+    let pool = Pool::new();
+    let sizes: &[usize] = if cfg!(miri) {
+        &[4096, 4096 + 129]
+    } else {
+        &[1, 4095, 4096, 4096 + 129, 70_001, (1 << 20) - 1, 1 << 20]
+    };
+    let longest = sizes.iter().max().copied().unwrap_or(0);
+    let source: Vec<u8> = (0..longest + 64).map(|i| (i % 251) as u8).collect();
+    for offset in [0usize, 1, 16, 31, 32, 48] {
+        let mut expected = Vec::new();
+        let mut buf = pool.get(if cfg!(miri) { 64 << 10 } else { 3 << 20 });
+        for (i, &len) in sizes.iter().enumerate() {
+            let part = &source[offset..offset + len];
+            match i % 3 {
+                0 => buf.extend_from_slice(part),
+                1 => buf.write_all(part).unwrap(),
+                _ => buf.put_slice(part),
+            }
+            expected.extend_from_slice(part);
+        }
+        assert_eq!(&buf[..], &expected[..], "source offset {offset}");
+    }
+}
