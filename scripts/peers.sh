@@ -49,13 +49,17 @@ for w in fast-tierpool fast-vec; do
     printf '%-26s %12s %13s %13s\n' "${w#fast-} get(4096) + drop" \
         "${f[glibc,$w]}" "${f[jemalloc,$w]}" "${f[mimalloc,$w]}"
 done
+for w in large-tierpool large-vec; do
+    printf '%-26s %12s %13s %13s\n' "${w#large-} get(1 MiB) + drop" \
+        "${f[glibc,$w]}" "${f[jemalloc,$w]}" "${f[mimalloc,$w]}"
+done
 for w in 4096 1048576; do
     printf '%-26s %12s %13s %13s\n' "tierpool cross-thread $w" \
         "${f[glibc,cross-tierpool-$w]}" "${f[jemalloc,cross-tierpool-$w]}" "${f[mimalloc,cross-tierpool-$w]}"
     printf '%-26s %12s %13s %13s\n' "Vec cross-thread $w" \
         "${f[glibc,cross-vec-$w]}" "${f[jemalloc,cross-vec-$w]}" "${f[mimalloc,cross-vec-$w]}"
 done
-echo "wall time, medians of 7 rounds: 10 million get + drop pairs; cross-thread: buffers filled on one thread, dropped on another in batches of 256; each column is one binary with that global allocator"
+echo "wall time, medians of 7 rounds: 10 million get + drop pairs, nothing written; cross-thread: buffers filled on one thread, dropped on another in batches of 256; each column is one binary with that global allocator"
 
 echo
 printf '%-30s %10s %10s %10s %12s %9s\n' "plain code" "glibc" "jemalloc" "mimalloc" "GlobalPool" "GP/glibc"

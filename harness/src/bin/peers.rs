@@ -38,8 +38,11 @@ fn main() {
     let subject = std::env::args().nth(1).unwrap_or_else(|| "tierpool".into());
     if subject == "fast" {
         // The fast path in wall time, both subjects in this process.
-        println!("fast-tierpool {:.2}", fast_path("tierpool"));
-        println!("fast-vec {:.2}", fast_path("vec"));
+        println!("fast-tierpool {:.2}", fast_path("tierpool", 4096));
+        println!("fast-vec {:.2}", fast_path("vec", 4096));
+        // An untouched large buffer: a mapped class of the large tier.
+        println!("large-tierpool {:.2}", fast_path("tierpool", 1 << 20));
+        println!("large-vec {:.2}", fast_path("vec", 1 << 20));
         for size in CROSS_SIZES {
             println!(
                 "cross-tierpool-{size} {:.1}",
@@ -89,21 +92,21 @@ fn main() {
     }
 }
 
-/// Nanoseconds per `get(4096)` + drop (for tierpool, of a cached class):
-/// the median of the rounds, each ten million pairs.
-fn fast_path(subject: &str) -> f64 {
+/// Nanoseconds per `get(size)` + drop, nothing written (for tierpool at
+/// 4096, a cached class): the median of the rounds, each ten million pairs.
+fn fast_path(subject: &str, size: usize) -> f64 {
     const PAIRS: u32 = 10_000_000;
     let pool = Pool::new();
-    drop(pool.get(4096));
+    drop(pool.get(size));
     let rounds = (0..ROUNDS)
         .map(|_| {
             let started = Instant::now();
             for _ in 0..PAIRS {
                 if subject == "tierpool" {
-                    let buf = pool.get(black_box(4096));
+                    let buf = pool.get(black_box(size));
                     black_box(buf.as_ptr());
                 } else {
-                    let buf = Vec::<u8>::with_capacity(black_box(4096));
+                    let buf = Vec::<u8>::with_capacity(black_box(size));
                     black_box(buf.as_ptr());
                 }
             }
