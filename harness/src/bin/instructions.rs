@@ -50,22 +50,10 @@ fn run(subject: &str, op: &str, pool: &Pool, n: usize) {
         // neither the pool's work nor the allocator's can be optimised
         // away, but the handle is not moved through memory for it (that
         // would count stores and loads of the harness, not of the pool).
-        ("tierpool", "get-drop" | "get-drop-large") => {
-            let size = if op == "get-drop" { SIZE } else { LARGE };
-            for _ in 0..n {
-                let buf = pool.get(black_box(size));
-                black_box(buf.as_ptr());
-                drop(buf);
-            }
-        }
-        ("vec", "get-drop" | "get-drop-large") => {
-            let size = if op == "get-drop" { SIZE } else { LARGE };
-            for _ in 0..n {
-                let buf = Vec::<u8>::with_capacity(black_box(size));
-                black_box(buf.as_ptr());
-                drop(buf);
-            }
-        }
+        ("tierpool", "get-drop") => pool_get_drop(pool, n, SIZE),
+        ("tierpool", "get-drop-large") => pool_get_drop(pool, n, LARGE),
+        ("vec", "get-drop") => vec_get_drop(n, SIZE),
+        ("vec", "get-drop-large") => vec_get_drop(n, LARGE),
         ("tierpool", "freeze") => {
             for _ in 0..n {
                 let mut buf = pool.get(black_box(SIZE));
@@ -87,6 +75,28 @@ fn run(subject: &str, op: &str, pool: &Pool, n: usize) {
             cross_thread(n, || Vec::<u8>::with_capacity(black_box(SIZE)));
         }
         _ => panic!("unknown subject or op: {subject} {op}"),
+    }
+}
+
+/// `n` times `pool.get(size)` and drop. Inlined, so `size` is the
+/// caller's constant, as a literal would be (a size read from a variable
+/// costs the loop an instruction more).
+#[inline(always)]
+fn pool_get_drop(pool: &Pool, n: usize, size: usize) {
+    for _ in 0..n {
+        let buf = pool.get(black_box(size));
+        black_box(buf.as_ptr());
+        drop(buf);
+    }
+}
+
+/// [`pool_get_drop`] for `Vec`.
+#[inline(always)]
+fn vec_get_drop(n: usize, size: usize) {
+    for _ in 0..n {
+        let buf = Vec::<u8>::with_capacity(black_box(size));
+        black_box(buf.as_ptr());
+        drop(buf);
     }
 }
 
