@@ -7,22 +7,21 @@
 //! bytes. The source is the caller's: a heap row buffer sits on any
 //! 16-byte boundary. For copies of a few KiB and up, `memcpy` (glibc's
 //! `rep movsb` path) runs at one speed when source and destination agree
-//! modulo 32 and at about two thirds of it when they differ by 16: on this
-//! project's AMD EPYC (Zen 4), 16 KiB rows into an 8 MiB destination took
-//! 13–14 ms aligned and 19–20 ms at a difference of 16, where a plain loop
-//! of 16-byte loads and stores took 15 ms at either (2026-12-06). The
+//! modulo 32 and at about two thirds of it when they differ by 16. The
 //! system allocator's own large blocks start 16 bytes into a page, so a
 //! `Vec` wins exactly where the pool loses, and which one a program gets
 //! depends on where its source happens to sit.
 //!
 //! So copies from 4 KiB up to 1 MiB whose source and destination differ
 //! modulo 32 take a loop of 32-byte AVX2 loads and stores when the CPU has
-//! AVX2 (as fast as `memcpy` in every case measured: 14.5–14.7 ms there,
-//! and 104–116 GB/s against `memcpy`'s 94–97 GB/s for 4–16 KiB copies that
-//! stay in the L1 cache, where a 16-byte SSE2 loop managed 31–59 GB/s);
-//! everything else (small copies, agreeing alignments, copies large enough
-//! for `memcpy`'s non-temporal path, CPUs without AVX2) stays with
-//! `memcpy`.
+//! AVX2; everything else (small copies, agreeing alignments, copies large
+//! enough for `memcpy`'s non-temporal path, CPUs without AVX2) stays with
+//! `memcpy`. Measured on the project's AMD EPYC (Zen 4), 2026-12-06
+//! (`docs/BENCHMARKS.md`): 16 KiB rows into 8 MiB destinations took
+//! 10.9–11.4 ms with `memcpy` aligned, 15.3–15.5 ms misaligned by 16, and
+//! 10.2–11.4 ms with this loop misaligned; 4–16 KiB copies that stay in
+//! the L1 cache ran at 90–99 GB/s with `memcpy` and 104–116 GB/s with this
+//! loop (a 16-byte SSE2 loop: 31–59 GB/s, so not SSE2).
 
 use std::ptr;
 
@@ -96,7 +95,7 @@ mod x86_64 {
 mod tests {
     use super::copy;
 
-    /// Every length around the loop's bounds and its 64-byte steps, at
+    /// Every length around the loop's bounds and its 128-byte steps, at
     /// every relative alignment that picks the loop and one that does not.
     #[test]
     fn copies_exactly_the_bytes() {
@@ -113,6 +112,8 @@ mod tests {
                 4097,
                 4096 + 63,
                 4096 + 64,
+                4096 + 127,
+                4096 + 128,
                 70_001,
                 (1 << 20) - 1,
                 1 << 20,

@@ -228,23 +228,17 @@ mod thread {
                 schedule = lock();
                 continue;
             }
-            schedule = match earliest {
-                Some(at) => {
-                    let wait = at.saturating_duration_since(Instant::now());
-                    WAKE.wait_timeout(schedule, wait)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-                // Nothing due: look again after an interval all the same.
-                // The global allocator's tier may appear meanwhile, and
-                // its first blocks come back inside `dealloc`, which does
-                // not wake this thread (see above).
-                None => {
-                    WAKE.wait_timeout(schedule, crate::Pool::DEFAULT_TRIM_INTERVAL)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            // Nothing due: look again after an interval all the same. The
+            // global allocator's tier may appear meanwhile, and its first
+            // blocks come back inside `dealloc`, which does not wake this
+            // thread (see above).
+            let wait = earliest.map_or(crate::Pool::DEFAULT_TRIM_INTERVAL, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+            schedule = WAKE
+                .wait_timeout(schedule, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
