@@ -15,7 +15,8 @@
 //! `Vec<u32>`s, a `Vec` grown to 64 MiB by 64 KiB appends. The
 //! workloads: the mixed steady state (jobs of 64 KiB–8 MiB written in
 //! 16 KiB rows, five held per thread; 1 and 2 threads) and `read_to_end`
-//! in steady state at 300 KB, 3 MiB, 9 MB, 25 MB and 64 MiB (64 KiB reads;
+//! in steady state at 300 KB, 3 MiB, 5 MB, 9 MB, 12 MB, 17 MB, 25 MB and
+//! 64 MiB (64 KiB reads;
 //! tierpool also reports its misses per read).
 
 use tierpool_harness::workload as common;
@@ -32,7 +33,16 @@ use tierpool::Pool;
 
 const ROUNDS: usize = 7;
 const JOBS: u64 = 400;
-const SIZES: [usize; 5] = [300_000, 3 << 20, 9_000_000, 25_000_000, 64 << 20];
+const SIZES: [usize; 8] = [
+    300_000,
+    3 << 20,
+    5_000_000,
+    9_000_000,
+    12_000_000,
+    17_000_000,
+    25_000_000,
+    64 << 20,
+];
 
 fn main() {
     let subject = std::env::args().nth(1).unwrap_or_else(|| "tierpool".into());
@@ -58,6 +68,23 @@ fn main() {
         return;
     }
     let subjects: Vec<&str> = subject.split(',').collect();
+    let only = std::env::args().nth(2);
+    if only.as_deref() == Some("reads") {
+        // `reads LEN,LEN,...`: those sizes instead of the standard ones.
+        let sizes: Vec<usize> = match std::env::args().nth(3) {
+            Some(list) => list
+                .split(',')
+                .map(|n| n.parse().expect("a size"))
+                .collect(),
+            None => SIZES.to_vec(),
+        };
+        for len in sizes {
+            for (&subject, (time, misses)) in subjects.iter().zip(read(&subjects, len)) {
+                print_read(subject, len, time, misses, subjects.len() > 1);
+            }
+        }
+        return;
+    }
     for threads in [1, 2] {
         for (&subject, (time, misses)) in subjects.iter().zip(mixed(&subjects, threads)) {
             if subjects.len() > 1 {
@@ -79,17 +106,25 @@ fn main() {
     if subjects.len() > 1 {
         return;
     }
-    if std::env::args().nth(2).as_deref() == Some("mixed") {
+    if only.as_deref() == Some("mixed") {
         return;
     }
     for len in SIZES {
-        let (time, misses) = read(&subject, len);
-        print!("read-{len} {:.2}", time.as_secs_f64() * 1e6);
-        if let Some(m) = misses {
-            print!(" misses_per_read={m:.3}");
-        }
-        println!();
+        let (time, misses) = read(&subjects, len).remove(0);
+        print_read(&subject, len, time, misses, false);
     }
+}
+
+/// One `read-LEN micros` line, after the subject's name when several ran.
+fn print_read(subject: &str, len: usize, time: Duration, misses: Option<f64>, named: bool) {
+    if named {
+        print!("{subject} ");
+    }
+    print!("read-{len} {:.2}", time.as_secs_f64() * 1e6);
+    if let Some(m) = misses {
+        print!(" misses_per_read={m:.3}");
+    }
+    println!();
 }
 
 /// Nanoseconds per `get(size)` + drop, nothing written (for tierpool at
@@ -338,13 +373,14 @@ fn mixed(subjects: &[&str], threads: usize) -> Vec<(Duration, Option<f64>)> {
         .collect()
 }
 
-/// The median time of one steady-state read of `len` bytes; for the pool,
-/// also its misses per read.
-fn read(subject: &str, len: usize) -> (Duration, Option<f64>) {
+/// The median time of one steady-state read of `len` bytes for each
+/// subject, their rounds taken in turn in this process; for the pool, also
+/// its misses per read.
+fn read(subjects: &[&str], len: usize) -> Vec<(Duration, Option<f64>)> {
     let reads = (256 << 20) / len.max(1) + 2;
     let pool = Pool::new();
     let mut oracle = vec![1u8; len + common::STREAM_READ];
-    let mut one = || match subject {
+    let mut one = |subject: &str| match subject {
         "tierpool" => drop(black_box(pool.read_to_end(Stream { left: len }).unwrap())),
         "vec" => {
             let mut v = Vec::new();
@@ -357,19 +393,27 @@ fn read(subject: &str, len: usize) -> (Duration, Option<f64>) {
             black_box(&oracle);
         }
     };
-    for _ in 0..reads {
-        one();
+    for &subject in subjects {
+        for _ in 0..reads {
+            one(subject);
+        }
     }
     let misses = || -> u64 { pool.stats().classes.iter().map(|c| c.misses).sum() };
     let before = misses();
-    let mut rounds = Vec::new();
+    let mut rounds = vec![Vec::new(); subjects.len()];
     for _ in 0..ROUNDS {
-        let started = Instant::now();
-        for _ in 0..reads {
-            one();
+        for (&subject, rounds) in subjects.iter().zip(&mut rounds) {
+            let started = Instant::now();
+            for _ in 0..reads {
+                one(subject);
+            }
+            rounds.push(started.elapsed() / reads as u32);
         }
-        rounds.push(started.elapsed() / reads as u32);
     }
     let per_read = (misses() - before) as f64 / (ROUNDS * reads) as f64;
-    (median(rounds), (subject == "tierpool").then_some(per_read))
+    subjects
+        .iter()
+        .zip(rounds)
+        .map(|(&subject, rounds)| (median(rounds), (subject == "tierpool").then_some(per_read)))
+        .collect()
 }
