@@ -12,7 +12,7 @@ use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
 
 use crate::Error;
-use crate::pool::{BlockPool, OVERSIZE};
+use crate::pool::{BlockPool, OVERSIZE, ReturnTo};
 use crate::sys::mem;
 use crate::tier::thread_cache;
 
@@ -109,11 +109,6 @@ impl PooledBuf {
         (this.ptr, this.cap)
     }
 
-    /// Hands the pages of the unused capacity past `len() + keep` back to
-    /// the OS while the buffer keeps its class (mapped blocks only: 128 KiB
-    /// and up, on Unix). They fault afresh, as zeros, if written again.
-    /// Returns the bytes handed back; the pool counts them in
-    /// `released_bytes`.
     /// Moves the block to the smallest class that holds its data when
     /// that is a smaller mapped class: the block is cut in place, its tail's
     /// pages go to the large tier's idle runs, resident, so whatever takes
@@ -132,19 +127,19 @@ impl PooledBuf {
         }
     }
 
-    pub(crate) fn discard_spare(&mut self, keep: usize) -> usize {
-        let Some(pool) = self.pool else { return 0 };
-        if !mem::is_mapped(self.cap) {
-            return 0;
-        }
-        let from = self.len.saturating_add(keep).min(self.cap);
-        // SAFETY: we own this mapped block of `cap` bytes, and nothing past
-        // `len` (so nothing in `[from, cap)`) holds data anyone may read: it
-        // is spare capacity.
-        let n = unsafe { mem::discard_tail(self.ptr, self.cap, from) };
-        // SAFETY: our block holds a count of `pool`.
-        unsafe { pool.count_released(n) };
-        n
+    /// Drops the buffer, its block going to the large tier's idle runs
+    /// rather than the hot slot of its class (for a block of a mapped
+    /// class; any other buffer drops as usual). For a block cut down by
+    /// [`shrink_to_class`](Self::shrink_to_class): in the runs it joins the
+    /// idle pages it was cut from, which the next read of the same size
+    /// takes whole again; in the hot slot of a class nothing else uses, it
+    /// would pin them apart.
+    pub(crate) fn drop_to_runs(self) {
+        let this = ManuallyDrop::new(self);
+        let Some(pool) = this.pool else { return };
+        // SAFETY: the block and its count are this buffer's, given up here
+        // (`this` is never dropped).
+        unsafe { pool.release(this.ptr, this.cap, this.class, ReturnTo::Runs) }
     }
 
     /// The number of initialised bytes.
@@ -359,7 +354,7 @@ impl Drop for PooledBuf {
             }
         }
         // SAFETY: the block and its count are this buffer's, given up here.
-        unsafe { pool.release(self.ptr, self.cap, self.class) }
+        unsafe { pool.release(self.ptr, self.cap, self.class, ReturnTo::Class) }
     }
 }
 

@@ -46,7 +46,7 @@ fn read_to_end(c: &mut Criterion) {
         let mut held = 0;
         for _ in 0..100 {
             let chunks = pool.read_to_end(Stream { left: len }).unwrap();
-            held = chunks.resident_capacity();
+            held = chunks.capacity();
         }
         let faults = (minor_faults() - faults) as f64 / 100.0;
         let mut vec = Vec::new();

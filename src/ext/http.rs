@@ -191,7 +191,8 @@ async fn read_body_through<B: Body>(
 ) -> Result<Chunks, BodyError<B::Error>> {
     let started = Instant::now();
     let mut activity = Activity::default();
-    let result = fill_from_body(draw, body, options.hint(), options.limit(), &mut activity).await;
+    let plan = ChunkPlan::new(options.limit()).expecting(options.expected(draw.pool()));
+    let result = fill_from_body(draw, body, options.hint(), plan, &mut activity).await;
     activity.elapsed = started.elapsed();
     activity.outcome = match &result {
         Ok(_) => Outcome::Done,
@@ -208,15 +209,15 @@ async fn fill_from_body<B: Body>(
     draw: &Draw,
     body: B,
     learned: Option<usize>,
-    max_len: usize,
+    plan: ChunkPlan,
     activity: &mut Activity,
 ) -> Result<Chunks, BodyError<B::Error>> {
+    let max_len = plan.limit();
     let mut body = pin!(body);
     let declared = body.size_hint();
     if declared.lower() > max_len as u64 {
         return Err(too_large(max_len, Some(declared.lower())));
     }
-    let plan = ChunkPlan::new(max_len);
     let mut sink = Sink {
         draw,
         plan,
@@ -240,10 +241,9 @@ async fn fill_from_body<B: Body>(
         activity.bytes = sink.total;
     }
     let mut chunks = sink.chunks;
-    // Frames are copied in, nothing is zeroed ahead: no overhang.
     let pool = draw.pool();
-    shrink_last(pool.size_classes(), &mut chunks, 0, |n| draw.take(n))?;
-    Ok(Chunks::from_bufs(pool.clone(), chunks))
+    let cut = shrink_last(pool.size_classes(), &mut chunks, |n| draw.take(n))?;
+    Ok(Chunks::from_bufs(pool.clone(), chunks).with_cut_last(cut))
 }
 
 /// The declared length as a hint: exact, or a non-zero lower bound.

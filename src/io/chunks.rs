@@ -34,14 +34,53 @@ use crate::{Pool, PooledBuf};
 pub struct Chunks {
     pool: Pool,
     /// Every chunk but the last is full (`len == capacity`); none is empty.
-    chunks: Vec<PooledBuf>,
+    chunks: ChunkList,
     /// Where each chunk starts in the data.
     starts: Vec<usize>,
     len: usize,
     /// The cursor; may be past the end, like `io::Cursor`'s.
     pos: u64,
-    /// Bytes of spare capacity whose pages went back to the OS.
-    discarded: usize,
+}
+
+/// The chunks of a [`Chunks`]. When the last one is a block cut down in
+/// place from a larger mapped class (see `Pool::shrink_last`), it goes back
+/// to the large tier's idle runs, where it joins the pages it was cut from,
+/// instead of the hot slot of its class: a class that no other chunk of
+/// the read uses, so there it would pin those pages apart, and each read of
+/// the same size would cut its chunks a little further along (measured
+/// 2026-12-07 at 17 MB: the chunks walked 224 KiB a read, and 1 read in 10
+/// moved pages together with `mremap` to make a 4 MiB chunk).
+struct ChunkList {
+    bufs: Vec<PooledBuf>,
+    /// The last buffer was cut down from a larger class.
+    cut_last: bool,
+}
+
+impl ChunkList {
+    fn into_vec(mut self) -> Vec<PooledBuf> {
+        std::mem::take(&mut self.bufs)
+    }
+}
+
+impl std::ops::Deref for ChunkList {
+    type Target = [PooledBuf];
+
+    fn deref(&self) -> &[PooledBuf] {
+        &self.bufs
+    }
+}
+
+impl Drop for ChunkList {
+    fn drop(&mut self) {
+        if self.cut_last
+            && let Some(last) = self.bufs.pop()
+        {
+            last.drop_to_runs();
+        }
+        while let Some(chunk) = self.bufs.pop() {
+            drop(chunk);
+        }
+    }
 }
 
 // === impl Chunks ===
@@ -57,17 +96,20 @@ impl Chunks {
         }
         Chunks {
             pool,
-            chunks,
+            chunks: ChunkList {
+                bufs: chunks,
+                cut_last: false,
+            },
             starts,
             len,
             pos: 0,
-            discarded: 0,
         }
     }
 
-    /// Records that `bytes` of the spare capacity hold no pages.
-    pub(crate) fn with_discarded(mut self, bytes: usize) -> Chunks {
-        self.discarded = bytes;
+    /// Records that the last chunk was cut down from a larger mapped class
+    /// (it goes back to the idle runs, see [`ChunkList`]).
+    pub(crate) fn with_cut_last(mut self, cut: bool) -> Chunks {
+        self.chunks.cut_last = cut;
         self
     }
 
@@ -87,12 +129,16 @@ impl Chunks {
         self.chunks.iter().map(|c| c.capacity()).sum()
     }
 
-    /// The memory the chunks hold resident: [`capacity`](Self::capacity)
-    /// less the pages of a mostly empty last chunk that a read handed back
-    /// to the OS (the chunk keeps its class, so the next read of the same
-    /// size reuses it).
+    /// The memory the chunks hold: [`capacity`](Self::capacity). Reads
+    /// once handed back the pages of a mostly empty last chunk, and this
+    /// counted what stayed; they now cut that chunk down to a smaller class
+    /// or copy its data out instead, and every pooled page is resident.
+    #[deprecated(
+        since = "0.1.0",
+        note = "equals `capacity()`: reads hand no pages back"
+    )]
     pub fn resident_capacity(&self) -> usize {
-        self.capacity() - self.discarded
+        self.capacity()
     }
 
     /// The cursor's position, as `io::Cursor::position`.
@@ -131,11 +177,9 @@ impl Chunks {
     /// fails).
     pub fn into_contiguous(self) -> PooledBuf {
         let Chunks {
-            pool,
-            mut chunks,
-            len,
-            ..
+            pool, chunks, len, ..
         } = self;
+        let mut chunks = chunks.into_vec();
         match chunks.len() {
             0 => return PooledBuf::new(),
             1 => return chunks.pop().expect("one chunk"),
@@ -177,7 +221,7 @@ impl Chunks {
         } = self;
         let mut pieces = std::collections::VecDeque::with_capacity(chunks.len());
         let mut remaining = 0;
-        for (chunk, start) in chunks.into_iter().zip(starts) {
+        for (chunk, start) in chunks.into_vec().into_iter().zip(starts) {
             let end = start + chunk.len();
             if (end as u64) <= pos {
                 continue; // wholly before the cursor: back to the pool now

@@ -6,7 +6,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::Pool;
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// Samples after which the histogram is halved, so the distribution follows
 /// recent traffic.
@@ -26,6 +26,8 @@ pub(crate) struct AdapterCounters {
     nanos: AtomicU64,
     errors: AtomicU64,
     too_large: AtomicU64,
+    /// The length of the last read that ended, for the next read's plan.
+    last_len: AtomicUsize,
 }
 
 /// What one adapter call did, recorded when it ends.
@@ -63,6 +65,17 @@ impl Activity {
 }
 
 impl AdapterCounters {
+    /// Notes the length of a read that ended: the next read sizes its
+    /// last chunk by it (see `ChunkPlan::expecting`).
+    pub(crate) fn note_len(&self, len: usize) {
+        self.last_len.store(len, Ordering::Relaxed);
+    }
+
+    /// The length of the last read that ended, if any did.
+    pub(crate) fn last_len(&self) -> Option<usize> {
+        Some(self.last_len.load(Ordering::Relaxed)).filter(|&n| n > 0)
+    }
+
     pub(crate) fn record(&self, a: &Activity) {
         let add = |c: &AtomicU64, v: u64| {
             c.fetch_add(v, Ordering::Relaxed);
@@ -314,6 +327,11 @@ impl Label {
             .unwrap_or(0)
     }
 
+    /// The length of this label's last read that ended, if any did.
+    pub(crate) fn last_len(&self) -> Option<usize> {
+        self.label.counters.last_len()
+    }
+
     /// Where this label's reads start: its learned size, if any.
     pub(crate) fn hint(&self) -> Option<usize> {
         Some(self.first_chunk()).filter(|&n| n > 0)
@@ -324,6 +342,7 @@ impl Label {
     pub(crate) fn note(&self, activity: &Activity, len: Option<usize>) {
         self.label.counters.record(activity);
         if let Some(len) = len {
+            self.label.counters.note_len(len);
             let classes = self.pool.size_classes();
             let bucket = classes.index_for(len).unwrap_or(classes.len());
             self.label.record_size(len, bucket);

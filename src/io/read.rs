@@ -106,10 +106,22 @@ impl ReadOptions {
         self.max_len
     }
 
+    /// The length the next read expects: the label's last, else the
+    /// pool's last (see [`ChunkPlan::expecting`]).
+    pub(crate) fn expected(&self, pool: &Pool) -> Option<usize> {
+        match &self.label {
+            Some(label) => label.last_len(),
+            None => pool.last_read_len(),
+        }
+    }
+
     /// Records a call in `pool`'s adapter statistics, and under the label
     /// (with the size of what was read whole, if it was).
     pub(crate) fn record(&self, pool: &Pool, activity: &Activity, len: Option<usize>) {
         pool.record_activity(activity);
+        if let Some(len) = len {
+            pool.note_read_len(len);
+        }
         if let Some(label) = &self.label {
             label.note(activity, len);
         }
@@ -187,8 +199,9 @@ impl Pool {
     ) -> (io::Result<Chunks>, Activity) {
         let started = Instant::now();
         let mut activity = Activity::default();
+        let plan = ChunkPlan::new(options.limit()).expecting(options.expected(self));
         let result = self
-            .fill_chunks(source, options.hint(), options.limit(), &mut activity)
+            .fill_chunks(source, options.hint(), plan, &mut activity)
             .await;
         activity.elapsed = started.elapsed();
         activity.finish(&result);
@@ -199,16 +212,14 @@ impl Pool {
         &self,
         reader: &mut S,
         hint: Option<usize>,
-        max_len: usize,
+        plan: ChunkPlan,
         activity: &mut Activity,
     ) -> io::Result<Chunks> {
-        let plan = ChunkPlan::new(max_len);
         let mut chunks: Vec<PooledBuf> = Vec::new();
         let mut total = 0usize;
         let mut size = plan.first(hint);
         // Bytes a probe read past an exact hint: they start the next chunk.
         let mut carry = ([0u8; PROBE], 0usize);
-        let mut overhang;
         'chunks: loop {
             let mut chunk = self.try_get_chunk(size + carry.1)?;
             activity.chunks += 1;
@@ -219,7 +230,6 @@ impl Pool {
                 let bytes = window.next(&mut chunk, plan.remaining(total));
                 let n = read_retrying(reader, bytes, &mut activity.read_calls).await?;
                 if n == 0 {
-                    overhang = window.overhang();
                     chunks.push(chunk);
                     break 'chunks;
                 }
@@ -228,12 +238,11 @@ impl Pool {
                 activity.bytes = total;
             }
             let full = chunk.len() == chunk.capacity();
-            overhang = window.overhang();
             chunks.push(chunk);
             plan.check(total)?;
-            if full && hint == Some(total) {
-                // The hint was exact so far: check for the end with a probe
-                // instead of a whole new chunk.
+            if full && (hint == Some(total) || plan.expects_end_at(total)) {
+                // The hint (or the expected length) was exact so far: check
+                // for the end with a probe instead of a whole new chunk.
                 let window = plan.remaining(total).min(PROBE);
                 let n =
                     read_retrying(reader, &mut carry.0[..window], &mut activity.read_calls).await?;
@@ -247,24 +256,24 @@ impl Pool {
             }
             size = plan.next(total);
         }
-        let discarded = self.shrink_last(&mut chunks, overhang)?;
-        Ok(Chunks::from_bufs(self.clone(), chunks).with_discarded(discarded))
+        let cut = self.shrink_last(&mut chunks)?;
+        Ok(Chunks::from_bufs(self.clone(), chunks).with_cut_last(cut))
     }
 
     /// Keeps the memory held near the data without creating buffers of
-    /// classes nobody asks for: when more than 1/20 of what is held is the
-    /// unused tail of the last chunk, a small tail (under 128 KiB) is copied
-    /// into a chunk of its own class, and a mapped chunk hands the pages of
-    /// its unused tail back to the OS while it keeps its class, so the next
-    /// read of the same size reuses it. The first `overhang` bytes past the
-    /// data (zeroed by this read, so touched again by the next read of the
-    /// same size) keep their pages. Returns the bytes handed back.
-    pub(crate) fn shrink_last(
-        &self,
-        chunks: &mut [PooledBuf],
-        overhang: usize,
-    ) -> Result<usize, crate::Error> {
-        shrink_last(self.size_classes(), chunks, overhang, |n| self.try_get(n))
+    /// classes nobody asks for, and without a system call: when more than
+    /// 1/20 of what is held is the unused tail of the last chunk, a mapped
+    /// chunk whose data fits a smaller mapped class is cut down to it in
+    /// place (the rest of its pages become idle pages of the large tier,
+    /// which the next read takes as they lie and the trimmer hands back
+    /// after an idle interval), and data that fits a smaller class below
+    /// the mapped ones (under 128 KiB) is copied into a chunk of that class.
+    /// Otherwise the chunk stays as it is: its unused tail is less than a
+    /// class step (a quarter of it with the default classes), and it keeps
+    /// its pages, so no later read faults them in again. Returns whether
+    /// the last chunk was cut down in place.
+    pub(crate) fn shrink_last(&self, chunks: &mut [PooledBuf]) -> Result<bool, crate::Error> {
+        shrink_last(self.size_classes(), chunks, |n| self.try_get(n))
     }
 }
 
@@ -273,37 +282,34 @@ impl Pool {
 pub(crate) fn shrink_last(
     classes: &crate::SizeClasses,
     chunks: &mut [PooledBuf],
-    overhang: usize,
     take: impl FnOnce(usize) -> Result<PooledBuf, crate::Error>,
-) -> Result<usize, crate::Error> {
+) -> Result<bool, crate::Error> {
     let held: usize = chunks.iter().map(|c| c.capacity()).sum();
     let Some(last) = chunks.last_mut() else {
-        return Ok(0);
+        return Ok(false);
     };
     let unused = last.capacity() - last.len();
     if last.is_empty() || unused * 20 <= held {
-        return Ok(0);
+        return Ok(false);
     }
     // A mapped chunk whose data fits a smaller mapped class is cut down to
     // it in place: the rest of its pages stay resident as idle pages, so
     // the next read (whose full chunks take them again) faults nothing.
     if last.shrink_to_class() {
-        return Ok(0);
-    }
-    let discarded = last.discard_spare(overhang);
-    if discarded > 0 {
-        return Ok(discarded);
+        return Ok(true);
     }
     let Some(class) = classes.index_for(last.len()) else {
-        return Ok(0);
+        return Ok(false);
     };
     if classes.sizes()[class] >= last.capacity() {
-        return Ok(0);
+        return Ok(false);
     }
+    // Data under the smallest mapped class: at most 128 KiB to copy, and
+    // the large chunk goes back whole, its pages untouched.
     let mut small = take(last.len())?;
     small.extend_from_slice(last);
     *last = small; // the large chunk goes back to the pool
-    Ok(0)
+    Ok(false)
 }
 
 /// The bytes a read reads past an exact hint to learn whether the stream
@@ -314,11 +320,22 @@ pub(crate) const PROBE: usize = 64;
 /// the first from the hint (trusted up to [`MAX_HINTED_CHUNK`]) or
 /// [`FIRST_CHUNK`], then each as large as all before it up to
 /// [`MAX_CHUNK`], and never more than one byte past the limit in all.
+///
+/// With an expected length (the last read's, see
+/// [`expecting`](Self::expecting)), a chunk that would reach past it is cut
+/// to what is left of it: a stream of the same length as the last ends in
+/// a chunk of the class of its tail, instead of a tail in a chunk as large
+/// as all before it, to copy out or keep half empty (measured 2026-12-07: a
+/// steady 300 KB read spent 0.7 of its 7.2 µs copying its 37 KB tail out
+/// of a 256 KiB chunk). A longer stream goes on with the usual chunks after
+/// that one; a shorter one ends as it would have.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChunkPlan {
     max_len: usize,
     /// `max_len + 1`: reading one byte past the limit tells it was passed.
     budget: usize,
+    /// The length this read expects, if any.
+    expected: Option<usize>,
 }
 
 impl ChunkPlan {
@@ -326,23 +343,44 @@ impl ChunkPlan {
         ChunkPlan {
             max_len,
             budget: max_len.saturating_add(1),
+            expected: None,
         }
+    }
+
+    /// Sizes the chunks for a stream of `expected` bytes, as above.
+    pub(crate) fn expecting(mut self, expected: Option<usize>) -> ChunkPlan {
+        self.expected = expected.filter(|&n| n > 0);
+        self
     }
 
     /// The first chunk's size.
     pub(crate) fn first(&self, hint: Option<usize>) -> usize {
         match hint {
             Some(h) if h > 0 => h.min(self.budget).min(MAX_HINTED_CHUNK),
-            _ => FIRST_CHUNK.min(self.budget),
+            _ => self.fit(0, FIRST_CHUNK.min(self.budget)),
         }
     }
 
     /// The next chunk's size once `total` bytes are read (at least one).
     pub(crate) fn next(&self, total: usize) -> usize {
-        total
+        let size = total
             .clamp(FIRST_CHUNK, MAX_CHUNK)
             .min(self.remaining(total))
-            .max(1)
+            .max(1);
+        self.fit(total, size)
+    }
+
+    /// Whether the expected length is `total`: the stream may end here.
+    pub(crate) fn expects_end_at(&self, total: usize) -> bool {
+        self.expected == Some(total)
+    }
+
+    /// `size`, or less when the expected length ends inside it.
+    fn fit(&self, total: usize, size: usize) -> usize {
+        match self.expected {
+            Some(expected) if expected > total => size.min(expected - total),
+            _ => size,
+        }
     }
 
     /// Bytes that may still be read after `total`.
@@ -350,10 +388,15 @@ impl ChunkPlan {
         self.budget - total
     }
 
+    /// The limit: at most this many bytes.
+    pub(crate) fn limit(&self) -> usize {
+        self.max_len
+    }
+
     /// `FileTooLarge` (carrying [`Error::TooLarge`](crate::Error::TooLarge))
     /// once `total` passes the limit.
     pub(crate) fn check(&self, total: usize) -> io::Result<()> {
-        if total > self.max_len {
+        if total > self.limit() {
             return Err(crate::Error::TooLarge {
                 limit: self.max_len as u64,
                 declared: None,
@@ -438,12 +481,6 @@ impl ReadWindow {
         };
         self.last = 0;
     }
-
-    /// Bytes zeroed past the chunk's data: pages this read touched, which
-    /// the next read of the same size touches again.
-    pub(crate) fn overhang(&self) -> usize {
-        self.zeroed
-    }
 }
 
 /// A stream the read loop reads from: a blocking [`Read`] ([`Blocking`],
@@ -493,5 +530,59 @@ async fn read_retrying<S: Source>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chunk sizes a plan asks for to read `len` bytes, as the read
+    /// loop takes them (each chunk filled to the size asked).
+    fn sizes(plan: ChunkPlan, len: usize) -> Vec<usize> {
+        let mut out = vec![plan.first(None)];
+        let mut total = out[0].min(len);
+        while total < len {
+            let next = plan.next(total);
+            out.push(next);
+            total += next;
+        }
+        out
+    }
+
+    #[test]
+    fn chunks_double_from_16_kib_without_an_expected_length() {
+        let plan = ChunkPlan::new(usize::MAX);
+        let k = 1 << 10;
+        assert_eq!(
+            sizes(plan, 300_000),
+            [16 * k, 16 * k, 32 * k, 64 * k, 128 * k, 256 * k]
+        );
+    }
+
+    #[test]
+    fn a_stream_of_the_expected_length_ends_in_a_chunk_of_its_tail() {
+        let k = 1 << 10;
+        let plan = ChunkPlan::new(usize::MAX).expecting(Some(300_000));
+        assert_eq!(
+            sizes(plan, 300_000),
+            [16 * k, 16 * k, 32 * k, 64 * k, 128 * k, 300_000 - 256 * k]
+        );
+        assert!(plan.expects_end_at(300_000));
+        // Longer: the usual chunks after the cut one.
+        assert_eq!(sizes(plan, 400_000)[5..], [300_000 - 256 * k, 300_000]);
+        // Shorter than the first chunk: the first is cut to it.
+        let small = ChunkPlan::new(usize::MAX).expecting(Some(1000));
+        assert_eq!(small.first(None), 1000);
+        assert_eq!(small.next(1000), 16 * k, "past it, the usual chunks");
+        // A hint comes first; the limit caps everything.
+        assert_eq!(plan.first(Some(5000)), 5000);
+        let limited = ChunkPlan::new(100).expecting(Some(300_000));
+        assert_eq!(limited.first(None), 101);
+        // No expectation from an empty read.
+        assert_eq!(
+            ChunkPlan::new(usize::MAX).expecting(Some(0)).first(None),
+            16 * k
+        );
     }
 }

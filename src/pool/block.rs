@@ -9,9 +9,9 @@
 use std::ptr::NonNull;
 
 use super::pool_ref::{PoolRef, arc_ptr};
-use super::{Admission, OVERSIZE, PoolInner, Returned};
+use super::{Admission, OVERSIZE, PoolInner, ReturnTo, Returned};
 use crate::buf::PooledBuf;
-use crate::sync::{Arc, Ordering};
+use crate::sync::Arc;
 use crate::{Error, global};
 
 /// The pool a block belongs to, as the block sees it.
@@ -77,20 +77,6 @@ impl BlockPool {
         Some((to as u32, inner.info[to].capacity))
     }
 
-    /// Counts `bytes` handed back to the OS from a block's spare capacity.
-    ///
-    /// # Safety
-    ///
-    /// As for [`id`](Self::id).
-    pub(crate) unsafe fn count_released(self, bytes: usize) {
-        // SAFETY: forwarded from the caller.
-        let inner = unsafe { self.inner() };
-        inner
-            .counters
-            .released_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
     /// A block of the pool of `pool` (the process-wide default pool for
     /// `None`) with room for `requested` bytes, for a buffer of capacity
     /// `cap` that grows: at least twice `cap` (capped at the largest class)
@@ -136,8 +122,9 @@ impl BlockPool {
     }
 
     /// Returns a block past the thread's front cache: into a thread cache,
-    /// the shared tier or the large tier, or frees it; then drops the
-    /// count it held unless a thread cache kept it with the block.
+    /// the shared tier or the large tier (its hot slot, or its idle runs
+    /// for [`ReturnTo::Runs`]), or frees it; then drops the count it held
+    /// unless a thread cache kept it with the block.
     ///
     /// # Safety
     ///
@@ -146,7 +133,7 @@ impl BlockPool {
     /// may be freed.
     #[cold]
     #[inline(never)]
-    pub(crate) unsafe fn release(self, block: NonNull<u8>, cap: usize, class: u32) {
+    pub(crate) unsafe fn release(self, block: NonNull<u8>, cap: usize, class: u32, to: ReturnTo) {
         {
             // SAFETY: the block holds a count, so the pool is alive here.
             let inner = unsafe { self.inner() };
@@ -155,7 +142,7 @@ impl BlockPool {
             } else {
                 // SAFETY: `self.0` came from `arc_ptr` and the count keeps
                 // it alive; the caller gives up this block of class `class`.
-                let returned = unsafe { PoolInner::give_back(self.0, block, class as usize) };
+                let returned = unsafe { PoolInner::give_back(self.0, block, class as usize, to) };
                 if returned == Returned::Cached {
                     // The count went into the thread cache with the block.
                     return;

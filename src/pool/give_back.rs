@@ -22,11 +22,12 @@ impl PoolInner {
         this: NonNull<PoolInner>,
         block: NonNull<u8>,
         class: usize,
+        to: ReturnTo,
     ) -> Returned {
         // SAFETY: the caller's count keeps the pool alive.
         let pool = unsafe { this.as_ref() };
         // SAFETY: forwarded from the caller.
-        let returned = unsafe { PoolInner::give_back_slow(this, block, class) };
+        let returned = unsafe { PoolInner::give_back_slow(this, block, class, to) };
         // Memory came back (queued, freed or cached): wake a waiter, out of
         // every thread cache's flag.
         pool.limits.note_return();
@@ -44,6 +45,7 @@ impl PoolInner {
         this: NonNull<PoolInner>,
         block: NonNull<u8>,
         class: usize,
+        to: ReturnTo,
     ) -> Returned {
         // SAFETY: the caller's count keeps the pool alive.
         let pool = unsafe { this.as_ref() };
@@ -54,7 +56,7 @@ impl PoolInner {
         } else if pool.limits.is_critical() {
             DropReason::Pressure
         } else {
-            if pool.info[class].depth > 0 {
+            if pool.info[class].depth > 0 && to == ReturnTo::Class {
                 // SAFETY: forwarded from the caller.
                 let kept = unsafe { PoolInner::put_with_room(this, block, class, &mut freed_full) };
                 if let Some(kept) = kept {
@@ -66,7 +68,7 @@ impl PoolInner {
                 .returns
                 .fetch_add(1, Ordering::Relaxed);
             if pool.retention.try_reserve(capacity) {
-                match pool.stash(block, class) {
+                match pool.stash_to(block, class, to) {
                     Ok(()) => {
                         pool.report_freed_full(capacity, freed_full);
                         return Returned::Uncached;

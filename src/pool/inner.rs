@@ -71,6 +71,18 @@ pub(crate) enum Returned {
     Uncached,
 }
 
+/// Where a returned block goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReturnTo {
+    /// Where its class keeps blocks: the thread cache, the shared queue,
+    /// the hot slot of a large class.
+    Class,
+    /// For a large class, the large tier's idle runs, where it joins the
+    /// idle pages around it: a block cut down from a larger one (see
+    /// `PooledBuf::drop_to_runs`). Other classes treat it as `Class`.
+    Runs,
+}
+
 /// Whether a request goes through admission control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
@@ -115,6 +127,19 @@ impl PoolInner {
     /// keeps whole pages reserved: the rounding up to a page is reserved
     /// here). On `Err` the block is the caller's again, still reserved.
     pub(crate) fn stash(&self, block: NonNull<u8>, class: usize) -> Result<(), NonNull<u8>> {
+        self.stash_to(block, class, ReturnTo::Class)
+    }
+
+    /// [`stash`](Self::stash), a block of a large class going to the
+    /// large tier's idle runs instead of its class's hot slot when `to` is
+    /// [`ReturnTo::Runs`].
+    #[inline]
+    pub(crate) fn stash_to(
+        &self,
+        block: NonNull<u8>,
+        class: usize,
+        to: ReturnTo,
+    ) -> Result<(), NonNull<u8>> {
         let info = self.info[class];
         if !info.large {
             return self.shared[class].push(block);
@@ -125,7 +150,12 @@ impl PoolInner {
         }
         // SAFETY: an idle block of a large class, so from the large tier,
         // of `span` bytes; the caller hands it over.
-        unsafe { self.large.put_hot(class, block) };
+        unsafe {
+            match to {
+                ReturnTo::Class => self.large.put_hot(class, block),
+                ReturnTo::Runs => self.large.put(block, info.span),
+            }
+        }
         Ok(())
     }
 

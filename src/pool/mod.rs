@@ -28,6 +28,7 @@ mod trim;
 pub(crate) use admission::Draw;
 pub use admission::{Acquire, AdmitFuture, Permit};
 pub(crate) use block::BlockPool;
+pub(crate) use inner::ReturnTo;
 use inner::{Admission, ClassInfo, PoolInner, Returned};
 use pool_ref::{PoolRef, arc_ptr};
 
@@ -280,6 +281,16 @@ impl Pool {
     /// adapter statistics.
     pub(crate) fn record_activity(&self, activity: &Activity) {
         self.inner.adapters.record(activity);
+    }
+
+    /// Notes the length of a read that ended, for the next read's plan.
+    pub(crate) fn note_read_len(&self, len: usize) {
+        self.inner.adapters.note_len(len);
+    }
+
+    /// The length of the last read of this pool that ended, if any did.
+    pub(crate) fn last_read_len(&self) -> Option<usize> {
+        self.inner.adapters.last_len()
     }
 
     /// What [`read_file`](Self::read_file) and

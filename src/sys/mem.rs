@@ -225,32 +225,3 @@ pub(crate) unsafe fn grow_pages(ptr: NonNull<u8>, old: usize, new: usize) -> Opt
     }
     None
 }
-
-/// Hands the pages of `[ptr + from, ptr + size)` (rounded inwards to whole
-/// pages) back to the OS while the block stays mapped; they read as zeros
-/// and fault afresh when touched again. Returns the bytes handed back.
-///
-/// # Safety
-///
-/// `ptr` is a mapped block of `size` bytes that the caller owns, and nothing
-/// in `[from, size)` needs to keep its contents.
-#[allow(unused_variables)]
-pub(crate) unsafe fn discard_tail(ptr: NonNull<u8>, size: usize, from: usize) -> usize {
-    debug_assert!(is_mapped(size) && from <= size);
-    #[cfg(all(unix, not(miri)))]
-    {
-        let start = from.next_multiple_of(PAGE);
-        if start >= size {
-            return 0;
-        }
-        let len = size - start;
-        // SAFETY: `[start, size)` lies inside the caller's mapping; the
-        // caller does not need its contents; MADV_DONTNEED on a private
-        // anonymous mapping only drops pages (they read back as zeros).
-        let rc = unsafe { libc::madvise(ptr.as_ptr().add(start).cast(), len, libc::MADV_DONTNEED) };
-        if rc == 0 {
-            return len;
-        }
-    }
-    0
-}

@@ -274,3 +274,38 @@ fn the_block_returned_last_serves_its_class_next_whole() {
     assert_eq!(pool.stats().retained_bytes, 0);
     assert_eq!(pool.stats().large.mappings, 0);
 }
+
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn a_block_cut_down_goes_back_to_the_pages_it_was_cut_from() {
+    const K: usize = 1 << 10;
+    let pool = mapped_pool();
+    // Cut down in place: a 2 MiB block holding 200 KiB becomes a block of
+    // 256 KiB, and its other 1792 KiB go idle.
+    let mut buf = pool.get(2048 * K);
+    buf.resize(200 * K, 5);
+    let at = buf.as_ptr();
+    assert!(buf.shrink_to_class());
+    assert_eq!(buf.capacity(), 256 * K);
+    assert_eq!(&buf[..], &[5; 200 * 1024][..], "the data stays");
+    assert_eq!(pool.stats().large.idle_bytes, 1792 * K);
+    // Into the runs, not the hot slot of its class: whole again.
+    buf.drop_to_runs();
+    let stats = pool.stats();
+    assert_eq!(stats.large.hot_blocks, 0, "{stats}");
+    assert_eq!((stats.large.runs, stats.large.idle_bytes), (1, 2048 * K));
+    let again = pool.get(2048 * K);
+    assert_eq!(again.as_ptr(), at, "the same pages, whole");
+    assert_eq!(pool.stats().large.assembled, 0);
+    drop(again);
+    // An ordinary drop keeps a block in the hot slot of its class.
+    let mut buf = pool.get(2048 * K);
+    buf.resize(200 * K, 5);
+    assert!(buf.shrink_to_class());
+    drop(buf);
+    let stats = pool.stats();
+    assert_eq!(stats.large.hot_blocks, 1, "{stats}");
+    assert_eq!(stats.large.idle_bytes, 1792 * K);
+    pool.trim();
+    assert_eq!(pool.stats().retained_bytes, 0);
+}
