@@ -30,7 +30,7 @@ done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 printf '%-14s %10s %9s %9s %12s %13s %13s %15s\n' \
     "workload" "oracle µs" "tierpool" "misses" "Vec glibc" "Vec jemalloc" "Vec mimalloc" "Vec GlobalPool"
-for w in mixed-1t mixed-2t read-300000 read-3145728 read-9000000 read-25000000 read-67108864; do
+for w in mixed-1t mixed-2t read-300000 read-3145728 read-5000000 read-9000000 read-12000000 read-17000000 read-25000000 read-67108864; do
     o=${t[oracle,$w]}
     printf '%-14s %10s %8sx %9s %11sx %12sx %12sx %14sx\n' "$w" "$o" \
         "$(ratio "${t[pool,$w]}" "$o")" "${t[misses,$w]:--}" \
@@ -106,3 +106,19 @@ for alloc in glibc jemalloc mimalloc globalpool; do
     done
 done
 echo "medians of 7 rounds, 400 jobs a thread; the rows' source 16 bytes into a cache line (TIERPOOL_ROW_OFFSET)"
+
+# Steady read_to_end the same way: tierpool, plain Vec::read_to_end and the
+# oracle (one pre-faulted Vec, cleared) in one process, rounds in turn.
+echo
+printf '%-24s %11s %9s %9s %10s %10s %13s\n' "read_to_end, in turn" "tierpool µs" "Vec µs" "oracle µs" \
+    "tierpool x" "Vec x" "Vec/tierpool"
+for alloc in glibc jemalloc mimalloc; do
+    declare -A r=()
+    while read -r subject w v rest; do r[$subject,$w]=$v; done < <("${bin[$alloc]}" tierpool,vec,oracle reads 2>/dev/null)
+    for w in read-300000 read-3145728 read-5000000 read-9000000 read-12000000 read-17000000 read-25000000 read-67108864; do
+        printf '%-24s %11s %9s %9s %9sx %9sx %12sx\n' "$alloc, ${w#read-}" "${r[tierpool,$w]}" "${r[vec,$w]}" \
+            "${r[oracle,$w]}" "$(ratio "${r[tierpool,$w]}" "${r[oracle,$w]}")" \
+            "$(ratio "${r[vec,$w]}" "${r[oracle,$w]}")" "$(ratio "${r[vec,$w]}" "${r[tierpool,$w]}")"
+    done
+done
+echo "medians of 7 rounds of 256 MiB each, per read; the stream gives at most 64 KiB a call"
