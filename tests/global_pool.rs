@@ -29,7 +29,7 @@ fn a_freed_large_block_serves_the_next_request_without_fresh_pages() {
     // SAFETY: a valid layout; the block is freed with it below.
     let a = unsafe { POOL.alloc(layout(size)) };
     assert!(!a.is_null());
-    assert_eq!(a as usize % 4096, 0, "page-aligned");
+    assert_eq!(a as usize % 4096, 16, "16 bytes into its page, as glibc's");
     // SAFETY: `size` bytes of ours.
     unsafe { std::ptr::write_bytes(a, 0xA5, size) };
     let before = POOL.stats();
@@ -156,7 +156,8 @@ fn switched_off_new_blocks_go_inner_and_old_ones_still_come_back() {
         OFF.dealloc(ours, layout(size));
         assert_eq!(
             OFF.stats().in_use_bytes,
-            before.in_use_bytes - size.next_multiple_of(4096)
+            // Its pages: 16 bytes into the first, as glibc's blocks.
+            before.in_use_bytes - (size + 16).next_multiple_of(4096)
         );
         OFF.set_enabled(true);
     }
@@ -196,4 +197,49 @@ fn over_aligned_and_absurd_layouts_are_handled() {
         assert!(POOL.alloc(huge).is_null());
     }
     let _ = System;
+}
+
+#[cfg(all(unix, not(miri)))]
+#[test]
+fn blocks_sit_where_the_allocator_they_replace_puts_them() {
+    let _turn = serial();
+    let size = 3 << 20;
+    let paged: GlobalPool = GlobalPool::with(System);
+    // SAFETY: valid layouts; each block is freed with its layout below, by
+    // the pool that made it.
+    unsafe {
+        // `new()`: 16 bytes into the page, as glibc's large blocks.
+        let a = POOL.alloc(layout(size));
+        assert_eq!(a as usize % 4096, 16);
+        // An alignment the offset does not keep: on the page.
+        let wide = Layout::from_size_align(size, 64).unwrap();
+        let b = POOL.alloc(wide);
+        assert_eq!(b as usize % 4096, 0);
+        // `with(...)`: on the page, as jemalloc's and mimalloc's.
+        let c = paged.alloc(layout(size));
+        assert_eq!(c as usize % 4096, 0);
+        // Every byte of the data is usable, and growing by `mremap` keeps
+        // the offset and the bytes.
+        std::ptr::write_bytes(a, 0x3C, size);
+        let a = POOL.realloc(a, layout(size), 4 * size);
+        assert_eq!(a as usize % 4096, 16);
+        assert!(
+            std::slice::from_raw_parts(a, size)
+                .iter()
+                .all(|&x| x == 0x3C)
+        );
+        std::ptr::write_bytes(a.add(size), 0x3D, 3 * size);
+        // Shrinking gives the tail back and keeps the head.
+        let a = POOL.realloc(a, layout(4 * size), size + 1);
+        assert!(
+            std::slice::from_raw_parts(a, size)
+                .iter()
+                .all(|&x| x == 0x3C)
+        );
+        POOL.dealloc(a, layout(size + 1));
+        POOL.dealloc(b, wide);
+        paged.dealloc(c, layout(size));
+    }
+    let stats = POOL.stats();
+    assert_eq!(stats.in_use_bytes, 0, "{stats}");
 }
