@@ -133,7 +133,11 @@ impl ReadOptions {
 impl Pool {
     /// Reads `reader` to its end into pooled chunks whose sizes grow
     /// geometrically from 16 KiB to 4 MiB: no reallocation, no copy; the only
-    /// waste is the unused tail of the last chunk.
+    /// waste is the unused tail of the last chunk. A chunk that would reach
+    /// past the length of the pool's last read (or its label's, with
+    /// [`ReadOptions::label`]) is cut to what is left of that length, so
+    /// reads of a steady size end in a chunk of their tail's class and take
+    /// the same blocks each time.
     ///
     /// `Interrupted` is retried. Any other error comes back as it is, and
     /// every chunk read so far goes back to the pool. A reader that reports
