@@ -167,6 +167,22 @@ impl<A> GlobalPool<A> {
         }
     }
 
+    /// Whether `ptr` (freed or reallocated with `layout`) is the tier's: a
+    /// pointer at an offset this pool places data at, in a page inside one
+    /// of the tier's mappings. Only allocations the tier could have served
+    /// cost the look-up (the inner allocator's large blocks, when the tier
+    /// was off for them, and only at such offsets).
+    #[inline]
+    fn is_ours(&self, ptr: *mut u8, layout: Layout) -> bool {
+        let at = ptr as usize % mem::PAGE;
+        ACTIVE
+            && layout.size() >= mem::MAP_THRESHOLD
+            && (at == 0 || at == self.offset_for(layout))
+            && TIER
+                .get()
+                .is_some_and(|t| t.large.holds(ptr.wrapping_sub(at).expose_provenance()))
+    }
+
     /// Whether `layout` is served by the tier.
     #[inline]
     fn serves(&self, layout: Layout) -> bool {
@@ -397,24 +413,6 @@ fn take(size: usize, offset: usize) -> Option<(NonNull<u8>, bool)> {
     tier.allocations.fetch_add(1, Ordering::Relaxed);
     // SAFETY: `offset + size <= span`, so the data lies inside the block.
     Some((unsafe { block.add(offset) }, fresh))
-}
-
-impl<A> GlobalPool<A> {
-    /// Whether `ptr` (freed or reallocated with `layout`) is the tier's: a
-    /// pointer at an offset this pool places data at, in a page inside one
-    /// of the tier's mappings. Only allocations the tier could have served
-    /// cost the look-up (the inner allocator's large blocks, when the tier
-    /// was off for them, and only at such offsets).
-    #[inline]
-    fn is_ours(&self, ptr: *mut u8, layout: Layout) -> bool {
-        let at = ptr as usize % mem::PAGE;
-        ACTIVE
-            && layout.size() >= mem::MAP_THRESHOLD
-            && (at == 0 || at == self.offset_for(layout))
-            && TIER
-                .get()
-                .is_some_and(|t| t.large.holds(split(ptr).0.expose_provenance()))
-    }
 }
 
 /// Counts `bytes` more in use, and the high-water mark.

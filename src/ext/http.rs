@@ -191,7 +191,7 @@ async fn read_body_through<B: Body>(
 ) -> Result<Chunks, BodyError<B::Error>> {
     let started = Instant::now();
     let mut activity = Activity::default();
-    let plan = ChunkPlan::new(options.limit()).expecting(options.expected(draw.pool()));
+    let plan = options.plan(draw.pool());
     let result = fill_from_body(draw, body, options.hint(), plan, &mut activity).await;
     activity.elapsed = started.elapsed();
     activity.outcome = match &result {

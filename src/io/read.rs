@@ -102,17 +102,15 @@ impl ReadOptions {
             .or_else(|| self.label.as_ref().and_then(Label::hint))
     }
 
-    pub(crate) fn limit(&self) -> usize {
-        self.max_len
-    }
-
-    /// The length the next read expects: the label's last, else the
-    /// pool's last (see [`ChunkPlan::expecting`]).
-    pub(crate) fn expected(&self, pool: &Pool) -> Option<usize> {
-        match &self.label {
+    /// The chunk plan of a read of `pool` with these options: the limit,
+    /// and the length the read expects (the label's last read, else the
+    /// pool's; see [`ChunkPlan::expecting`]).
+    pub(crate) fn plan(&self, pool: &Pool) -> ChunkPlan {
+        let expected = match &self.label {
             Some(label) => label.last_len(),
             None => pool.last_read_len(),
-        }
+        };
+        ChunkPlan::new(self.max_len).expecting(expected)
     }
 
     /// Records a call in `pool`'s adapter statistics, and under the label
@@ -203,9 +201,8 @@ impl Pool {
     ) -> (io::Result<Chunks>, Activity) {
         let started = Instant::now();
         let mut activity = Activity::default();
-        let plan = ChunkPlan::new(options.limit()).expecting(options.expected(self));
         let result = self
-            .fill_chunks(source, options.hint(), plan, &mut activity)
+            .fill_chunks(source, options.hint(), options.plan(self), &mut activity)
             .await;
         activity.elapsed = started.elapsed();
         activity.finish(&result);
@@ -392,7 +389,8 @@ impl ChunkPlan {
         self.budget - total
     }
 
-    /// The limit: at most this many bytes.
+    /// The limit: at most this many bytes (the body reads' own checks).
+    #[cfg(feature = "http-body")]
     pub(crate) fn limit(&self) -> usize {
         self.max_len
     }
@@ -400,7 +398,7 @@ impl ChunkPlan {
     /// `FileTooLarge` (carrying [`Error::TooLarge`](crate::Error::TooLarge))
     /// once `total` passes the limit.
     pub(crate) fn check(&self, total: usize) -> io::Result<()> {
-        if total > self.limit() {
+        if total > self.max_len {
             return Err(crate::Error::TooLarge {
                 limit: self.max_len as u64,
                 declared: None,
